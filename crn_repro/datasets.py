@@ -1,0 +1,155 @@
+"""Datasets (paper Sec. 5.1, crn-facts §4): the official Cityscapes folder layout (read for real
+Cityscapes and for the built-in synthetic city alike), the prepared cache that training reads, and
+the one normalise/denormalise pair that training, synthesis, evaluation and figures all use.
+
+Images live in the model's range: float RGB in 0..255, as the CRN output (x + 1) / 2 * 255.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from crn_repro.errors import CrnError
+from crn_repro.labels import NUM_LAYOUT_CHANNELS, label_ids_to_channels
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+SPLITS = ("train", "val")
+
+
+# --- the normalise / denormalise pair -------------------------------------------------------------
+
+
+def image_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W) in the model's 0..255 range."""
+    images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    return images.permute(0, 3, 1, 2).float()
+
+
+def tensor_to_image(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in 0..255 -> uint8 (N, H, W, 3), rounded and clipped to [0, 255]."""
+    return images.detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def channels_to_layout(channels: np.ndarray | torch.Tensor, num_classes: int = NUM_LAYOUT_CHANNELS) -> torch.Tensor:
+    """Layout channel indices (N, H, W) -> one-hot semantic layout L (N, c, H, W), float32."""
+    channels = torch.as_tensor(np.asarray(channels)) if not isinstance(channels, torch.Tensor) else channels
+    return F.one_hot(channels.long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+# --- the official Cityscapes folder layout ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One frame: ``<city>_<seq>_<frame>`` with its leftImg8bit image and gtFine labelIds file."""
+
+    stem: str
+    image_path: Path
+    label_path: Path
+
+
+def find_pairs(root: Path, split: str) -> list[Pair]:
+    """All (image, labelIds) pairs of a split in the official layout, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CrnError(
+            f"{root}: dataset root not found; point data.cityscapes_root at the folder holding "
+            "leftImg8bit/ and gtFine/ (or set data.dataset: synthetic)"
+        )
+    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise CrnError(f"{folder}: split folder missing; extract leftImg8bit_trainvaltest and gtFine_trainvaltest here")
+    images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
+    labels = {p.name[: -len(LABEL_SUFFIX)]: p for p in label_dir.glob(f"*/*{LABEL_SUFFIX}")}
+    if not images:
+        raise CrnError(f"{image_dir}: no *{IMAGE_SUFFIX} images in this split")
+    for stem in sorted(images):
+        if stem not in labels:
+            city = images[stem].parent.name
+            raise CrnError(f"{images[stem]}: no label file {label_dir / city / (stem + LABEL_SUFFIX)}; restore it or remove the image")
+    for stem in sorted(labels):
+        if stem not in images:
+            city = labels[stem].parent.name
+            raise CrnError(f"{labels[stem]}: no image {image_dir / city / (stem + IMAGE_SUFFIX)}; restore it or remove the label")
+    return [Pair(stem, images[stem], labels[stem]) for stem in sorted(images)]
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (OSError, SyntaxError, ValueError) as error:
+        raise CrnError(f"{path}: not a readable PNG ({error}); re-extract this file from the dataset archive") from None
+
+
+def load_pair(pair: Pair, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Read one frame at ``size_hw``: image resized bicubic (uint8 HxWx3), labels resized nearest and
+    mapped to layout channels (uint8 HxW, 0..19), as the release did (crn-facts §4)."""
+    image = _open_image(pair.image_path).convert("RGB")
+    label = _open_image(pair.label_path)
+    if label.mode not in ("L", "P", "I", "I;16"):
+        raise CrnError(f"{pair.label_path}: expected a single-channel labelIds PNG, got mode {label.mode}")
+    if image.size != label.size:
+        raise CrnError(f"{pair.label_path}: size {label.size} differs from its image's {image.size}")
+    h, w = size_hw
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.BICUBIC)
+        label = label.resize((w, h), Image.NEAREST)
+    ids = np.asarray(label)
+    try:
+        if ids.max() > 255:
+            raise ValueError(f"label ids up to {int(ids.max())} are not Cityscapes labelIds (valid: 0..33)")
+        channels = label_ids_to_channels(ids)
+    except ValueError as error:
+        raise CrnError(f"{pair.label_path}: {error}") from None
+    return np.asarray(image, dtype=np.uint8), channels
+
+
+# --- the prepared cache -----------------------------------------------------------------------------
+
+
+class PreparedSplit:
+    """A prepared split: ``images.npy`` (N, H, W, 3) uint8 and ``labels.npy`` (N, H, W) uint8 layout
+    channels, memory-mapped so that large datasets stream from disk instead of filling memory."""
+
+    def __init__(self, prepared_dir: Path, split: str):
+        folder = Path(prepared_dir) / split
+        if not (folder / "images.npy").is_file():
+            raise CrnError(f"{folder}: no prepared data; run `crn-repro prepare` (or `dvc repro prepare`) first")
+        self.images = np.load(folder / "images.npy", mmap_mode="r")
+        self.labels = np.load(folder / "labels.npy", mmap_mode="r")
+        self.names: list[str] = json.loads((folder / "names.json").read_text())
+        if not (len(self.images) == len(self.labels) == len(self.names)):
+            raise CrnError(f"{folder}: images, labels and names disagree in length; run `crn-repro prepare` again")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return tuple(self.images.shape[1:3])
+
+    def batch(self, indices, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(layout one-hot (B, c, H, W), image (B, 3, H, W) in 0..255) for the given indices.
+        The uint8 arrays travel to the device first and are expanded there."""
+        indices = np.asarray(indices)
+        images = torch.from_numpy(np.ascontiguousarray(self.images[indices])).to(device, non_blocking=True)
+        labels = torch.from_numpy(np.ascontiguousarray(self.labels[indices])).to(device, non_blocking=True)
+        return channels_to_layout(labels), image_to_tensor(images)
+
+
+def read_prepared_meta(prepared_dir: Path) -> dict:
+    path = Path(prepared_dir) / "meta.json"
+    if not path.is_file():
+        raise CrnError(f"{path}: missing; run `crn-repro prepare` (or `dvc repro prepare`) first")
+    return json.loads(path.read_text())

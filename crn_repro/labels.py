@@ -1,0 +1,94 @@
+"""Cityscapes label table and the 20-channel layout encoding (crn-facts §4).
+
+The official Cityscapes ``labelIds`` run 0..33 (license plate, id -1, is never drawn into the
+label PNGs). The 19 standard train classes become layout channels 0..18; every other id is void,
+channel 19, which the layout encodes as 1 - sum of the others.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Label(NamedTuple):
+    name: str
+    id: int
+    train_id: int  # 0..18, or 255 for void
+    color: tuple[int, int, int]
+
+
+# The official table (cityscapesScripts helpers/labels.py), ids 0..33.
+LABELS: tuple[Label, ...] = (
+    Label("unlabeled", 0, 255, (0, 0, 0)),
+    Label("ego vehicle", 1, 255, (0, 0, 0)),
+    Label("rectification border", 2, 255, (0, 0, 0)),
+    Label("out of roi", 3, 255, (0, 0, 0)),
+    Label("static", 4, 255, (0, 0, 0)),
+    Label("dynamic", 5, 255, (111, 74, 0)),
+    Label("ground", 6, 255, (81, 0, 81)),
+    Label("road", 7, 0, (128, 64, 128)),
+    Label("sidewalk", 8, 1, (244, 35, 232)),
+    Label("parking", 9, 255, (250, 170, 160)),
+    Label("rail track", 10, 255, (230, 150, 140)),
+    Label("building", 11, 2, (70, 70, 70)),
+    Label("wall", 12, 3, (102, 102, 156)),
+    Label("fence", 13, 4, (190, 153, 153)),
+    Label("guard rail", 14, 255, (180, 165, 180)),
+    Label("bridge", 15, 255, (150, 100, 100)),
+    Label("tunnel", 16, 255, (150, 120, 90)),
+    Label("pole", 17, 5, (153, 153, 153)),
+    Label("polegroup", 18, 255, (153, 153, 153)),
+    Label("traffic light", 19, 6, (250, 170, 30)),
+    Label("traffic sign", 20, 7, (220, 220, 0)),
+    Label("vegetation", 21, 8, (107, 142, 35)),
+    Label("terrain", 22, 9, (152, 251, 152)),
+    Label("sky", 23, 10, (70, 130, 180)),
+    Label("person", 24, 11, (220, 20, 60)),
+    Label("rider", 25, 12, (255, 0, 0)),
+    Label("car", 26, 13, (0, 0, 142)),
+    Label("truck", 27, 14, (0, 0, 70)),
+    Label("bus", 28, 15, (0, 60, 100)),
+    Label("caravan", 29, 255, (0, 0, 90)),
+    Label("trailer", 30, 255, (0, 0, 110)),
+    Label("train", 31, 16, (0, 80, 100)),
+    Label("motorcycle", 32, 17, (0, 0, 230)),
+    Label("bicycle", 33, 18, (119, 11, 32)),
+)
+
+NUM_TRAIN_CLASSES = 19
+VOID_CHANNEL = NUM_TRAIN_CLASSES  # layout channel 19
+NUM_LAYOUT_CHANNELS = NUM_TRAIN_CLASSES + 1  # c = 20
+VOID_TRAIN_ID = 255
+
+NAME_TO_ID = {label.name: label.id for label in LABELS}
+CHANNEL_NAMES: tuple[str, ...] = tuple(
+    [next(l.name for l in LABELS if l.train_id == t) for t in range(NUM_TRAIN_CLASSES)] + ["void"]
+)
+CHANNEL_COLORS = np.array(
+    [next(l.color for l in LABELS if l.train_id == t) for t in range(NUM_TRAIN_CLASSES)] + [(0, 0, 0)],
+    dtype=np.uint8,
+)
+
+# labelId -> layout channel (0..19); ids outside the table map to 255 (= unknown).
+ID_TO_CHANNEL = np.full(256, 255, dtype=np.uint8)
+for _label in LABELS:
+    ID_TO_CHANNEL[_label.id] = VOID_CHANNEL if _label.train_id == VOID_TRAIN_ID else _label.train_id
+
+
+def label_ids_to_channels(label_ids: np.ndarray) -> np.ndarray:
+    """Map a Cityscapes labelIds array (uint8) to layout channel indices 0..19 (19 = void).
+
+    Raises ValueError listing the ids that are not in the Cityscapes table.
+    """
+    channels = ID_TO_CHANNEL[label_ids.astype(np.uint8, copy=False)]
+    if (channels == 255).any():
+        unknown = sorted(int(v) for v in np.unique(label_ids[channels == 255]))
+        raise ValueError(f"label ids {unknown} are not Cityscapes labelIds (valid: 0..33)")
+    return channels
+
+
+def colorize_channels(channels: np.ndarray) -> np.ndarray:
+    """Colour a (H, W) channel-index map with the official Cityscapes palette; returns (H, W, 3) uint8."""
+    return CHANNEL_COLORS[channels]

@@ -1,0 +1,198 @@
+"""params.yaml: the single, validated source of truth for every stage (STYLE convention 5).
+
+Loaded once into frozen dataclasses; unknown keys, missing keys and wrong types are all reported
+at once, each with its dotted key. Every experiment setting lives in the file: the dataclasses
+below document the keys but hold no defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from crn_repro.config import Problems, doc, from_dict, to_dict
+from crn_repro.errors import CrnError
+from crn_repro.losses import VggParams
+from crn_repro.registry import MODELS
+
+
+@dataclass(frozen=True)
+class PathsParams:
+    prepared: str = doc("prepared dataset cache (output of `prepare`)")
+    runs: str = doc("training runs, one folder per model: model file, training state, logs")
+    synth: str = doc("synthesized validation images, one folder per model")
+    reports: str = doc("report.md and figures")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: Literal["synthetic", "cityscapes"] = doc("built-in synthetic city, or real Cityscapes")
+    cityscapes_root: str | None = doc("Cityscapes root holding leftImg8bit/ and gtFine/ (dataset: cityscapes)")
+    image_size_hw: tuple[int, int] = doc("training and evaluation resolution (height, width), aspect 1:2")
+    max_train_images: int | None = doc("use only the first N training frames (null = all)")
+    max_val_images: int | None = doc("use only the first N validation frames (null = all)")
+
+    def validate(self):
+        if self.dataset == "cityscapes" and not self.cityscapes_root:
+            yield "cityscapes_root", "required when dataset is cityscapes"
+        if min(self.image_size_hw) < 4:
+            yield "image_size_hw", "must be at least 4x8"
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    seed: int = doc("seed of the synthetic city generator")
+    num_train: int = doc("training frames")
+    num_val: int = doc("validation frames")
+    image_size_hw: tuple[int, int] = doc("resolution the frames are rendered at (then resized like real data)")
+    num_cities: int = doc("cities per split")
+
+    def validate(self):
+        if self.num_train < 1 or self.num_val < 1:
+            yield "num_train", "num_train and num_val must be >= 1"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = doc("seed; batches and noise at step s derive from (seed, s), so resuming is exact")
+    total_steps: int = doc("optimizer steps in total (a re-run resumes up to this)")
+    batch_size: int = doc("images per step, summed over all processes (paper: 1)")
+    checkpoint_every_steps: int = doc("write the model file and training state every N steps")
+    precision: Literal["auto", "fp32", "bf16"] = doc("auto = bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: Literal["auto", "on", "off"] = doc("auto = channels_last memory format on CUDA")
+
+    def validate(self):
+        for key in ("total_steps", "batch_size", "checkpoint_every_steps"):
+            if getattr(self, key) < 1:
+                yield key, "must be >= 1"
+
+
+@dataclass(frozen=True)
+class OptimizerParams:
+    lr: float = doc("Adam learning rate (paper: 1e-4)")
+    betas: tuple[float, float] = doc("Adam betas (paper/release: 0.9, 0.999)")
+
+
+@dataclass(frozen=True)
+class SynthesizeParams:
+    batch_size: int = doc("layouts per forward pass")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    figure_rows: int = doc("validation layouts shown in the qualitative figure")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    network: Any
+    objective: Any
+    optimizer: dict[str, OptimizerParams]
+
+
+@dataclass(frozen=True)
+class Params:
+    paths: PathsParams
+    data: DataParams
+    synthetic: SyntheticParams
+    models: tuple[str, ...]
+    train: TrainParams
+    vgg: VggParams
+    synthesize: SynthesizeParams
+    report: ReportParams
+    model_sections: dict[str, ModelParams]
+
+    def model(self, name: str) -> ModelParams:
+        if name not in self.model_sections:
+            raise CrnError(f"params: no `{name}` section (models with sections: {', '.join(self.model_sections)})")
+        return self.model_sections[name]
+
+    def to_dict(self) -> dict:
+        out = to_dict({k: getattr(self, k) for k in ("paths", "data", "synthetic", "models", "train", "vgg", "synthesize", "report")})
+        out.update(to_dict(self.model_sections))
+        return out
+
+
+STATIC_SECTIONS = {
+    "paths": PathsParams,
+    "data": DataParams,
+    "synthetic": SyntheticParams,
+    "train": TrainParams,
+    "vgg": VggParams,
+    "synthesize": SynthesizeParams,
+    "report": ReportParams,
+}
+
+
+def _model_section(name: str, raw: Any, problems: Problems) -> ModelParams | None:
+    spec = MODELS[name]
+    if not isinstance(raw, dict):
+        problems.append(f"{name}: expected a mapping with network, objective, optimizer")
+        return None
+    for key in raw:
+        if key not in ("network", "objective", "optimizer"):
+            problems.append(f"{name}.{key}: unknown key (valid keys: network, objective, optimizer)")
+    missing = [key for key in ("network", "objective", "optimizer") if key not in raw]
+    for key in missing:
+        problems.append(f"{name}.{key}: missing key")
+    if missing:
+        return None
+    network = from_dict(spec.network_params, raw["network"], f"{name}.network", problems)
+    objective = from_dict(spec.objective_params, raw["objective"], f"{name}.objective", problems)
+    optimizer = {}
+    opt_raw = raw["optimizer"]
+    expected = list(spec.networks)
+    if not isinstance(opt_raw, dict) or sorted(opt_raw) != sorted(expected):
+        problems.append(f"{name}.optimizer: expected one entry per network: {', '.join(expected)}")
+    else:
+        for net_name in expected:
+            optimizer[net_name] = from_dict(OptimizerParams, opt_raw[net_name], f"{name}.optimizer.{net_name}", problems)
+    return ModelParams(network, objective, optimizer)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate a parsed params mapping; raise CrnError listing every problem."""
+    if not isinstance(raw, dict):
+        raise CrnError(f"{source}: expected a mapping of sections")
+    problems = Problems()
+    valid = list(STATIC_SECTIONS) + ["models"] + list(MODELS)
+    for key in raw:
+        if key not in valid:
+            problems.append(f"{key}: unknown section (valid: {', '.join(valid)})")
+    sections = {}
+    for key, cls in STATIC_SECTIONS.items():
+        if key not in raw:
+            problems.append(f"{key}: missing section")
+        else:
+            sections[key] = from_dict(cls, raw[key], key, problems)
+    models = raw.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        problems.append("models: expected a non-empty list of model names")
+        models = []
+    for name in models:
+        if name not in MODELS:
+            problems.append(f"models: unknown model {name!r} (valid: {', '.join(MODELS)})")
+        elif name not in raw:
+            problems.append(f"{name}: missing section for listed model")
+    model_sections = {}
+    for name in MODELS:
+        if name in raw:
+            model_sections[name] = _model_section(name, raw[name], problems)
+    if problems:
+        raise CrnError(f"{source}: invalid params: " + "; ".join(problems))
+    return Params(models=tuple(models), model_sections=model_sections, **sections)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrnError(f"{path}: params file not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise CrnError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,286 @@
+"""The one trainer (STYLE convention 4): builds a registry model's networks, optimizers and
+objective, and runs the objective's phases every step. It never branches on the model.
+
+Resuming is running the same command again: the training state holds step, networks, optimizers
+and the objective's state, and every random choice at step s derives from (seed, s), so an
+interrupted run continues exactly as an uninterrupted one. Multi-GPU runs use torchrun (DDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from crn_repro.checkpoint import (
+    STATE_FORMAT,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_training_state,
+    save_model_file,
+    unwrap,
+)
+from crn_repro.config import to_dict
+from crn_repro.datasets import PreparedSplit
+from crn_repro.errors import CrnError
+from crn_repro.labels import NUM_LAYOUT_CHANNELS
+from crn_repro.params import Params
+from crn_repro.registry import BuildContext, count_parameters, get_spec
+
+
+# Purposes of derived seeds, so that no two random streams of a run coincide.
+INIT, BATCHES, STEP_NOISE = 0, 1, 2
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed derived from non-negative integers, e.g. (seed, STEP_NOISE, step)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_indices(seed: int, step: int, num_items: int, batch_size: int) -> np.ndarray:
+    """The global batch of step ``step``: epoch e = step // steps_per_epoch walks a permutation drawn
+    from (seed, e); the last batch of an epoch wraps around so every batch is full."""
+    steps_per_epoch = math.ceil(num_items / batch_size)
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng(derive_seed(seed, BATCHES, epoch)).permutation(num_items)
+    return order[(position * batch_size + np.arange(batch_size)) % num_items]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(params: Params) -> Runtime:
+    """Device, DDP process group (under torchrun), precision and memory format."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    precision = params.train.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    channels_last = params.train.channels_last == "on" or (params.train.channels_last == "auto" and cuda)
+    return Runtime(device, rank, world_size, torch.bfloat16 if use_bf16 else None, channels_last)
+
+
+def run_fingerprint(model: str, network_kwargs: dict, params: Params) -> str:
+    """Hash of every setting that makes a saved state incompatible with the current params."""
+    mp = params.model(model)
+    identity = {
+        "model": model,
+        "network_kwargs": network_kwargs,
+        "objective": to_dict(mp.objective),
+        "optimizer": to_dict(mp.optimizer),
+        "vgg": to_dict(params.vgg),
+        "data": to_dict(params.data),
+        "synthetic": to_dict(params.synthetic) if params.data.dataset == "synthetic" else None,
+        "seed": params.train.seed,
+        "batch_size": params.train.batch_size,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train(params: Params, model: str, until_step: int | None = None, console: Console | None = None) -> dict:
+    """Train ``model`` up to ``train.total_steps`` (or stop after ``until_step``), resuming from the
+    run folder's training state if it matches the current params. Returns the run summary."""
+    console = console or Console(stderr=True)
+    spec = get_spec(model)
+    mp = params.model(model)
+    rt = setup_runtime(params)
+    if params.train.batch_size % rt.world_size:
+        raise CrnError(f"train.batch_size: {params.train.batch_size} is not divisible by {rt.world_size} processes")
+
+    data = PreparedSplit(Path(params.paths.prepared), "train")
+    if data.size_hw != tuple(params.data.image_size_hw):
+        raise CrnError(
+            f"{params.paths.prepared}: prepared at {data.size_hw}, but data.image_size_hw is "
+            f"{tuple(params.data.image_size_hw)}; run `crn-repro prepare` again"
+        )
+    steps_per_epoch = math.ceil(len(data) / params.train.batch_size)
+    ctx = BuildContext(tuple(params.data.image_size_hw), NUM_LAYOUT_CHANNELS, params.vgg, steps_per_epoch)
+
+    network_kwargs = {}
+    for name, (_, resolve) in spec.networks.items():
+        try:
+            network_kwargs[name] = resolve(mp.network, ctx)
+        except ValueError as error:
+            raise CrnError(f"{model}.network: {error}") from None
+    torch.manual_seed(derive_seed(params.train.seed, INIT))
+    nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
+    objective = spec.objective(mp.objective, ctx)
+    memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
+    for net in nets.values():
+        net.to(rt.device, memory_format=memory_format)
+    objective.to(rt.device)
+    optimizers = {
+        name: torch.optim.Adam(nets[name].parameters(), lr=opt.lr, betas=tuple(opt.betas))
+        for name, opt in mp.optimizer.items()
+    }
+
+    run_dir = Path(params.paths.runs) / model
+    state_path, model_path = run_dir / "state.pt", run_dir / "model.pt"
+    fingerprint = run_fingerprint(model, network_kwargs, params)
+    start_step, wall_before = 0, 0.0
+    if state_path.is_file():
+        state = load_training_state(state_path)
+        if state["fingerprint"] != fingerprint:
+            stale = run_dir / f"state.stale-{state['fingerprint']}.pt"
+            if rt.is_main:
+                os.replace(state_path, stale)
+                console.print(f"[yellow]{state_path}: saved with other settings; kept as {stale.name}, starting afresh[/]")
+        else:
+            for name, net in nets.items():
+                net.load_state_dict(state["nets"][name])
+            for name, opt in optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+            objective.load_state_dict(state["objective"])
+            start_step, wall_before = int(state["step"]), float(state["wall_time_s"])
+            if rt.is_main:
+                console.print(f"resuming {model} from {state_path} at step {start_step}")
+
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        nets = {
+            name: DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            if any(p.requires_grad for p in net.parameters())
+            else net
+            for name, net in nets.items()
+        }
+
+    total = params.train.total_steps
+    stop = min(total, until_step) if until_step is not None else total
+    facts = {
+        "model": model,
+        "dataset": params.data.dataset,
+        "image_size_hw": list(params.data.image_size_hw),
+        "train_images": len(data),
+        "batch_size": params.train.batch_size,
+        "total_steps": total,
+        "vgg": getattr(getattr(getattr(objective, "loss", None), "vgg", None), "source_description", "not used"),
+        "vgg_pooling": params.vgg.pooling,
+        "objective": to_dict(mp.objective),
+        "parameters": {name: count_parameters(unwrap(net)) for name, net in nets.items()},
+        "device": str(rt.device) + (f" x{rt.world_size}" if rt.world_size > 1 else ""),
+        "precision": "bf16 autocast" if rt.autocast_dtype else "fp32",
+    }
+    live = _open_live(run_dir, resume=start_step > 0) if rt.is_main else None
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "params.json", params.to_dict())
+
+    def checkpoint(step: int, wall: float) -> None:
+        if not rt.is_main:
+            return
+        atomic_torch_save(
+            {
+                "format": STATE_FORMAT,
+                "fingerprint": fingerprint,
+                "step": step,
+                "wall_time_s": wall,
+                "nets": {name: unwrap(net).state_dict() for name, net in nets.items()},
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "objective": objective.state_dict(),
+            },
+            state_path,
+        )
+        save_model_file(model_path, model, network_kwargs, nets, dict(facts, steps=step, wall_time_s=round(wall, 1)))
+
+    autocast = (
+        torch.autocast(rt.device.type, dtype=rt.autocast_dtype) if rt.autocast_dtype else contextlib.nullcontext()
+    )
+    last: dict[str, float] = {}
+    started = time.perf_counter()
+    step = start_step
+    progress = Progress(
+        TextColumn(f"train {model}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not rt.is_main,
+    )
+    with progress:
+        task = progress.add_task("train", total=total, completed=start_step, status="")
+        for net in nets.values():
+            net.train()
+        objective.train()
+        while step < stop:
+            t0 = time.perf_counter()
+            indices = batch_indices(params.train.seed, step, len(data), params.train.batch_size)
+            torch.manual_seed(derive_seed(params.train.seed, STEP_NOISE, step, rt.rank))
+            layout, image = data.batch(indices[rt.rank :: rt.world_size], rt.device)
+            layout = layout.contiguous(memory_format=memory_format)
+            image = image.contiguous(memory_format=memory_format)
+            for phase in objective.phases:
+                with autocast:
+                    losses = objective(phase, nets, (layout, image))
+                optimizers[phase].zero_grad(set_to_none=True)
+                losses["total"].backward()
+                optimizers[phase].step()
+                for name, value in losses.items():
+                    last[f"{phase}/{name}"] = float(value.detach())
+            objective.after_step(step + 1)
+            step += 1
+            if not all(math.isfinite(v) for v in last.values()):
+                raise CrnError(f"{model}: loss became non-finite at step {step} ({last}); lower the learning rate")
+            images_per_s = params.train.batch_size / max(time.perf_counter() - t0, 1e-9)
+            if live is not None:
+                live.step = step
+                for name, value in last.items():
+                    live.log_metric(f"train/{name}", value)
+                live.log_metric("train/images_per_s", images_per_s)
+                live.next_step()
+            progress.update(task, completed=step, status=f"loss {last.get(objective.phases[-1] + '/total', 0):.4g}  {images_per_s:.1f} img/s")
+            if step % params.train.checkpoint_every_steps == 0 or step == stop:
+                checkpoint(step, wall_before + time.perf_counter() - started)
+    if live is not None:
+        live.end()
+    wall = wall_before + time.perf_counter() - started
+    summary = dict(facts, steps=step, wall_time_s=round(wall, 1), final_losses=last, finished=step >= total)
+    if rt.is_main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    if rt.world_size > 1:
+        dist.barrier()
+    return summary
+
+
+def _open_live(run_dir: Path, resume: bool):
+    """dvclive logger writing per-step metrics under <run>/live (declared as DVC plots)."""
+    os.environ.setdefault("DVCLIVE_LOGLEVEL", "WARNING")
+    from dvclive import Live
+
+    return Live(str(run_dir / "live"), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny params set derived from the shipped params.yaml (so tests track it)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crn_repro.params import parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_raw_params(root: Path) -> dict:
+    """params.yaml shrunk to seconds: 16x32 images, 3-module CRN, a handful of frames, paths under root."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
+    raw["data"]["image_size_hw"] = [16, 32]
+    raw["synthetic"].update(num_train=6, num_val=3, image_size_hw=[32, 64])
+    raw["train"].update(total_steps=4, batch_size=2, checkpoint_every_steps=2)
+    raw["crn"]["network"]["widths"] = [8, 8, 8]
+    raw["crn"]["objective"]["lambda_rescale_after_epochs"] = 1
+    raw["report"]["figure_rows"] = 2
+    raw["synthesize"]["batch_size"] = 2
+    return raw
+
+
+@pytest.fixture
+def tiny_raw(tmp_path) -> dict:
+    return tiny_raw_params(tmp_path)
+
+
+@pytest.fixture
+def tiny_params(tiny_raw):
+    return parse_params(tiny_raw, "tiny params")
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory):
+    """A prepared tiny synthetic dataset shared by tests that only read it."""
+    from crn_repro.prepare import prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    params = parse_params(tiny_raw_params(root), "tiny params")
+    prepare(params)
+    return root, params
