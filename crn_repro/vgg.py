@@ -60,7 +60,7 @@ MATCONVNET_MEAN_RGB = (123.68, 116.779, 103.939)  # fallback when the .mat carri
 TORCHVISION_FILE_NAME = "vgg19-dcbb9e9d.pth"
 MATCONVNET_FILE_NAME = "imagenet-vgg-verydeep-19.mat"
 MATCONVNET_MODELS_PAGE = "https://www.vlfeat.org/matconvnet/pretrained/"
-PARAMS_KEY = "loss.vgg_weights_path"
+PARAMS_KEY = "vgg.path"  # params.yaml key of the weights file
 
 
 class VGG19Features(nn.Module):
@@ -80,7 +80,7 @@ class VGG19Features(nn.Module):
         ``mean_rgb`` in 0..255 units, default MATCONVNET_MEAN_RGB; no std).
         """
         super().__init__()
-        _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("VGG pooling (vgg.pooling)", pooling, POOLINGS)
         _check_choice("input convention", input_convention, INPUT_CONVENTIONS)
         self.pooling = pooling
         self.input_convention = input_convention
@@ -159,7 +159,7 @@ def load_vgg19(
     allow_download: torchvision only, fetch IMAGENET1K_V1 into the hub cache when it is absent.
     seed: random only.
     """
-    _check_choice("VGG weights source", source, SOURCES)
+    _check_choice("VGG weights source (vgg.weights)", source, SOURCES)
     if source == "random":
         vgg = VGG19Features(pooling, "torchvision")
         vgg.init_random_(seed)
@@ -208,7 +208,7 @@ def _read_torchvision(path: str | Path | None, allow_download: bool) -> tuple[di
     if not allow_download:
         raise CrnError(
             f"{cached}: torchvision VGG-19 weights not found; download {_torchvision_url()} to that "
-            f"path, or set {PARAMS_KEY} to a copy of {TORCHVISION_FILE_NAME}"
+            f"path, set {PARAMS_KEY} to a copy of {TORCHVISION_FILE_NAME}, or set vgg.allow_download: true"
         )
     state_dict = torch.hub.load_state_dict_from_url(
         _torchvision_url(), map_location="cpu", check_hash=True, weights_only=True

@@ -123,7 +123,7 @@ def test_torchvision_source_without_file_or_download_says_how_to_get_it(tmp_path
     message = str(error.value)
     assert str(tmp_path / "checkpoints" / "vgg19-dcbb9e9d.pth") in message
     assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
-    assert "loss.vgg_weights_path" in message
+    assert "vgg.path" in message
     assert "\n" not in message
 
 
@@ -146,7 +146,7 @@ def test_torchvision_source_downloads_only_when_allowed(torchvision_file, tmp_pa
 
 def test_torchvision_missing_file(tmp_path):
     path = tmp_path / "nope.pth"
-    with pytest.raises(CrnError, match="loss.vgg_weights_path") as error:
+    with pytest.raises(CrnError, match="vgg.path") as error:
         load_vgg19("torchvision", path, "max")
     assert str(path) in str(error.value)
 
@@ -330,7 +330,7 @@ def test_matconvnet_file_variants(tmp_path, matconvnet_arrays, normalization, av
 
 
 def test_matconvnet_errors(tmp_path, matconvnet_arrays):
-    with pytest.raises(CrnError, match="loss.vgg_weights_path") as error:
+    with pytest.raises(CrnError, match="vgg.path") as error:
         load_vgg19("matconvnet", None, "avg")
     assert "vlfeat.org/matconvnet/pretrained" in str(error.value)
 

@@ -1,0 +1,3 @@
+from crn_repro.cli import main
+
+main()

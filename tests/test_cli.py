@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crn_repro.cli import app
+
+runner = CliRunner()
+
+
+def _write(tmp_path, raw):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["synthesize"], ["report"], ["info"]])
+def test_help(command):
+    result = runner.invoke(app, command + ["--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_info_json_for_presets():
+    result = runner.invoke(app, ["info", "--model", "crn", "--preset", "cityscapes-1024p", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["model"] == "crn" and info["preset"] == "cityscapes-1024p"
+    assert info["parameters"] == 98_674_531 and info["networks"] == {"G": 98_674_531}
+
+
+def test_unknown_model_lists_valid_ones():
+    result = runner.invoke(app, ["train", "--model", "crnn"])
+    assert result.exit_code != 0
+    assert "crn" in result.output
+
+
+def test_misspelled_params_key_is_one_line_error(tmp_path, tiny_raw):
+    tiny_raw["train"]["totl_steps"] = 3
+    result = runner.invoke(app, ["--params", _write(tmp_path, tiny_raw), "prepare"])
+    assert result.exit_code == 1
+    assert "train.totl_steps: unknown key" in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_debug_shows_traceback(tmp_path, tiny_raw):
+    tiny_raw["train"]["totl_steps"] = 3
+    result = runner.invoke(app, ["--debug", "--params", _write(tmp_path, tiny_raw), "prepare"])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_missing_dataset_root(tmp_path, tiny_raw):
+    tiny_raw["data"].update(dataset="cityscapes", cityscapes_root=str(tmp_path / "nowhere"))
+    result = runner.invoke(app, ["--params", _write(tmp_path, tiny_raw), "prepare"])
+    assert result.exit_code == 1
+    assert "nowhere: dataset root not found" in result.output
+
+
+def test_missing_weights_file(tmp_path, tiny_raw, prepared_tiny):
+    root, _ = prepared_tiny
+    tiny_raw["paths"]["prepared"] = str(root / "data/prepared")
+    tiny_raw["vgg"].update(weights="matconvnet", path=str(tmp_path / "imagenet-vgg-verydeep-19.mat"))
+    result = runner.invoke(app, ["--params", _write(tmp_path, tiny_raw), "train", "--model", "crn"])
+    assert result.exit_code == 1
+    assert "imagenet-vgg-verydeep-19.mat" in result.output and "Traceback" not in result.output
+
+
+def test_synthesize_before_train(tmp_path, tiny_raw):
+    result = runner.invoke(app, ["--params", _write(tmp_path, tiny_raw), "synthesize", "--model", "crn"])
+    assert result.exit_code == 1
+    assert "model.pt: model file not found" in result.output
+
+
+def test_stages_end_to_end(tmp_path, tiny_raw):
+    params = _write(tmp_path, tiny_raw)
+    for command in (["prepare"], ["train", "--model", "crn"], ["synthesize", "--model", "crn"], ["report"]):
+        result = runner.invoke(app, ["--params", params] + command)
+        assert result.exit_code == 0, (command, result.output)
+    report = (tmp_path / "reports/report.md").read_text()
+    assert "random" in report and "synthetic" in report and "16x32" in report
+    assert (tmp_path / "reports/figures/qualitative.png").stat().st_size > 1000
+    synth = sorted(p.name for p in (tmp_path / "data/synth/crn").glob("*.png"))
+    assert len(synth) == 3

@@ -1,0 +1,69 @@
+import copy
+
+import pytest
+import yaml
+
+from crn_repro.errors import CrnError
+from crn_repro.params import load_params, parse_params
+from crn_repro.registry import MODELS
+
+from conftest import REPO
+
+
+def test_shipped_params_validate():
+    params = load_params(REPO / "params.yaml")
+    assert params.models == ("crn",)
+    assert params.model("crn").optimizer["G"].lr > 0
+
+
+def test_every_registry_model_has_a_section_in_shipped_params():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(MODELS) <= set(raw)
+
+
+def test_dvc_yaml_stages_use_params_sections():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert list(dvc["stages"]) == ["prepare", "train", "synthesize", "report"]
+    assert dvc["stages"]["train"]["foreach"] == "${models}"
+    for stage in dvc["stages"].values():
+        body = stage.get("do", stage)
+        for entry in body.get("params", []):
+            key = entry.split(".")[0]
+            assert key == "${item}" or key in raw, entry
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda r: r["train"].update(totl_steps=3), "train.totl_steps: unknown key"),
+        (lambda r: r["train"].pop("batch_size"), "train.batch_size: missing key"),
+        (lambda r: r["train"].update(batch_size="four"), "train.batch_size: expected int"),
+        (lambda r: r["vgg"].update(pooling="median"), "vgg.pooling: 'median' is not one of"),
+        (lambda r: r.update(extra={}), "extra: unknown section"),
+        (lambda r: r.update(models=["crn", "nope"]), "unknown model 'nope'"),
+        (lambda r: r["crn"]["network"].update(preset="cityscapes-256p"), "set exactly one of `preset` and `widths`"),
+        (lambda r: r["crn"]["optimizer"].update(D={"lr": 1.0, "betas": [0.5, 0.9]}), "one entry per network"),
+        (lambda r: r["data"].update(image_size_hw=[64]), "data.image_size_hw: expected 2 values"),
+    ],
+)
+def test_bad_params_name_the_key(tiny_raw, mutate, needle):
+    raw = copy.deepcopy(tiny_raw)
+    mutate(raw)
+    with pytest.raises(CrnError) as info:
+        parse_params(raw)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_all_problems_reported_at_once(tiny_raw):
+    tiny_raw["train"]["totl_steps"] = 1
+    tiny_raw["vgg"]["pooling"] = "median"
+    with pytest.raises(CrnError) as info:
+        parse_params(tiny_raw)
+    assert "totl_steps" in str(info.value) and "median" in str(info.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(CrnError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,41 @@
+"""`dvc repro` on a tiny params file in a temporary copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_raw_params
+
+
+@pytest.mark.skipif(shutil.which("dvc", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")) is None, reason="dvc not installed")
+def test_dvc_repro_tiny(tmp_path):
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("crn_repro", "baselines", "dvc.yaml", ".dvc", ".dvcignore", "pyproject.toml"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        else:
+            shutil.copy(src, work / name)
+    raw = tiny_raw_params(Path("."))
+    raw["paths"] = {k: str(Path(v)) for k, v in raw["paths"].items()}
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], cwd=work, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=work, check=True)
+    subprocess.run(git + ["commit", "-qm", "tiny"], cwd=work, check=True)
+    result = subprocess.run(["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (work / "reports/report.md").is_file()
+    assert (work / "reports/figures/qualitative.png").is_file()
+    assert (work / "runs/crn/model.pt").is_file()
+    again = subprocess.run(["dvc", "status"], cwd=work, env=env, capture_output=True, text=True)
+    assert "up to date" in again.stdout, again.stdout
+    metrics = subprocess.run(["dvc", "metrics", "show"], cwd=work, env=env, capture_output=True, text=True)
+    assert "summary.json" in metrics.stdout

@@ -1,0 +1,142 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from crn_repro import checkpoint
+from crn_repro.checkpoint import load_model_file, load_training_state
+from crn_repro.errors import CrnError
+from crn_repro.params import parse_params
+from crn_repro.trainer import batch_indices, train
+
+
+def _with_paths(raw, prepared_root, runs):
+    raw = dict(raw)
+    raw["paths"] = dict(raw["paths"], prepared=str(prepared_root / "data/prepared"), runs=str(runs))
+    return parse_params(raw)
+
+
+def _weights(runs, model="crn"):
+    return load_training_state(Path(runs) / model / "state.pt")["nets"]["G"]
+
+
+def test_batches_cover_each_epoch_and_are_deterministic():
+    epoch = np.concatenate([batch_indices(3, s, 10, 4) for s in range(3)])  # 3 steps = one epoch
+    assert set(epoch[:10]) == set(range(10))
+    assert np.array_equal(batch_indices(3, 7, 10, 4), batch_indices(3, 7, 10, 4))
+    assert not np.array_equal(batch_indices(3, 0, 10, 4), batch_indices(4, 0, 10, 4))
+
+
+def test_resume_gives_same_weights_as_uninterrupted(prepared_tiny, tiny_raw, tmp_path):
+    root, _ = prepared_tiny
+    full = _with_paths(tiny_raw, root, tmp_path / "full")
+    split = _with_paths(tiny_raw, root, tmp_path / "split")
+    summary = train(full, "crn")
+    assert summary["steps"] == 4 and summary["finished"]
+    partial = train(split, "crn", until_step=2)
+    assert partial["steps"] == 2 and not partial["finished"]
+    assert load_training_state(tmp_path / "split/crn/state.pt")["step"] == 2
+    train(split, "crn")  # the same command again resumes
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the objective's adaptive lambdas too (rescaled after 1 epoch = 3 steps)
+    sa = load_training_state(tmp_path / "full/crn/state.pt")["objective"]
+    sb = load_training_state(tmp_path / "split/crn/state.pt")["objective"]
+    assert bool(sa["loss.rescaled"]) and torch.equal(sa["loss.lambdas"], sb["loss.lambdas"])
+
+
+def test_training_is_deterministic_and_lowers_loss(prepared_tiny, tiny_raw, tmp_path):
+    root, _ = prepared_tiny
+    tiny_raw["train"]["total_steps"] = 12
+    tiny_raw["crn"]["objective"]["lambda_mode"] = "authors-256p"
+    a = train(_with_paths(tiny_raw, root, tmp_path / "a"), "crn")
+    b = train(_with_paths(tiny_raw, root, tmp_path / "b"), "crn")
+    assert a["final_losses"] == b["final_losses"]
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    import json
+
+    first = json.loads((tmp_path / "a/crn/live/metrics.json").read_text())
+    history = (tmp_path / "a/crn/live/plots/metrics/train/G/total.tsv").read_text().splitlines()[1:]
+    losses = [float(line.split("\t")[-1]) for line in history]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert first["step"] == 12
+
+
+def test_model_file_rebuilds_network_without_params(prepared_tiny, tiny_raw, tmp_path):
+    root, _ = prepared_tiny
+    train(_with_paths(tiny_raw, root, tmp_path), "crn")
+    nets, data = load_model_file(tmp_path / "crn/model.pt")
+    assert data["model"] == "crn" and data["facts"]["steps"] == 4
+    assert data["facts"]["vgg"].startswith("random init")
+    assert nets["G"](torch.zeros(1, 20, 16, 32)).shape == (1, 3, 16, 32)
+    assert not any(k.startswith("module.") for k in data["state_dicts"]["G"])
+
+
+def test_changed_settings_start_afresh_and_keep_old_state(prepared_tiny, tiny_raw, tmp_path):
+    root, _ = prepared_tiny
+    train(_with_paths(tiny_raw, root, tmp_path), "crn", until_step=2)
+    tiny_raw["crn"]["network"]["widths"] = [8, 8, 4]
+    summary = train(_with_paths(tiny_raw, root, tmp_path), "crn")
+    assert summary["steps"] == 4
+    assert len(list((tmp_path / "crn").glob("state.stale-*.pt"))) == 1
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "state.pt"
+    checkpoint.atomic_torch_save({"format": checkpoint.STATE_FORMAT, "step": 1}, path)
+
+    def dying_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_training_state(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_corrupt_state_is_a_clear_error(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(CrnError, match="state.pt: not a readable training state"):
+        load_training_state(tmp_path / "state.pt")
+
+
+def test_missing_prepared_data(tiny_params):
+    with pytest.raises(CrnError, match="run `crn-repro prepare`"):
+        train(tiny_params, "crn")
+
+
+def test_sigkill_then_resume_matches_uninterrupted(prepared_tiny, tiny_raw, tmp_path):
+    """A real kill -9 in the middle of training, then the same command again."""
+    root, _ = prepared_tiny
+    tiny_raw["train"].update(total_steps=40, checkpoint_every_steps=1)
+    tiny_raw["paths"] = dict(tiny_raw["paths"], prepared=str(root / "data/prepared"), runs=str(tmp_path / "killed"))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_raw))
+    cmd = [sys.executable, "-m", "crn_repro", "--params", str(params_file), "train", "--model", "crn"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed/crn/state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and load_training_state(state)["step"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_training_state(state)["step"]
+    assert killed_at < 40, "training finished before it could be killed"
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    reference = _with_paths(dict(tiny_raw, train=tiny_raw["train"]), root, tmp_path / "reference")
+    train(reference, "crn")
+    a, b = _weights(tmp_path / "killed"), _weights(tmp_path / "reference")
+    assert all(torch.equal(a[k], b[k]) for k in a)
