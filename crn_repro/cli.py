@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from crn_repro.errors import CrnError
-from crn_repro.registry import MODELS
+from crn_repro.registry import GENERATORS, MODELS
 
 app = typer.Typer(
     help="Cascaded Refinement Networks (Chen & Koltun, ICCV 2017) and its baselines: prepare, train, "
@@ -26,6 +26,7 @@ err_console = Console(stderr=True)
 STATE = {"params": Path("params.yaml"), "debug": False}
 
 ModelName = enum.Enum("ModelName", {name: name for name in MODELS}, type=str)
+GeneratorName = enum.Enum("GeneratorName", {name: name for name in GENERATORS}, type=str)
 
 
 def _command(fn):
@@ -85,7 +86,7 @@ def train(
 
 
 @_command
-def synthesize(model: ModelName = typer.Option(..., "--model", "-m", help="model from the registry")) -> None:
+def synthesize(model: GeneratorName = typer.Option(..., "--model", "-m", help="image synthesis model from the registry")) -> None:
     """Stage `synthesize`: write the model's images for every validation layout (PNG)."""
     from crn_repro.synthesize import synthesize as run
 

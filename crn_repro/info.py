@@ -7,6 +7,7 @@ plausible c reproduces (crn-facts §1), so we report the true count.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
@@ -18,7 +19,7 @@ from crn_repro.registry import BuildContext, count_parameters, get_spec
 
 
 def describe(params: Params, model: str, preset: str | None = None) -> dict:
-    """{"model", "preset", "image_size_hw", "parameters" (generator), "networks" (name -> count)}."""
+    """{"model", "preset", "image_size_hw", "parameters" (the generator's), "networks" (name -> count)}."""
     spec = get_spec(model)
     network = params.model(model).network
     image_size_hw = tuple(params.data.image_size_hw)
@@ -29,7 +30,7 @@ def describe(params: Params, model: str, preset: str | None = None) -> dict:
             raise CrnError(f"--preset: model {model} has no presets")
         network = dataclasses.replace(network, preset=preset, widths=None)
         image_size_hw = PRESETS[preset]["image_size_hw"]
-    ctx = BuildContext(image_size_hw, NUM_LAYOUT_CHANNELS, params.vgg, steps_per_epoch=1)
+    ctx = BuildContext(image_size_hw, NUM_LAYOUT_CHANNELS, params.vgg, 1, Path(params.paths.runs))
     counts = {}
     for name, (cls, resolve) in spec.networks.items():
         try:
@@ -42,6 +43,6 @@ def describe(params: Params, model: str, preset: str | None = None) -> dict:
         "model": model,
         "preset": preset,
         "image_size_hw": list(image_size_hw),
-        "parameters": counts["G"],
+        "parameters": counts[next(iter(spec.networks))],  # the generator (or the segmenter's S)
         "networks": counts,
     }

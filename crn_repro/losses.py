@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crn_repro.config import doc
@@ -43,17 +44,26 @@ class VggParams:
 
 @dataclass(frozen=True)
 class FeatureMatchingParams:
-    """params.yaml ``<model>.objective`` of CRN-loss models (Eq. 1; Eq. 4 with terms: image)."""
+    """params.yaml ``<model>.objective`` of CRN-loss models: Eq. 1 (one image), Eq. 4 (image-space
+    loss, ``terms: image``), and for k > 1 outputs the diversity losses Eq. 2 and Eq. 3."""
 
     terms: Literal["all", "image"] = doc("all = Eq. 1 (image + VGG layers); image = Eq. 4, the image-space loss")
     lambda_mode: Literal["paper", "authors-256p", "authors-512p"] = doc(
         "paper: 1/numel, rescaled once to equal contributions; authors-*: the release's fixed constants"
     )
     lambda_rescale_after_epochs: float = doc("paper mode: epochs before the one-time rescaling (paper: 100)")
+    collection_loss: Literal["hindsight", "per-class"] = doc(
+        "k > 1 outputs: hindsight = Eq. 2 (min over u); per-class = Eq. 3 (min over u for each class)"
+    )
+    mean_term_weight: float = doc(
+        "k > 1: weight w of the mean over outputs added to the min, (1 - w) min + w mean (paper 0, release 0.001)"
+    )
 
     def validate(self):
         if self.lambda_rescale_after_epochs <= 0:
             yield "lambda_rescale_after_epochs", "must be > 0"
+        if not 0 <= self.mean_term_weight <= 1:
+            yield "mean_term_weight", "must be in [0, 1]"
 
 
 class Objective(nn.Module):
@@ -63,6 +73,11 @@ class Objective(nn.Module):
 
     def after_step(self, step: int) -> None:
         """Called by the trainer after optimizer step ``step`` (1-based); default: nothing."""
+
+    def validation_metrics(self, nets: dict[str, nn.Module], val, device) -> dict:
+        """Held-out figures computed once training has finished (``val``: the prepared val split);
+        they go into the run's summary.json. Default: none."""
+        return {}
 
 
 class FeatureMatchingLoss(nn.Module):
@@ -91,16 +106,27 @@ class FeatureMatchingLoss(nn.Module):
             max(1, math.ceil(params.lambda_rescale_after_epochs * steps_per_epoch)) if params.lambda_mode == "paper" else None
         )
 
-    def errors(self, image: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean absolute error of every term, shape (B, n_terms), float32. ``image`` is the
-        reference (no gradient), ``generated`` the synthesized batch, both in 0..255."""
-        errs = [(image.float() - generated.float()).abs().flatten(1).mean(1)]
+    def error_maps(self, image: torch.Tensor, generated: torch.Tensor) -> list[torch.Tensor]:
+        """|Phi_l(I) - Phi_l(g_u(L))| averaged over feature channels, per term l: a list of
+        (B, k, h_l, w_l) float32 maps. ``image`` (B, 3, H, W) is the reference (no gradient),
+        ``generated`` (B, 3k, H, W) the k synthesized images, all in 0..255."""
+        b, k = image.shape[0], generated.shape[1] // 3
+        fake_images = generated.reshape(b * k, 3, *generated.shape[-2:])
+        maps = [(image.float().unsqueeze(1) - generated.float().reshape(b, k, 3, *generated.shape[-2:])).abs().mean(2)]
         if self.vgg is not None:
             with torch.no_grad():
                 real = self.vgg(image)
-            fake = self.vgg(generated)
-            errs += [(r.float() - f.float()).abs().flatten(1).mean(1) for r, f in zip(real, fake)]
-        return torch.stack(errs, dim=1)
+            fake = self.vgg(fake_images)
+            for r, f in zip(real, fake):
+                f = f.reshape(b, k, *f.shape[1:])
+                maps.append((r.float().unsqueeze(1) - f.float()).abs().mean(2))
+        return maps
+
+    def errors(self, image: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        """Mean absolute error of every term, shape (B, n_terms) for one output image, or
+        (B, k, n_terms) when ``generated`` holds k > 1 images."""
+        errors = torch.stack([m.flatten(2).mean(2) for m in self.error_maps(image, generated)], dim=-1)
+        return errors[:, 0] if errors.shape[1] == 1 else errors
 
     def weighted(self, errors: torch.Tensor) -> torch.Tensor:
         """lambda_l * error_l, shape (..., n_terms)."""
@@ -110,7 +136,7 @@ class FeatureMatchingLoss(nn.Module):
         """Accumulate the weighted terms over the epoch before the rescaling step (paper mode)."""
         if self.rescale_at_step is None or bool(self.rescaled):
             return
-        self.running_sum += self.weighted(errors.detach()).reshape(-1, errors.shape[-1]).double().mean(0)
+        self.running_sum += self.weighted(errors.detach()).reshape(-1, errors.shape[-1]).double().mean(0)  # over B (and k)
         self.running_count += 1
 
     def after_step(self, step: int) -> None:
@@ -126,24 +152,61 @@ class FeatureMatchingLoss(nn.Module):
             self.rescaled.fill_(True)
 
 
+def hindsight_loss(weighted_errors: torch.Tensor, mean_term_weight: float) -> torch.Tensor:
+    """Hindsight loss (Eq. 2): min over outputs u of sum_l lambda_l ||Phi_l(I) - Phi_l(g_u)||_1,
+    per sample; ``weighted_errors`` is (B, k, n_terms). With w > 0, (1 - w) min + w mean."""
+    per_output = weighted_errors.sum(-1)
+    loss = per_output.min(1).values
+    return loss if mean_term_weight == 0 else (1 - mean_term_weight) * loss + mean_term_weight * per_output.mean(1)
+
+
+def per_class_errors(maps: list[torch.Tensor], layout: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """The [k, c] error matrix of Eq. 3 per sample: sum_l lambda_l of the error map of output u
+    masked by class p's layout L_p^l (area-downsampled to layer l's resolution, so soft), averaged
+    over all pixels (not the mask area, as in the release). Returns (B, k, c)."""
+    total = 0
+    for weight, error in zip(lambdas, maps):
+        mask = F.interpolate(layout.float(), size=error.shape[-2:], mode="area")
+        total = total + weight.float() * torch.einsum("bphw,buhw->bup", mask, error) / error[0, 0].numel()
+    return total
+
+
+def per_class_loss(class_errors: torch.Tensor, mean_term_weight: float) -> torch.Tensor:
+    """Diversity loss (Eq. 3): sum over classes p of min over outputs u, per sample. Void is a class
+    (it has a layout channel). With w > 0 (release: 0.001): (1 - w) sum_p min_u + w sum_p mean_u."""
+    loss = class_errors.min(1).values.sum(-1)
+    if mean_term_weight == 0:
+        return loss
+    return (1 - mean_term_weight) * loss + mean_term_weight * class_errors.mean(1).sum(-1)
+
+
 class FeatureMatchingObjective(Objective):
-    """CRN objective: Eq. 1 on the single synthesized image (k = 1), or Eq. 4 with ``terms: image``."""
+    """CRN objective (Sec. 3.3-3.4): Eq. 1 for one image (Eq. 4 with ``terms: image``); for a
+    collection of k > 1 images, Eq. 2 or Eq. 3 by ``collection_loss``."""
 
     phases = ("G",)
 
     def __init__(self, params: FeatureMatchingParams, vgg: VggParams, steps_per_epoch: int):
         super().__init__()
+        self.params = params
         self.loss = FeatureMatchingLoss(params, vgg, steps_per_epoch)
 
     def forward(self, phase: str, nets: dict[str, nn.Module], batch) -> dict[str, torch.Tensor]:
         layout, image = batch
         generated = nets["G"](layout)
-        errors = self.loss.errors(image, generated)
+        maps = self.loss.error_maps(image, generated)
+        errors = torch.stack([m.flatten(2).mean(2) for m in maps], dim=-1)  # (B, k, n_terms)
         if self.training:
             self.loss.observe(errors)
-        weighted = self.loss.weighted(errors).mean(0)
-        out = {name: weighted[i].detach() for i, name in enumerate(self.loss.terms)}
-        out["total"] = weighted.sum().float()
+        weighted = self.loss.weighted(errors)
+        out = {name: weighted[..., i].mean().detach() for i, name in enumerate(self.loss.terms)}
+        if errors.shape[1] == 1:
+            out["total"] = weighted.sum(-1).mean().float()
+        elif self.params.collection_loss == "hindsight":
+            out["total"] = hindsight_loss(weighted, self.params.mean_term_weight).mean().float()
+        else:
+            class_errors = per_class_errors(maps, layout, self.loss.lambdas)
+            out["total"] = per_class_loss(class_errors, self.params.mean_term_weight).mean().float()
         return out
 
     def after_step(self, step: int) -> None:

@@ -16,7 +16,7 @@ import yaml
 from crn_repro.config import Problems, doc, from_dict, to_dict
 from crn_repro.errors import CrnError
 from crn_repro.losses import VggParams
-from crn_repro.registry import MODELS
+from crn_repro.registry import GENERATORS, MODELS
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class ModelParams:
     network: Any
     objective: Any
     optimizer: dict[str, OptimizerParams]
+    train: TrainParams  # the global `train` section with this model's `train` overrides applied
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Params:
 
     def to_dict(self) -> dict:
         out = to_dict({k: getattr(self, k) for k in ("paths", "data", "synthetic", "models", "train", "vgg", "synthesize", "report")})
-        out.update(to_dict(self.model_sections))
+        out.update(to_dict(self.model_sections))  # model `train` entries show the merged values
         return out
 
 
@@ -127,15 +128,18 @@ STATIC_SECTIONS = {
 }
 
 
-def _model_section(name: str, raw: Any, problems: Problems) -> ModelParams | None:
+MODEL_KEYS = ("network", "objective", "optimizer", "train")
+
+
+def _model_section(name: str, raw: Any, global_train: Any, problems: Problems) -> ModelParams | None:
     spec = MODELS[name]
     if not isinstance(raw, dict):
-        problems.append(f"{name}: expected a mapping with network, objective, optimizer")
+        problems.append(f"{name}: expected a mapping with {', '.join(MODEL_KEYS)}")
         return None
     for key in raw:
-        if key not in ("network", "objective", "optimizer"):
-            problems.append(f"{name}.{key}: unknown key (valid keys: network, objective, optimizer)")
-    missing = [key for key in ("network", "objective", "optimizer") if key not in raw]
+        if key not in MODEL_KEYS:
+            problems.append(f"{name}.{key}: unknown key (valid keys: {', '.join(MODEL_KEYS)})")
+    missing = [key for key in MODEL_KEYS if key not in raw]
     for key in missing:
         problems.append(f"{name}.{key}: missing key")
     if missing:
@@ -150,7 +154,14 @@ def _model_section(name: str, raw: Any, problems: Problems) -> ModelParams | Non
     else:
         for net_name in expected:
             optimizer[net_name] = from_dict(OptimizerParams, opt_raw[net_name], f"{name}.optimizer.{net_name}", problems)
-    return ModelParams(network, objective, optimizer)
+    overrides = raw["train"] or {}
+    if not isinstance(overrides, dict):
+        problems.append(f"{name}.train: expected a mapping of `train` keys to override (or {{}})")
+        return None
+    train = None
+    if isinstance(global_train, dict):
+        train = from_dict(TrainParams, {**global_train, **overrides}, f"{name}.train", problems)
+    return ModelParams(network, objective, optimizer, train)
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
@@ -173,14 +184,14 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         problems.append("models: expected a non-empty list of model names")
         models = []
     for name in models:
-        if name not in MODELS:
-            problems.append(f"models: unknown model {name!r} (valid: {', '.join(MODELS)})")
+        if name not in GENERATORS:
+            problems.append(f"models: unknown model {name!r} (valid: {', '.join(GENERATORS)})")
         elif name not in raw:
             problems.append(f"{name}: missing section for listed model")
     model_sections = {}
     for name in MODELS:
         if name in raw:
-            model_sections[name] = _model_section(name, raw[name], problems)
+            model_sections[name] = _model_section(name, raw[name], raw.get("train"), problems)
     if problems:
         raise CrnError(f"{source}: invalid params: " + "; ".join(problems))
     return Params(models=tuple(models), model_sections=model_sections, **sections)

@@ -7,12 +7,25 @@ nothing else lists the models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Literal
 
 from torch import nn
 
+from baselines.dcgan import DCGANDiscriminator, DCGANGenerator, DCGANNetworkParams, dcgan_kwargs
+from baselines.fullres import FullResNetworkParams, FullResolutionNetwork, fullres_kwargs
+from baselines.pix2pix import PatchDiscriminator, Pix2PixNetworkParams, UnetGenerator, pix2pix_kwargs
+from baselines.unet import UNet, UNetNetworkParams, unet_kwargs
+from crn_repro.adversarial import GANSemSegObjective, GANSemSegObjectiveParams, Pix2PixObjective, Pix2PixObjectiveParams
 from crn_repro.crn import CRN, CRNNetworkParams, crn_kwargs
 from crn_repro.losses import FeatureMatchingObjective, FeatureMatchingParams, Objective, VggParams
+from crn_repro.segmentation import (
+    SegmentationObjective,
+    SegmentationObjectiveParams,
+    Segmenter,
+    SegmenterNetworkParams,
+    segmenter_kwargs,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,7 @@ class BuildContext:
     num_classes: int
     vgg: VggParams
     steps_per_epoch: int
+    runs_dir: Path  # where the pipeline's own runs live (e.g. runs/segmenter/model.pt)
 
 
 @dataclass(frozen=True)
@@ -33,17 +47,82 @@ class ModelSpec:
     # name -> (network class, function(network params, context) -> constructor kwargs)
     networks: dict[str, tuple[type[nn.Module], Callable]]
     objective: Callable[[object, BuildContext], Objective]
+    role: Literal["generator", "segmenter"] = "generator"  # generators synthesize; a segmenter scores
 
 
-MODELS: dict[str, ModelSpec] = {
-    "crn": ModelSpec(
-        summary="Cascaded refinement network with the feature-matching loss (Sec. 3, Eq. 1)",
+def _crn_like(summary: str) -> ModelSpec:
+    """A model with the CRN network and the feature-matching objective: crn, image-space and
+    crn-diverse differ only in their params (Sec. 3.3, 3.4, Eq. 4)."""
+    return ModelSpec(
+        summary=summary,
         network_params=CRNNetworkParams,
         objective_params=FeatureMatchingParams,
         networks={"G": (CRN, lambda net, ctx: crn_kwargs(net, ctx.image_size_hw, ctx.num_classes))},
-        objective=lambda obj, ctx: FeatureMatchingObjective(obj, ctx.vgg, ctx.steps_per_epoch),
+        objective=_feature_matching,
+    )
+
+
+def _feature_matching(obj: FeatureMatchingParams, ctx: BuildContext) -> Objective:
+    return FeatureMatchingObjective(obj, ctx.vgg, ctx.steps_per_epoch)
+
+
+def _crn_loss_model(summary: str, params_cls: type, cls: type[nn.Module], resolve: Callable) -> ModelSpec:
+    """A baseline architecture trained with the CRN's feature-matching loss (Sec. 4)."""
+    return ModelSpec(
+        summary=summary,
+        network_params=params_cls,
+        objective_params=FeatureMatchingParams,
+        networks={"G": (cls, lambda net, ctx: resolve(net, ctx.image_size_hw, ctx.num_classes))},
+        objective=_feature_matching,
+    )
+
+
+def _gan_semseg_objective(obj: GANSemSegObjectiveParams, ctx: BuildContext) -> Objective:
+    path = Path(obj.segmenter) if obj.segmenter else ctx.runs_dir / "segmenter" / "model.pt"
+    return GANSemSegObjective(obj, path, ctx.image_size_hw)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "crn": _crn_like("Cascaded refinement network with the feature-matching loss (Sec. 3, Eq. 1)"),
+    "image-space": _crn_like("CRN trained with L1 on pixels only: the image-space loss baseline (Sec. 4, Eq. 4)"),
+    "crn-diverse": _crn_like("CRN synthesizing k images with the diversity loss (Sec. 3.4, Eq. 2 / Eq. 3)"),
+    "fullres": _crn_loss_model(
+        "Full-resolution network: inverted context aggregation, CRN loss (Sec. 4)",
+        FullResNetworkParams, FullResolutionNetwork, fullres_kwargs,
+    ),
+    "unet": _crn_loss_model(
+        "Encoder-decoder (U-Net) with the CRN loss (Sec. 4)", UNetNetworkParams, UNet, unet_kwargs
+    ),
+    "pix2pix": ModelSpec(
+        summary="pix2pix: conditional GAN, U-Net generator, PatchGAN, GAN + 100 L1 (Isola et al., Sec. 4)",
+        network_params=Pix2PixNetworkParams,
+        objective_params=Pix2PixObjectiveParams,
+        networks={
+            "G": (UnetGenerator, lambda net, ctx: pix2pix_kwargs(net, ctx.image_size_hw, ctx.num_classes)["G"]),
+            "D": (PatchDiscriminator, lambda net, ctx: pix2pix_kwargs(net, ctx.image_size_hw, ctx.num_classes)["D"]),
+        },
+        objective=lambda obj, ctx: Pix2PixObjective(obj),
+    ),
+    "gan-semseg": ModelSpec(
+        summary="DCGAN generator and discriminator + segmentation cross-entropy (Sec. 4)",
+        network_params=DCGANNetworkParams,
+        objective_params=GANSemSegObjectiveParams,
+        networks={
+            "G": (DCGANGenerator, lambda net, ctx: dcgan_kwargs(net, ctx.image_size_hw, ctx.num_classes)["G"]),
+            "D": (DCGANDiscriminator, lambda net, ctx: dcgan_kwargs(net, ctx.image_size_hw, ctx.num_classes)["D"]),
+        },
+        objective=_gan_semseg_objective,
+    ),
+    "segmenter": ModelSpec(
+        summary="Semantic segmentation network trained on real images; used by gan-semseg and evaluation",
+        network_params=SegmenterNetworkParams,
+        objective_params=SegmentationObjectiveParams,
+        networks={"S": (Segmenter, lambda net, ctx: segmenter_kwargs(net, ctx.image_size_hw, ctx.num_classes))},
+        objective=lambda obj, ctx: SegmentationObjective(obj),
+        role="segmenter",
     ),
 }
+GENERATORS = tuple(name for name, spec in MODELS.items() if spec.role == "generator")
 
 
 def get_spec(name: str) -> ModelSpec:

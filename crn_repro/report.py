@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -23,6 +24,17 @@ from crn_repro.errors import CrnError  # noqa: E402
 from crn_repro.labels import colorize_channels  # noqa: E402
 from crn_repro.params import Params  # noqa: E402
 from crn_repro.synthesize import output_names  # noqa: E402
+
+
+DISPLAY_NAMES = {
+    "crn": "CRN",
+    "crn-diverse": "CRN (diverse, u=0)",
+    "image-space": "Image-space loss",
+    "fullres": "Full-resolution net",
+    "unet": "Encoder-decoder",
+    "pix2pix": "pix2pix",
+    "gan-semseg": "GAN+SemSeg",
+}
 
 
 def qualitative_grid(columns: dict[str, list[np.ndarray]], row_labels: list[str] | None = None) -> Figure:
@@ -44,6 +56,58 @@ def qualitative_grid(columns: dict[str, list[np.ndarray]], row_labels: list[str]
                 ax.set_ylabel(row_labels[r], fontsize=6)
     fig.tight_layout(pad=0.3)
     return fig
+
+
+def diversity_panel(layouts: list[np.ndarray], collections: list[list[np.ndarray]], title: str) -> Figure:
+    """Paper Fig. 6 style: per row a semantic layout and the k images of its synthesized collection."""
+    k = len(collections[0])
+    h, w = layouts[0].shape[:2]
+    cell_w = 1.8
+    fig, axes = plt.subplots(
+        len(layouts), k + 1, figsize=(cell_w * (k + 1), cell_w * h / w * len(layouts) + 0.6), squeeze=False
+    )
+    for r, (layout, images) in enumerate(zip(layouts, collections)):
+        for c, image in enumerate([layout] + list(images)):
+            ax = axes[r][c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("Semantic layout" if c == 0 else f"u = {c - 1}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def paper_scale_memory() -> list[dict]:
+    """Activation memory (batch 1, fp32) of the paper's CRN presets and the full-resolution network
+    with 10 layers x 256 maps (Sec. 4) at the same resolutions, sized on the meta device."""
+    from baselines.fullres import FullResNetworkParams, FullResolutionNetwork, fullres_kwargs
+    from crn_repro.crn import CRN, PRESETS, CRNNetworkParams, crn_kwargs
+    from crn_repro.memory import activation_bytes
+    from crn_repro.registry import count_parameters
+
+    rows = []
+    for preset, spec in PRESETS.items():
+        size = spec["image_size_hw"]
+        with torch.device("meta"):
+            nets = {
+                f"CRN ({preset})": CRN(**crn_kwargs(CRNNetworkParams(preset, None, 1), size, 20)),
+                "Full-resolution (10 x 256)": FullResolutionNetwork(
+                    **fullres_kwargs(FullResNetworkParams(10, 256, None), size, 20)
+                ),
+            }
+            layout = torch.zeros(1, 20, *size)
+        for name, net in nets.items():
+            rows.append(
+                {
+                    "resolution": f"{size[0]}x{size[1]}",
+                    "network": name,
+                    "parameters": count_parameters(net),
+                    "activation_gib": activation_bytes(net, layout) / 2**30,
+                }
+            )
+    return rows
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -79,13 +143,29 @@ def write_report(params: Params) -> Path:
     }
     for model in params.models:
         folder = Path(params.paths.synth) / model
-        columns[model.upper() if model == "crn" else model] = [
+        columns[DISPLAY_NAMES.get(model, model)] = [
             _read_png(folder / output_names(val.names[i], indexes[model]["k"])[0]) for i in rows
         ]
+    figure_files = []
     fig = qualitative_grid(columns, [val.names[i] for i in rows])
     qualitative = figures / "qualitative.png"
     fig.savefig(qualitative, dpi=150)
+    fig.savefig(qualitative.with_suffix(".pdf"))
     plt.close(fig)
+    figure_files.append(("Qualitative comparison (paper Fig. 4/5 style): semantic layout, reference image, "
+                         "and the first output of each model.", qualitative.name))
+    for model in params.models:
+        k = indexes[model]["k"]
+        if k == 1:
+            continue
+        folder = Path(params.paths.synth) / model
+        collections = [[_read_png(folder / name) for name in output_names(val.names[i], k)] for i in rows]
+        fig = diversity_panel(columns["Semantic layout"], collections, f"{DISPLAY_NAMES.get(model, model)}: k = {k} outputs per layout")
+        path = figures / f"diversity_{model}.png"
+        fig.savefig(path, dpi=150)
+        fig.savefig(path.with_suffix(".pdf"))
+        plt.close(fig)
+        figure_files.append((f"Diversity (paper Fig. 6 style): the {k} images {model} synthesizes for each layout.", path.name))
 
     h, w = meta["image_size_hw"]
     lines = [
@@ -126,15 +206,29 @@ def write_report(params: Params) -> Path:
             "> The data is the built-in **synthetic city** (generated from seed "
             f"{meta.get('synthetic_seed')}), not Cityscapes.",
         ]
+    memory = paper_scale_memory()
+    lines += [
+        "",
+        "## Memory: why the full-resolution network does not scale (Sec. 4)",
+        "",
+        "Activations autograd keeps for the backward pass, one image, fp32, measured by shape on the meta "
+        "device (the paper trained the full-resolution network only up to 256x512 on a 12 GB GPU):",
+        "",
+        "| resolution | network | parameters | activation memory | bytes per parameter |",
+        "|---|---|---|---|---|",
+    ]
+    for row in memory:
+        lines.append(
+            f"| {row['resolution']} | {row['network']} | {row['parameters']:,} | {row['activation_gib']:.2f} GiB | "
+            f"{row['activation_gib'] * 2**30 / row['parameters']:.0f} |"
+        )
     lines += [
         "",
         "## Qualitative results",
         "",
-        "Validation layouts: semantic layout (Cityscapes colours), reference image, and each model's synthesis.",
-        "",
-        f"![qualitative](figures/{qualitative.name})",
-        "",
     ]
+    for caption, name in figure_files:
+        lines += [caption, "", f"![{name}](figures/{name})", ""]
     report = reports / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report

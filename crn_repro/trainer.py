@@ -37,7 +37,7 @@ from crn_repro.config import to_dict
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError
 from crn_repro.labels import NUM_LAYOUT_CHANNELS
-from crn_repro.params import Params
+from crn_repro.params import Params, TrainParams
 from crn_repro.registry import BuildContext, count_parameters, get_spec
 
 
@@ -72,7 +72,7 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(params: Params) -> Runtime:
+def setup_runtime(tp: TrainParams) -> Runtime:
     """Device, DDP process group (under torchrun), precision and memory format."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -88,9 +88,8 @@ def setup_runtime(params: Params) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    precision = params.train.precision
-    use_bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    channels_last = params.train.channels_last == "on" or (params.train.channels_last == "auto" and cuda)
+    use_bf16 = tp.precision == "bf16" or (tp.precision == "auto" and cuda)
+    channels_last = tp.channels_last == "on" or (tp.channels_last == "auto" and cuda)
     return Runtime(device, rank, world_size, torch.bfloat16 if use_bf16 else None, channels_last)
 
 
@@ -105,8 +104,8 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params) -> str:
         "vgg": to_dict(params.vgg),
         "data": to_dict(params.data),
         "synthetic": to_dict(params.synthetic) if params.data.dataset == "synthetic" else None,
-        "seed": params.train.seed,
-        "batch_size": params.train.batch_size,
+        "seed": mp.train.seed,
+        "batch_size": mp.train.batch_size,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -117,9 +116,10 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     console = console or Console(stderr=True)
     spec = get_spec(model)
     mp = params.model(model)
-    rt = setup_runtime(params)
-    if params.train.batch_size % rt.world_size:
-        raise CrnError(f"train.batch_size: {params.train.batch_size} is not divisible by {rt.world_size} processes")
+    tp = mp.train  # global `train` with this model's overrides
+    rt = setup_runtime(tp)
+    if tp.batch_size % rt.world_size:
+        raise CrnError(f"{model}.train.batch_size: {tp.batch_size} is not divisible by {rt.world_size} processes")
 
     data = PreparedSplit(Path(params.paths.prepared), "train")
     if data.size_hw != tuple(params.data.image_size_hw):
@@ -127,8 +127,10 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             f"{params.paths.prepared}: prepared at {data.size_hw}, but data.image_size_hw is "
             f"{tuple(params.data.image_size_hw)}; run `crn-repro prepare` again"
         )
-    steps_per_epoch = math.ceil(len(data) / params.train.batch_size)
-    ctx = BuildContext(tuple(params.data.image_size_hw), NUM_LAYOUT_CHANNELS, params.vgg, steps_per_epoch)
+    steps_per_epoch = math.ceil(len(data) / tp.batch_size)
+    ctx = BuildContext(
+        tuple(params.data.image_size_hw), NUM_LAYOUT_CHANNELS, params.vgg, steps_per_epoch, Path(params.paths.runs)
+    )
 
     network_kwargs = {}
     for name, (_, resolve) in spec.networks.items():
@@ -136,7 +138,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             network_kwargs[name] = resolve(mp.network, ctx)
         except ValueError as error:
             raise CrnError(f"{model}.network: {error}") from None
-    torch.manual_seed(derive_seed(params.train.seed, INIT))
+    torch.manual_seed(derive_seed(tp.seed, INIT))
     nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
     objective = spec.objective(mp.objective, ctx)
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -179,14 +181,14 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             for name, net in nets.items()
         }
 
-    total = params.train.total_steps
+    total = tp.total_steps
     stop = min(total, until_step) if until_step is not None else total
     facts = {
         "model": model,
         "dataset": params.data.dataset,
         "image_size_hw": list(params.data.image_size_hw),
         "train_images": len(data),
-        "batch_size": params.train.batch_size,
+        "batch_size": tp.batch_size,
         "total_steps": total,
         "vgg": getattr(getattr(getattr(objective, "loss", None), "vgg", None), "source_description", "not used"),
         "vgg_pooling": params.vgg.pooling,
@@ -240,8 +242,8 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         objective.train()
         while step < stop:
             t0 = time.perf_counter()
-            indices = batch_indices(params.train.seed, step, len(data), params.train.batch_size)
-            torch.manual_seed(derive_seed(params.train.seed, STEP_NOISE, step, rt.rank))
+            indices = batch_indices(tp.seed, step, len(data), tp.batch_size)
+            torch.manual_seed(derive_seed(tp.seed, STEP_NOISE, step, rt.rank))
             layout, image = data.batch(indices[rt.rank :: rt.world_size], rt.device)
             layout = layout.contiguous(memory_format=memory_format)
             image = image.contiguous(memory_format=memory_format)
@@ -257,7 +259,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             step += 1
             if not all(math.isfinite(v) for v in last.values()):
                 raise CrnError(f"{model}: loss became non-finite at step {step} ({last}); lower the learning rate")
-            images_per_s = params.train.batch_size / max(time.perf_counter() - t0, 1e-9)
+            images_per_s = tp.batch_size / max(time.perf_counter() - t0, 1e-9)
             if live is not None:
                 live.step = step
                 for name, value in last.items():
@@ -265,12 +267,24 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
                 live.log_metric("train/images_per_s", images_per_s)
                 live.next_step()
             progress.update(task, completed=step, status=f"loss {last.get(objective.phases[-1] + '/total', 0):.4g}  {images_per_s:.1f} img/s")
-            if step % params.train.checkpoint_every_steps == 0 or step == stop:
+            if step % tp.checkpoint_every_steps == 0 or step == stop:
                 checkpoint(step, wall_before + time.perf_counter() - started)
-    if live is not None:
-        live.end()
     wall = wall_before + time.perf_counter() - started
     summary = dict(facts, steps=step, wall_time_s=round(wall, 1), final_losses=last, finished=step >= total)
+    if rt.is_main and step >= total:
+        for net in nets.values():
+            net.eval()
+        objective.eval()
+        plain = {name: unwrap(net) for name, net in nets.items()}
+        val = PreparedSplit(Path(params.paths.prepared), "val")
+        with torch.no_grad():
+            summary["validation"] = objective.validation_metrics(plain, val, rt.device)
+        if live is not None:
+            for name, value in summary["validation"].items():
+                if isinstance(value, (int, float)):
+                    live.summary[f"val/{name}"] = value
+    if live is not None:
+        live.end()
     if rt.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
     if rt.world_size > 1:

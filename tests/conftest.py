@@ -21,9 +21,13 @@ def tiny_raw_params(root: Path) -> dict:
     raw["data"]["image_size_hw"] = [16, 32]
     raw["synthetic"].update(num_train=6, num_val=3, image_size_hw=[32, 64])
     raw["train"].update(total_steps=4, batch_size=2, checkpoint_every_steps=2)
+    raw["models"] = ["crn"]
     raw["crn"]["network"]["widths"] = [8, 8, 8]
     raw["crn"]["objective"]["lambda_rescale_after_epochs"] = 1
     raw["report"]["figure_rows"] = 2
+    for section in raw.values():  # models train with the tiny global `train` section
+        if isinstance(section, dict) and "train" in section:
+            section["train"] = {}
     raw["synthesize"]["batch_size"] = 2
     return raw
 

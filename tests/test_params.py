@@ -5,14 +5,14 @@ import yaml
 
 from crn_repro.errors import CrnError
 from crn_repro.params import load_params, parse_params
-from crn_repro.registry import MODELS
+from crn_repro.registry import GENERATORS, MODELS
 
 from conftest import REPO
 
 
 def test_shipped_params_validate():
     params = load_params(REPO / "params.yaml")
-    assert params.models == ("crn",)
+    assert set(params.models) == set(GENERATORS)
     assert params.model("crn").optimizer["G"].lr > 0
 
 
@@ -24,7 +24,7 @@ def test_every_registry_model_has_a_section_in_shipped_params():
 def test_dvc_yaml_stages_use_params_sections():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert list(dvc["stages"]) == ["prepare", "train", "synthesize", "report"]
+    assert list(dvc["stages"]) == ["prepare", "segmenter", "train", "synthesize", "report"]
     assert dvc["stages"]["train"]["foreach"] == "${models}"
     for stage in dvc["stages"].values():
         body = stage.get("do", stage)
@@ -45,6 +45,8 @@ def test_dvc_yaml_stages_use_params_sections():
         (lambda r: r["crn"]["network"].update(preset="cityscapes-256p"), "set exactly one of `preset` and `widths`"),
         (lambda r: r["crn"]["optimizer"].update(D={"lr": 1.0, "betas": [0.5, 0.9]}), "one entry per network"),
         (lambda r: r["data"].update(image_size_hw=[64]), "data.image_size_hw: expected 2 values"),
+        (lambda r: r["crn"].update(train={"total_step": 5}), "crn.train.total_step: unknown key"),
+        (lambda r: r["models"].append("segmenter"), "unknown model 'segmenter'"),
     ],
 )
 def test_bad_params_name_the_key(tiny_raw, mutate, needle):
@@ -67,3 +69,10 @@ def test_all_problems_reported_at_once(tiny_raw):
 def test_missing_params_file(tmp_path):
     with pytest.raises(CrnError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_model_train_overrides_merge_with_global(tiny_raw):
+    tiny_raw["crn"]["train"] = {"total_steps": 7}
+    params = parse_params(tiny_raw)
+    assert params.model("crn").train.total_steps == 7
+    assert params.model("crn").train.batch_size == params.train.batch_size
