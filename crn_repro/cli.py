@@ -96,6 +96,16 @@ def synthesize(model: GeneratorName = typer.Option(..., "--model", "-m", help="i
 
 
 @_command
+def evaluate() -> None:
+    """Stage `evaluate`: metrics with bootstrap intervals and the preference table (reports/metrics.json)."""
+    from crn_repro.evaluate import evaluate as run
+
+    params = _params()
+    out = run(params, err_console)
+    console.print(f"evaluated {len(out['models'])} models on {out['num_val_images']} layouts -> {params.paths.reports}/metrics.json")
+
+
+@_command
 def report() -> None:
     """Stage `report`: write reports/report.md and its figures."""
     from crn_repro.report import write_report

@@ -82,6 +82,29 @@ class SynthesizeParams:
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    """params.yaml ``evaluate``."""
+
+    reference_model: str = doc("the model every other one is compared against in the preference table (paper: crn)")
+    segmenter: str | None = doc("segmenter model file for the segmentation score; null = the pipeline's own")
+    inception: Literal["none", "pytorch-fid", "torchvision"] = doc(
+        "Inception weights for FID/KID: pytorch-fid (the published FID protocol), torchvision, or none"
+    )
+    inception_path: str | None = doc("the Inception weights file (pt_inception-2015-12-05-6726825d.pth for pytorch-fid)")
+    human_judgments: str | None = doc("CSV of human pairwise judgments (from `crn-repro study analyze`); null = none")
+    bootstrap_resamples: int = doc("bootstrap resamples for every interval")
+    realism_k: int = doc("k of the k-NN radii of the realism score (Kynkäänniemi et al. 2019: 3)")
+    batch_size: int = doc("images per forward pass")
+    seed: int = doc("seed of the bootstrap")
+
+    def validate(self):
+        if self.inception != "none" and not self.inception_path:
+            yield "inception_path", "required when inception is set (no weights are downloaded)"
+        if self.bootstrap_resamples < 10:
+            yield "bootstrap_resamples", "must be >= 10"
+
+
+@dataclass(frozen=True)
 class ReportParams:
     figure_rows: int = doc("validation layouts shown in the qualitative figure")
 
@@ -103,6 +126,7 @@ class Params:
     train: TrainParams
     vgg: VggParams
     synthesize: SynthesizeParams
+    evaluate: EvaluateParams
     report: ReportParams
     model_sections: dict[str, ModelParams]
 
@@ -112,7 +136,7 @@ class Params:
         return self.model_sections[name]
 
     def to_dict(self) -> dict:
-        out = to_dict({k: getattr(self, k) for k in ("paths", "data", "synthetic", "models", "train", "vgg", "synthesize", "report")})
+        out = to_dict({k: getattr(self, k) for k in ("paths", "data", "synthetic", "models", "train", "vgg", "synthesize", "evaluate", "report")})
         out.update(to_dict(self.model_sections))  # model `train` entries show the merged values
         return out
 
@@ -124,6 +148,7 @@ STATIC_SECTIONS = {
     "train": TrainParams,
     "vgg": VggParams,
     "synthesize": SynthesizeParams,
+    "evaluate": EvaluateParams,
     "report": ReportParams,
 }
 

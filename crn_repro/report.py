@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -79,6 +80,40 @@ def diversity_panel(layouts: list[np.ndarray], collections: list[list[np.ndarray
     return fig
 
 
+def metric_chart(table: pd.DataFrame, title: str) -> Figure:
+    """Horizontal bars of one metric per model with their intervals; ``table`` has columns
+    model, value, ci_low, ci_high."""
+    fig, ax = plt.subplots(figsize=(5.0, 0.35 * len(table) + 0.9))
+    y = np.arange(len(table))
+    err = np.vstack([table["value"] - table["ci_low"], table["ci_high"] - table["value"]]).clip(min=0)
+    ax.barh(y, table["value"], xerr=err, color="#4c72b0", ecolor="black", capsize=3)
+    ax.set_yticks(y, table["model"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(curves: dict[str, pd.DataFrame]) -> Figure:
+    """One panel per model: its generator's (or segmenter's) total loss per step; columns step, value."""
+    n = len(curves)
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.2 * rows), squeeze=False)
+    for ax, (name, df) in zip(axes.flat, curves.items()):
+        ax.plot(df["step"], df["value"], lw=0.6, color="#999999")
+        window = max(1, len(df) // 20)
+        ax.plot(df["step"], df["value"].rolling(window, min_periods=1).mean(), lw=1.2, color="#c44e52")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def paper_scale_memory() -> list[dict]:
     """Activation memory (batch 1, fp32) of the paper's CRN presets and the full-resolution network
     with 10 layers x 256 maps (Sec. 4) at the same resolutions, sized on the meta device."""
@@ -120,8 +155,23 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=150)
+    fig.savefig(path.with_suffix(".pdf"))
+    plt.close(fig)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x != x else (f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}")
+
+
+def _p(p: float) -> str:
+    return "n/a" if p != p else ("< 1e-3" if p < 1e-3 else f"{p:.3f}")
+
+
 def write_report(params: Params) -> Path:
-    """Write ``reports/report.md`` and ``reports/figures/qualitative.png``; returns the report path."""
+    """Write ``reports/report.md``, the self-contained ``reports/report.html`` and the figures
+    (PNG and PDF); returns the report path."""
     reports = Path(params.paths.reports)
     figures = reports / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -149,9 +199,7 @@ def write_report(params: Params) -> Path:
     figure_files = []
     fig = qualitative_grid(columns, [val.names[i] for i in rows])
     qualitative = figures / "qualitative.png"
-    fig.savefig(qualitative, dpi=150)
-    fig.savefig(qualitative.with_suffix(".pdf"))
-    plt.close(fig)
+    _save(fig, qualitative)
     figure_files.append(("Qualitative comparison (paper Fig. 4/5 style): semantic layout, reference image, "
                          "and the first output of each model.", qualitative.name))
     for model in params.models:
@@ -162,9 +210,7 @@ def write_report(params: Params) -> Path:
         collections = [[_read_png(folder / name) for name in output_names(val.names[i], k)] for i in rows]
         fig = diversity_panel(columns["Semantic layout"], collections, f"{DISPLAY_NAMES.get(model, model)}: k = {k} outputs per layout")
         path = figures / f"diversity_{model}.png"
-        fig.savefig(path, dpi=150)
-        fig.savefig(path.with_suffix(".pdf"))
-        plt.close(fig)
+        _save(fig, path)
         figure_files.append((f"Diversity (paper Fig. 6 style): the {k} images {model} synthesizes for each layout.", path.name))
 
     h, w = meta["image_size_hw"]
@@ -206,6 +252,25 @@ def write_report(params: Params) -> Path:
             "> The data is the built-in **synthetic city** (generated from seed "
             f"{meta.get('synthetic_seed')}), not Cityscapes.",
         ]
+    lines += _evaluation_section(params, figures)
+    curves = {}
+    for model in ["segmenter", *params.models]:
+        run = Path(params.paths.runs) / model / "live" / "plots" / "metrics" / "train"
+        phase = "S" if model == "segmenter" else "G"
+        tsv = run / phase / "total.tsv"
+        if tsv.is_file():
+            df = pd.read_csv(tsv, sep="\t")
+            curves[model] = df.rename(columns={df.columns[-1]: "value"})
+    if curves:
+        _save(training_curves(curves), figures / "training_curves.png")
+        lines += [
+            "",
+            "## Training curves",
+            "",
+            "Total loss of each model's generator (the segmenter's cross-entropy for `segmenter`) per step; red: running mean.",
+            "",
+            "![training curves](figures/training_curves.png)",
+        ]
     memory = paper_scale_memory()
     lines += [
         "",
@@ -230,5 +295,101 @@ def write_report(params: Params) -> Path:
     for caption, name in figure_files:
         lines += [caption, "", f"![{name}](figures/{name})", ""]
     report = reports / "report.md"
-    atomic_write_text(report, "\n".join(lines))
+    text = "\n".join(lines)
+    atomic_write_text(report, text)
+    atomic_write_text(reports / "report.html", to_html(text, reports))
     return report
+
+
+def to_html(markdown_text: str, base: Path) -> str:
+    """The report as one self-contained HTML file: figures embedded as data URIs."""
+    import base64
+    import re
+
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+
+    def embed(match):
+        path = base / match.group(1)
+        data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "img{max-width:100%}blockquote{background:#fff4e5;border-left:4px solid #f0a020;margin:1em 0;padding:0.5em 1em}"
+    )
+    return f"<!doctype html>\n<html><head><meta charset='utf-8'><title>crn-repro report</title><style>{style}</style></head><body>\n{body}\n</body></html>\n"
+
+
+METRIC_TITLES = {
+    "segmentation_miou": "Segmentation mIoU (higher is better)",
+    "segmentation_pixel_accuracy": "Segmentation pixel accuracy (higher is better)",
+    "frechet_distance_segmenter": "Frechet distance, segmenter features (lower is better)",
+    "fid": "FID (lower is better)",
+    "kid": "KID (lower is better)",
+    "realism_score": "Mean realism score (higher is better)",
+    "colour_distance": "Class-conditional colour distance (lower is better)",
+    "diversity": "Diversity within collections (higher = more diverse)",
+}
+
+
+def _evaluation_section(params: Params, figures: Path) -> list[str]:
+    """Tables and charts of reports/metrics.json and reports/preference.csv."""
+    reports = Path(params.paths.reports)
+    metrics_path, preference_path = reports / "metrics.json", reports / "preference.csv"
+    for path in (metrics_path, preference_path):
+        if not path.is_file():
+            raise CrnError(f"{path}: missing; run `crn-repro evaluate` first")
+    metrics = json.loads(metrics_path.read_text())["models"]
+    preference = pd.read_csv(preference_path)
+    source = preference["source"].iloc[0] if len(preference) else "none"
+    lines = [
+        "",
+        "## Pairwise preference (paper Table 1 shape)",
+        "",
+        f"Fraction of comparisons (same layout) in which **{params.evaluate.reference_model}** was preferred over each "
+        f"baseline, with its 95% Wilson interval and the two-sided exact binomial test against 50%. Source: **{source}**.",
+        "",
+    ]
+    if source.startswith("automatic"):
+        lines += [
+            "> These are **automatic proxy judgments, not human judgments**: for each layout, the image with the higher "
+            "realism score (Kynkaenniemi et al. 2019) wins. The paper (Sec. 5.1) warns that automatic measures can be "
+            "gamed; only a human study (`crn-repro study`) reproduces its Table 1.",
+            "",
+        ]
+    lines += ["| baseline | preferred | 95% interval | p | n |", "|---|---|---|---|---|"]
+    for row in preference.itertuples():
+        lines.append(f"| {row.baseline} | {row.rate:.1%} | {row.ci_low:.1%} - {row.ci_high:.1%} | {_p(row.p_value)} | {row.n} |")
+    names = sorted({m for entry in metrics.values() for m in entry}, key=list(METRIC_TITLES).index)
+    lines += [
+        "",
+        "## Automatic metrics",
+        "",
+        "Each value with its bootstrap 95% interval over validation images. These measure other things than realism "
+        "to a person and are reported apart from the human evidence.",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for model, entry in metrics.items():
+        cells = [
+            f"{_fmt(entry[m]['value'])} [{_fmt(entry[m]['ci_low'])}, {_fmt(entry[m]['ci_high'])}]" if m in entry else "-"
+            for m in names
+        ]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "Protocols:", ""]
+    for m in names:
+        protocol = next(entry[m]["protocol"] for entry in metrics.values() if m in entry)
+        lines.append(f"- **{m}**: {protocol}")
+    lines.append("")
+    for m in names:
+        table = pd.DataFrame(
+            [{"model": model, **{k: entry[m][k] for k in ("value", "ci_low", "ci_high")}} for model, entry in metrics.items() if m in entry]
+        )
+        _save(metric_chart(table, METRIC_TITLES[m]), figures / f"metric_{m}.png")
+        lines += [f"![{m}](figures/metric_{m}.png)", ""]
+    return lines

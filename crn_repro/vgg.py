@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crn_repro.errors import CrnError
+from crn_repro.errors import CrnError, check_choice, one_line
 
 LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")  # features taken after their ReLU
 
@@ -80,8 +80,8 @@ class VGG19Features(nn.Module):
         ``mean_rgb`` in 0..255 units, default MATCONVNET_MEAN_RGB; no std).
         """
         super().__init__()
-        _check_choice("VGG pooling (vgg.pooling)", pooling, POOLINGS)
-        _check_choice("input convention", input_convention, INPUT_CONVENTIONS)
+        check_choice("VGG pooling (vgg.pooling)", pooling, POOLINGS)
+        check_choice("input convention", input_convention, INPUT_CONVENTIONS)
         self.pooling = pooling
         self.input_convention = input_convention
         self.source_description = "random init (seed 0) — NOT pretrained"
@@ -159,7 +159,7 @@ def load_vgg19(
     allow_download: torchvision only, fetch IMAGENET1K_V1 into the hub cache when it is absent.
     seed: random only.
     """
-    _check_choice("VGG weights source (vgg.weights)", source, SOURCES)
+    check_choice("VGG weights source (vgg.weights)", source, SOURCES)
     if source == "random":
         vgg = VGG19Features(pooling, "torchvision")
         vgg.init_random_(seed)
@@ -226,7 +226,7 @@ def _torch_load(path: Path) -> dict:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt zip, not a torch file, pickled code, ...
-        raise CrnError(f"{path}: cannot read as a torch state_dict ({_one_line(error)})") from error
+        raise CrnError(f"{path}: cannot read as a torch state_dict ({one_line(error)})") from error
     if not isinstance(state_dict, dict):
         raise CrnError(f"{path}: expected a state_dict (dict of tensors), got {type(state_dict).__name__}")
     return state_dict
@@ -283,7 +283,7 @@ def _read_matconvnet(path: str | Path | None) -> tuple[dict[str, tuple[Tensor, T
     except NotImplementedError as error:  # v7.3 files are HDF5
         raise CrnError(f"{path}: MATLAB v7.3 (HDF5) .mat is not supported; re-save it with -v7") from error
     except Exception as error:
-        raise CrnError(f"{path}: cannot read as a MATLAB .mat file ({_one_line(error)})") from error
+        raise CrnError(f"{path}: cannot read as a MATLAB .mat file ({one_line(error)})") from error
     if "layers" not in mat:
         raise CrnError(f"{path}: no top-level 'layers'; not a MatConvNet SimpleNN model like {MATCONVNET_FILE_NAME}")
 
@@ -341,20 +341,3 @@ def _matconvnet_mean(mat: dict, path: Path) -> tuple[float, float, float]:
         raise CrnError(f"{path}: normalization.averageImage has shape {average.shape}, expected 1x1x3 or HxWx3")
     mean = average.reshape(-1, 3).mean(axis=0)
     return (float(mean[0]), float(mean[1]), float(mean[2]))
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise CrnError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
-
-
-def _one_line(error: Exception, max_chars: int = 100) -> str:
-    """The exception's first line, shortened: CrnError messages stay one readable line."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    if len(text) > max_chars:
-        text = text[: max_chars - 3] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -19,7 +19,7 @@ def tiny_raw_params(root: Path) -> dict:
     raw = copy.deepcopy(raw)
     raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
     raw["data"]["image_size_hw"] = [16, 32]
-    raw["synthetic"].update(num_train=6, num_val=3, image_size_hw=[32, 64])
+    raw["synthetic"].update(num_train=6, num_val=5, image_size_hw=[32, 64])
     raw["train"].update(total_steps=4, batch_size=2, checkpoint_every_steps=2)
     raw["models"] = ["crn"]
     raw["crn"]["network"]["widths"] = [8, 8, 8]

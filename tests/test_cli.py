@@ -75,11 +75,15 @@ def test_synthesize_before_train(tmp_path, tiny_raw):
 
 def test_stages_end_to_end(tmp_path, tiny_raw):
     params = _write(tmp_path, tiny_raw)
-    for command in (["prepare"], ["train", "--model", "crn"], ["synthesize", "--model", "crn"], ["report"]):
+    tiny_raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
+    tiny_raw["evaluate"]["bootstrap_resamples"] = 20
+    params = _write(tmp_path, tiny_raw)
+    stages = (["prepare"], ["train", "--model", "segmenter"], ["train", "--model", "crn"], ["synthesize", "--model", "crn"], ["evaluate"], ["report"])
+    for command in stages:
         result = runner.invoke(app, ["--params", params] + command)
         assert result.exit_code == 0, (command, result.output)
     report = (tmp_path / "reports/report.md").read_text()
     assert "random" in report and "synthetic" in report and "16x32" in report
     assert (tmp_path / "reports/figures/qualitative.png").stat().st_size > 1000
     synth = sorted(p.name for p in (tmp_path / "data/synth/crn").glob("*.png"))
-    assert len(synth) == 3
+    assert len(synth) == 5

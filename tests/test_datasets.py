@@ -105,7 +105,7 @@ def test_prepare_builds_cache_and_keeps_old_one_on_failure(prepared_tiny, tiny_r
     layout, image = train.batch([0, 1])
     assert layout.shape == (2, 20, 16, 32) and image.shape == (2, 3, 16, 32)
     meta = json.loads((root / "data/prepared/meta.json").read_text())
-    assert meta["splits"]["val"]["count"] == 3
+    assert meta["splits"]["val"]["count"] == 5
     assert sum(meta["splits"]["train"]["class_pixel_frequency"]) == pytest.approx(1, abs=1e-4)
 
     # A failing prepare (missing Cityscapes root) leaves the existing cache untouched.

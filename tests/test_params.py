@@ -24,7 +24,7 @@ def test_every_registry_model_has_a_section_in_shipped_params():
 def test_dvc_yaml_stages_use_params_sections():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert list(dvc["stages"]) == ["prepare", "segmenter", "train", "synthesize", "report"]
+    assert list(dvc["stages"]) == ["prepare", "segmenter", "train", "synthesize", "evaluate", "report"]
     assert dvc["stages"]["train"]["foreach"] == "${models}"
     for stage in dvc["stages"].values():
         body = stage.get("do", stage)

@@ -24,6 +24,8 @@ def test_dvc_repro_tiny(tmp_path):
             shutil.copy(src, work / name)
     raw = tiny_raw_params(Path("."))
     raw["paths"] = {k: str(Path(v)) for k, v in raw["paths"].items()}
+    raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
+    raw["evaluate"]["bootstrap_resamples"] = 20
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -38,4 +40,4 @@ def test_dvc_repro_tiny(tmp_path):
     again = subprocess.run(["dvc", "status"], cwd=work, env=env, capture_output=True, text=True)
     assert "up to date" in again.stdout, again.stdout
     metrics = subprocess.run(["dvc", "metrics", "show"], cwd=work, env=env, capture_output=True, text=True)
-    assert "summary.json" in metrics.stdout
+    assert "summary.json" in metrics.stdout and "metrics.json" in metrics.stdout

@@ -1,0 +1,297 @@
+"""The `evaluate` stage (paper Sec. 5.1, crn-facts §7): automatic metrics of every model's
+synthesized validation set, each with a bootstrap interval over images and its protocol, and the
+pairwise preference table in the shape of the paper's Table 1.
+
+The paper's evidence is human judgment, and it warns that automatic measures can be gamed. The
+preference table therefore comes from human study results when they exist (``evaluate.human_judgments``),
+and otherwise from an automatic judge, labelled as such: for each layout, the image with the higher
+realism score (Kynkäänniemi et al. 2019) in a feature space of real validation images wins.
+
+Everything is computed from files (the prepared val split, the synthesized PNGs, the segmenter's
+model file) and written as files: ``metrics.json``, ``per_image/<model>.csv``, ``preference.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
+
+from crn_repro import metrics as M
+from crn_repro import stats
+from crn_repro.checkpoint import atomic_write_json, atomic_write_text
+from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
+from crn_repro.errors import CrnError
+from crn_repro.labels import CHANNEL_NAMES, NUM_LAYOUT_CHANNELS, VOID_CHANNEL
+from crn_repro.params import EvaluateParams, Params
+from crn_repro.segmentation import confusion_matrix, load_segmenter, predict, segmentation_scores
+from crn_repro.synthesize import output_names
+
+
+SEG_PROTOCOL = (
+    "segmenter S (this pipeline's, trained on the real training images) run on the synthesized image at the "
+    "prepared resolution {h}x{w}; target = the input layout's channel ids; void pixels (channel 19) excluded "
+    "from the target, a non-void pixel predicted void counts as an error; mIoU over the classes present"
+)
+
+
+def _read_images(folder: Path, names: list[str], k: int, model: str) -> np.ndarray:
+    """(N, k, H, W, 3) uint8 of a model's synthesized validation set."""
+    out = []
+    for name in names:
+        row = []
+        for file in output_names(name, k):
+            path = folder / file
+            if not path.is_file():
+                raise CrnError(f"{path}: synthesized image missing; run `crn-repro synthesize --model {model}`")
+            row.append(np.asarray(Image.open(path).convert("RGB")))
+        out.append(row)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _moments_per_image(images: torch.Tensor, ids: torch.Tensor) -> list:
+    """Per-image colour moments per class (for bootstrapping the colour distance over images)."""
+    layouts = channels_to_layout(ids)
+    return [M.colour_moments(images[i : i + 1], layouts[i : i + 1]) for i in range(len(images))]
+
+
+def stack_moments(moments: list) -> M.ColourMoments:
+    """Per-image colour moments stacked along a leading image axis."""
+    return M.ColourMoments(*(torch.stack([getattr(m, f) for m in moments]) for f in ("count", "total", "total_outer")))
+
+
+def sum_moments(stacked: M.ColourMoments, indices) -> M.ColourMoments:
+    """Colour moments of the images ``indices`` (repeats allowed, for the bootstrap)."""
+    idx = torch.as_tensor(np.asarray(indices))
+    return M.ColourMoments(stacked.count[idx].sum(0), stacked.total[idx].sum(0), stacked.total_outer[idx].sum(0))
+
+
+def _interval(value: float, ci: tuple[float, float], protocol: str, **extra) -> dict:
+    return {"value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "protocol": protocol, **extra}
+
+
+def evaluate(params: Params, console: Console | None = None) -> dict:
+    """Write ``paths.reports/{metrics.json, preference.csv, per_image/<model>.csv}``; returns the metrics."""
+    console = console or Console(stderr=True)
+    ep: EvaluateParams = params.evaluate
+    if ep.reference_model not in params.models:
+        raise CrnError(f"evaluate.reference_model: {ep.reference_model!r} is not in `models` ({', '.join(params.models)})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    val = PreparedSplit(Path(params.paths.prepared), "val")
+    h, w = val.size_hw
+    segmenter_path = Path(ep.segmenter) if ep.segmenter else Path(params.paths.runs) / "segmenter" / "model.pt"
+    segmenter = load_segmenter(segmenter_path, device, (h, w))
+    seg_features = M.segmentation_feature_extractor(segmenter)
+    inception = None
+    if ep.inception != "none":
+        from crn_repro.inception import load_inception
+
+        inception = load_inception(ep.inception, ep.inception_path).to(device)
+    vgg = None
+    n_boot, seed = ep.bootstrap_resamples, ep.seed
+
+    synthetic = params.data.dataset == "synthetic"
+
+    def val_batches():
+        """(indices, real images (B,3,H,W) 0..255, layout channel ids (B,H,W)) streamed from the cache."""
+        for start in range(0, len(val), ep.batch_size):
+            idx = np.arange(start, min(start + ep.batch_size, len(val)))
+            yield idx, image_to_tensor(np.array(val.images[idx])).to(device), torch.from_numpy(np.array(val.labels[idx])).long()
+
+    # The real side, once: features and colour moments, streamed in batches.
+    real_seg, real_inc, real_moments = [], [], []
+    with torch.no_grad():
+        for idx, real, ids in val_batches():
+            real_seg.append(seg_features(real).cpu())
+            if inception is not None:
+                real_inc.append(inception(real).cpu())
+            if synthetic:
+                real_moments += _moments_per_image(real.cpu(), ids)
+    real_seg = torch.cat(real_seg).numpy()
+    real_inc = torch.cat(real_inc).numpy() if inception is not None else None
+    fd_seg = M.FrechetReference(real_seg)
+    fd_inc = M.FrechetReference(real_inc) if real_inc is not None else None
+    realism_space = real_inc if real_inc is not None else real_seg
+    realism_name = "Inception pool3" if real_inc is not None else "segmenter bottleneck"
+    real_moments = stack_moments(real_moments) if synthetic else None
+
+    results: dict[str, dict] = {}
+    realism: dict[str, np.ndarray] = {}
+    reports = Path(params.paths.reports)
+    per_image_dir = reports / "per_image"
+    per_image_dir.mkdir(parents=True, exist_ok=True)
+    with Progress(console=console) as progress:
+        task = progress.add_task("evaluate", total=len(params.models) * len(val))
+        for model in params.models:
+            folder = Path(params.paths.synth) / model
+            index_path = folder / "index.json"
+            if not index_path.is_file():
+                raise CrnError(f"{index_path}: missing; run `crn-repro synthesize --model {model}` first")
+            index = json.loads(index_path.read_text())
+            if index["names"] != val.names:
+                raise CrnError(f"{folder}: synthesized for other layouts than the prepared val split; synthesize again")
+            k = index["k"]
+            if k > 1 and vgg is None:
+                from crn_repro.vgg import load_vgg19
+
+                pv = params.vgg
+                vgg = load_vgg19(pv.weights, pv.path, pv.pooling, pv.allow_download, pv.seed).to(device)
+
+            # One streamed pass over the model's images; the first output stands for the model.
+            conf, fake_seg, fake_inc, fake_moments, diversity = [], [], [], [], []
+            with torch.no_grad():
+                for idx, _, ids in val_batches():
+                    collection = image_to_tensor(
+                        _read_images(folder, [val.names[i] for i in idx], k, model).reshape(-1, h, w, 3)
+                    ).reshape(len(idx), k, 3, h, w)
+                    fake = collection[:, 0].to(device)
+                    preds = predict(segmenter, fake).cpu()
+                    conf += [confusion_matrix(p, t, NUM_LAYOUT_CHANNELS) for p, t in zip(preds, ids)]
+                    fake_seg.append(seg_features(fake).cpu())
+                    if inception is not None:
+                        fake_inc.append(inception(fake).cpu())
+                    if synthetic:
+                        fake_moments += _moments_per_image(fake.cpu(), ids)
+                    if k > 1:
+                        feats = [[f.cpu() for f in vgg(collection[:, u].to(device))] for u in range(k)]
+                        diversity += M.pairwise_diversity(feats).tolist()
+                    progress.advance(task, len(idx))
+            conf = torch.stack(conf).numpy()
+            fake_seg = torch.cat(fake_seg).numpy()
+
+            # Segmentation score: per-image confusion matrices, bootstrap over images.
+            def seg_score(idx, key, conf=conf):
+                return segmentation_scores(torch.from_numpy(conf[idx].sum(0)), VOID_CHANNEL)[key]
+
+            every = np.arange(len(conf))
+            protocol = SEG_PROTOCOL.format(h=h, w=w)
+            entry = {
+                name: _interval(
+                    seg_score(every, key),
+                    stats.bootstrap_ci(len(conf), lambda idx, key=key: seg_score(idx, key), num_resamples=n_boot, seed=seed),
+                    protocol,
+                )
+                for name, key in (("segmentation_miou", "mean_iou"), ("segmentation_pixel_accuracy", "pixel_accuracy"))
+            }
+
+            # Frechet distance in the segmenter's feature space (always available), FID/KID with Inception.
+            entry["frechet_distance_segmenter"] = _interval(
+                fd_seg(fake_seg),
+                stats.bootstrap_ci(len(fake_seg), lambda idx: fd_seg(fake_seg[idx]), num_resamples=n_boot, seed=seed),
+                f"Frechet distance between Gaussians fitted to segmenter bottleneck features (global average pooled) of the "
+                f"{len(real_seg)} real and {len(fake_seg)} synthesized validation images; bootstrap over synthesized images",
+            )
+            if inception is not None:
+                fake_inc = torch.cat(fake_inc).numpy()
+                entry["fid"] = _interval(
+                    fd_inc(fake_inc),
+                    stats.bootstrap_ci(len(fake_inc), lambda idx: fd_inc(fake_inc[idx]), num_resamples=n_boot, seed=seed),
+                    f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized images",
+                )
+                kid_mean, kid_std = M.kernel_inception_distance(real_inc, fake_inc, seed=seed)
+                entry["kid"] = _interval(
+                    kid_mean,
+                    (kid_mean - 1.96 * kid_std, kid_mean + 1.96 * kid_std),
+                    "KID (cubic polynomial kernel, unbiased MMD^2, mean +- 1.96 std over subsets)",
+                )
+
+            # Realism score of every synthesized image (the automatic judge).
+            space = fake_inc if inception is not None else fake_seg
+            realism[model] = M.realism_scores(realism_space, space, k=ep.realism_k)
+            entry["realism_score"] = _interval(
+                float(np.mean(realism[model])),
+                stats.bootstrap_mean_ci(realism[model], num_resamples=n_boot, seed=seed),
+                f"mean realism score (Kynkaenniemi et al. 2019, k={ep.realism_k}) in {realism_name} features of real val images",
+            )
+            per_image = pd.DataFrame(
+                {
+                    "model": model,
+                    "image": val.names,
+                    "pixel_accuracy": [seg_score([i], "pixel_accuracy") for i in every],
+                    "realism_score": realism[model],
+                }
+            )
+
+            # The score only the synthetic city allows: class-conditional colour distributions.
+            if synthetic:
+                fake_stacked = stack_moments(fake_moments)
+
+                def colour(idx, fake_stacked=fake_stacked):
+                    per_class = M.colour_moment_distance(sum_moments(real_moments, idx), sum_moments(fake_stacked, idx))
+                    return float(np.mean(list(per_class.values()))) if per_class else float("nan")
+
+                per_class = M.colour_moment_distance(sum_moments(real_moments, every), sum_moments(fake_stacked, every))
+                entry["colour_distance"] = _interval(
+                    colour(every),
+                    stats.bootstrap_ci(len(every), colour, num_resamples=n_boot, seed=seed),
+                    "mean over classes of the Frechet distance between Gaussians fitted to the RGB colours (0..255) of "
+                    "real and synthesized pixels of each class over the same layouts; bootstrap over images",
+                    per_class={CHANNEL_NAMES[c]: float(v) for c, v in per_class.items()},
+                )
+
+            # Diversity of a collection: mean pairwise perceptual distance between its k images.
+            if k > 1:
+                diversity = np.asarray(diversity)
+                entry["diversity"] = _interval(
+                    float(diversity.mean()),
+                    stats.bootstrap_mean_ci(diversity, num_resamples=n_boot, seed=seed),
+                    f"mean pairwise LPIPS-style distance (unit-normalised VGG-19 features, no learned weights; "
+                    f"{vgg.source_description}) between the {k} images of each layout's collection",
+                )
+                per_image["diversity"] = diversity
+
+            results[model] = entry
+            atomic_write_text(per_image_dir / f"{model}.csv", per_image.to_csv(index=False))
+
+    preference = preference_table(params, realism, val.names)
+    atomic_write_text(reports / "preference.csv", preference.to_csv(index=False))
+    out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset}
+    atomic_write_json(reports / "metrics.json", out)
+    return out
+
+
+PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "ci_low", "ci_high", "p_value"]
+
+
+def preference_table(params: Params, realism: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
+    """Table 1: the reference model against each other model. From human judgments if given, else
+    from the automatic judge (higher realism score wins; ties are dropped)."""
+    ep = params.evaluate
+    ref = ep.reference_model
+    rows = []
+    if ep.human_judgments:
+        path = Path(ep.human_judgments)
+        if not path.is_file():
+            raise CrnError(f"{path}: evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null")
+        judgments = pd.read_csv(path)
+        required = {"model_a", "model_b", "winner"}
+        if not required <= set(judgments.columns):
+            raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
+        for other in params.models:
+            if other == ref:
+                continue
+            pair = judgments[((judgments.model_a == ref) & (judgments.model_b == other)) | ((judgments.model_a == other) & (judgments.model_b == ref))]
+            wins, n = int((pair.winner == ref).sum()), len(pair)
+            rows.append(dict(reference=ref, baseline=other, wins=wins, source="human judgments", **_summary(wins, n)))
+        return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
+    for other in params.models:
+        if other == ref:
+            continue
+        a, b = realism[ref], realism[other]
+        decided = a != b
+        wins, n = int((a[decided] > b[decided]).sum()), int(decided.sum())
+        rows.append(dict(reference=ref, baseline=other, wins=wins, source="automatic proxy, not human judgments", **_summary(wins, n)))
+    return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
+
+
+def _summary(wins: int, n: int) -> dict:
+    if n == 0:
+        return {"n": 0, "rate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan")}
+    s = stats.preference_summary(wins, n)
+    return {"n": n, "rate": s["rate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p_value": s["p_value"]}

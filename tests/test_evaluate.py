@@ -1,0 +1,97 @@
+"""The evaluate and report stages on a tiny pipeline: metrics with intervals and protocols, the
+preference table from the automatic judge or from human judgments, and the self-contained HTML."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crn_repro.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from conftest import tiny_raw_params
+
+    root = tmp_path_factory.mktemp("evaluate")
+    raw = tiny_raw_params(root)
+    raw["models"] = ["crn", "crn-diverse"]
+    raw["crn-diverse"]["network"] = {"preset": None, "widths": [8, 8, 8], "num_outputs": 2}
+    raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
+    raw["evaluate"]["bootstrap_resamples"] = 20
+    raw["synthetic"]["num_val"] = 5
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    steps = [["prepare"], ["train", "-m", "segmenter"]]
+    for model in raw["models"]:
+        steps += [["train", "-m", model], ["synthesize", "-m", model]]
+    for command in steps + [["evaluate"], ["report"]]:
+        result = runner.invoke(app, ["--params", str(params)] + command)
+        assert result.exit_code == 0, (command, result.output)
+    return root, raw
+
+
+def test_metrics_have_values_intervals_and_protocols(tiny_run):
+    root, _ = tiny_run
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert set(metrics["models"]) == {"crn", "crn-diverse"}
+    crn = metrics["models"]["crn"]
+    for name in ("segmentation_miou", "segmentation_pixel_accuracy", "frechet_distance_segmenter", "realism_score", "colour_distance"):
+        entry = crn[name]
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"] or entry["ci_low"] == entry["ci_high"], name
+        assert len(entry["protocol"]) > 40
+    assert "diversity" in metrics["models"]["crn-diverse"] and "diversity" not in crn
+    assert "fid" not in crn  # no Inception weights configured: no FID, and no fake one
+    per_image = pd.read_csv(root / "reports/per_image/crn.csv")
+    assert len(per_image) == 5 and {"image", "pixel_accuracy", "realism_score"} <= set(per_image.columns)
+
+
+def test_preference_table_says_automatic_proxy(tiny_run):
+    root, _ = tiny_run
+    table = pd.read_csv(root / "reports/preference.csv")
+    assert list(table.baseline) == ["crn-diverse"]
+    assert table.source[0] == "automatic proxy, not human judgments"
+    assert table.n[0] <= 5 and 0 <= table.rate[0] <= 1
+    report = (root / "reports/report.md").read_text()
+    assert "automatic proxy judgments, not human judgments" in report
+
+
+def test_report_html_is_self_contained(tiny_run):
+    root, _ = tiny_run
+    html = (root / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert 'src="figures/' not in html
+    for name in ("qualitative", "diversity_crn-diverse", "training_curves", "metric_segmentation_miou"):
+        assert (root / f"reports/figures/{name}.png").stat().st_size > 1000, name
+        assert (root / f"reports/figures/{name}.pdf").is_file(), name
+
+
+def test_human_judgments_replace_the_proxy(tiny_run, tmp_path):
+    root, raw = tiny_run
+    judgments = tmp_path / "judgments.csv"
+    rows = [{"model_a": "crn", "model_b": "crn-diverse", "winner": "crn"}] * 9 + [
+        {"model_a": "crn-diverse", "model_b": "crn", "winner": "crn-diverse"}
+    ]
+    pd.DataFrame(rows).to_csv(judgments, index=False)
+    raw = dict(raw, evaluate=dict(raw["evaluate"], human_judgments=str(judgments)))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["--params", str(params), "evaluate"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(root / "reports/preference.csv")
+    assert table.source[0] == "human judgments"
+    assert (table.wins[0], table.n[0]) == (9, 10)
+    assert table.p_value[0] == pytest.approx(0.021484375)  # exact two-sided binomial, 9 of 10
+
+
+def test_missing_synthesis_is_a_clear_error(tiny_run, tmp_path):
+    _, raw = tiny_run
+    raw = dict(raw, paths=dict(raw["paths"], synth=str(tmp_path / "nothing")))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["--params", str(params), "evaluate"])
+    assert result.exit_code == 1 and "run `crn-repro synthesize --model crn`" in result.output

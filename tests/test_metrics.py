@@ -1,0 +1,274 @@
+"""Automatic scores (crn_repro/metrics.py) against closed forms and hand-made cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crn_repro.errors import CrnError
+from crn_repro.metrics import (
+    class_colour_distance,
+    class_colour_distance_per_image,
+    colour_moments,
+    frechet_distance,
+    frechet_distance_from_statistics,
+    gaussian_statistics,
+    kernel_inception_distance,
+    pairwise_diversity,
+    perceptual_distance,
+    realism_scores,
+    segmentation_feature_extractor,
+)
+from crn_repro.segmentation import Segmenter
+
+
+def whitened(n: int, d: int, seed: int) -> np.ndarray:
+    """n samples whose sample mean is exactly 0 and sample covariance exactly I."""
+    z = np.random.default_rng(seed).standard_normal((n, d))
+    z -= z.mean(axis=0)
+    return z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+
+
+# --- Fréchet distance -----------------------------------------------------------------------------
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    feats = np.random.default_rng(0).standard_normal((200, 8)) * 3 + 1
+    assert abs(frechet_distance(feats, feats)) < 1e-9
+    assert abs(frechet_distance(torch.from_numpy(feats).float(), torch.from_numpy(feats).float())) < 1e-4
+
+
+def test_frechet_distance_of_diagonal_gaussians_matches_the_closed_form():
+    mu_a, s_a = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 4.0, 0.25, 2.0])
+    mu_b, s_b = np.array([1.0, 1.0, 0.0, 0.0]), np.array([2.0, 1.0, 1.0, 0.5])
+    a = whitened(300, 4, seed=0) * np.sqrt(s_a) + mu_a  # sample statistics exactly (mu_a, diag s_a)
+    b = whitened(200, 4, seed=1) * np.sqrt(s_b) + mu_b
+    expected = np.sum((mu_a - mu_b) ** 2) + np.sum(s_a + s_b - 2 * np.sqrt(s_a * s_b))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance_from_statistics(mu_a, np.diag(s_a), mu_b, np.diag(s_b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gaussian_statistics_are_mean_and_unbiased_covariance():
+    feats = np.random.default_rng(0).standard_normal((50, 3))
+    mu, sigma = gaussian_statistics(feats)
+    np.testing.assert_allclose(mu, feats.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(feats.T, ddof=1))
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions_is_finite():
+    # The usual FID situation with few images (e.g. 500 in 2048-d): rank-deficient covariances.
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 32)), rng.standard_normal((6, 32)) + 1.0
+    assert abs(frechet_distance(a, a)) < 1e-6 * np.trace(np.cov(a, rowvar=False))  # sqrtm of a singular matrix
+    value = frechet_distance(a, b)
+    assert np.isfinite(value) and value > 32 * 0.5
+
+
+def test_frechet_distance_rejects_bad_input():
+    rng = np.random.default_rng(0)
+    for a, b, match in [
+        (rng.standard_normal((1, 4)), rng.standard_normal((5, 4)), "at least 2"),
+        (rng.standard_normal((5, 4)), rng.standard_normal((5, 3)), "dimension"),
+        (rng.standard_normal(5), rng.standard_normal(5), r"\(n, d\)"),
+        (np.full((5, 4), np.nan), rng.standard_normal((5, 4)), "NaN"),
+    ]:
+        with pytest.raises(CrnError, match=match) as excinfo:
+            frechet_distance(a, b)
+        assert "\n" not in str(excinfo.value)
+
+
+# --- kernel distance ------------------------------------------------------------------------------
+
+
+def brute_force_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(x, y) = (x.y/d + 1)^3 (Binkowski et al. 2018), by loops."""
+    m, d = x.shape
+    k = lambda u, v: (u @ v / d + 1.0) ** 3  # noqa: E731
+    within = sum(k(x[i], x[j]) + k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    across = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m**2
+    return within - 2 * across
+
+
+def test_kid_with_whole_sets_as_subsets_is_the_unbiased_mmd():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)) + 0.5
+    mean, std = kernel_inception_distance(x, y, num_subsets=3, subset_size=1000)  # subsets: permutations
+    assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-10)
+    assert std < 1e-12
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((400, 16)), rng.standard_normal((400, 16))
+    same, same_std = kernel_inception_distance(a, b, num_subsets=20, subset_size=100)
+    shifted, shifted_std = kernel_inception_distance(a, b + 0.5, num_subsets=20, subset_size=100)
+    assert abs(same) < 2 * same_std + 1e-3
+    assert shifted > 10 * abs(same) and shifted > 3 * shifted_std
+    assert kernel_inception_distance(a, b, num_subsets=5, subset_size=50, seed=3) == kernel_inception_distance(
+        a, b, num_subsets=5, subset_size=50, seed=3
+    )
+
+
+def test_kid_rejects_a_subset_of_one():
+    with pytest.raises(CrnError, match="subset_size"):
+        kernel_inception_distance(np.zeros((5, 2)), np.zeros((5, 2)), subset_size=1)
+
+
+# --- realism score --------------------------------------------------------------------------------
+
+# Four corners of the unit square, its centre, and an outlier far away. With k = 1 every inlier's
+# radius is the corner-centre distance sqrt(0.5); the outlier's is its distance to (1, 1).
+SQUARE = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0.5, 0.5], [10, 10]], dtype=np.float64)
+R_INLIER = np.sqrt(0.5)
+
+
+def test_realism_score_on_a_hand_made_example():
+    queries = np.array([[1.0, 0.0], [0.25, 0.25], [5.0, 5.0]])
+    scores = realism_scores(SQUARE, queries, k=1)
+    assert scores[0] > 1e3  # at a real point
+    assert scores[1] == pytest.approx(R_INLIER / np.sqrt(0.125), rel=1e-4)  # = 2: halfway to the corner
+    assert scores[2] == pytest.approx(R_INLIER / np.sqrt(32), rel=1e-4)  # nearest kept real: (1, 1)
+    assert scores[2] < 1
+    # Without pruning, the outlier's huge sphere swallows the far query.
+    unpruned = realism_scores(SQUARE, queries[2:], k=1, prune_fraction=0.0)
+    assert unpruned[0] == pytest.approx(np.hypot(9, 9) / np.hypot(5, 5), rel=1e-4) and unpruned[0] > 1
+
+
+def test_realism_score_default_k_and_chunking():
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((50, 2))
+    distances = np.linalg.norm(real[:, None] - real[None], axis=-1)
+    radii = np.sort(distances, axis=1)[:, 3]  # k = 3; column 0 is the point itself
+    dense, sparse = real[radii < np.median(radii)][:3], real[radii > np.median(radii)][:1]
+    queries = np.concatenate([dense, [[100.0, 100.0]], sparse])
+    scores = realism_scores(real, queries)
+    assert (scores[:3] > 1).all() and scores[3] < 1
+    assert scores[4] < 1e3  # its own sphere was pruned: only the neighbours' spheres count
+    np.testing.assert_allclose(realism_scores(torch.from_numpy(real), queries, chunk_size=7), scores, rtol=1e-12)
+
+
+def test_realism_needs_more_reals_than_k():
+    with pytest.raises(CrnError, match="at least 4"):
+        realism_scores(np.zeros((3, 2)), np.zeros((1, 2)), k=3)
+
+
+# --- diversity ------------------------------------------------------------------------------------
+
+
+def test_perceptual_distance_by_hand():
+    x1, y1 = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1), torch.tensor([0.0, 1.0]).reshape(1, 2, 1, 1)
+    x2 = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1).expand(1, 2, 2, 2)
+    y2 = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]]).unsqueeze(0)
+    # layer 1: |(1, -1)|^2 = 2; layer 2: two of four pixels differ by 2, spatial mean 1.
+    torch.testing.assert_close(perceptual_distance([x1, x2], [y1, y2]), torch.tensor([3.0]))
+    torch.testing.assert_close(perceptual_distance([x1, x2], [5 * x1, 0.1 * x2]), torch.tensor([0.0]))  # scale-free
+
+
+def test_pairwise_diversity_is_zero_for_identical_outputs_and_grows_with_spread():
+    g = torch.Generator().manual_seed(0)
+    base = [torch.rand(3, 8, 4, 4, generator=g) + 0.5, torch.rand(3, 16, 2, 2, generator=g) + 0.5]
+    noise = [[torch.randn(b.shape, generator=g) for b in base] for _ in range(4)]
+    assert pairwise_diversity([base] * 4).abs().max() < 1e-6
+    spreads = [0.05, 0.2, 0.5]
+    diversity = [pairwise_diversity([[b + s * n for b, n in zip(base, ns)] for ns in noise]) for s in spreads]
+    assert diversity[0].shape == (3,)
+    assert (diversity[0] < diversity[1]).all() and (diversity[1] < diversity[2]).all()
+
+
+def test_pairwise_diversity_is_the_mean_over_pairs():
+    g = torch.Generator().manual_seed(1)
+    outputs = [[torch.randn(2, 4, 3, 3, generator=g)] for _ in range(3)]
+    pairs = [perceptual_distance(outputs[u], outputs[v]) for u, v in itertools.combinations(range(3), 2)]
+    torch.testing.assert_close(pairwise_diversity(outputs), sum(pairs) / 3)
+    with pytest.raises(CrnError, match="k >= 2"):
+        pairwise_diversity(outputs[:1])
+
+
+# --- per-class colour distance --------------------------------------------------------------------
+
+
+def layouts_of(ids: torch.Tensor, num_classes: int = 20) -> torch.Tensor:
+    return F.one_hot(ids, num_classes).permute(0, 3, 1, 2).float()
+
+
+def colour_scene(seed: int = 0):
+    """2 images 8x16: left half class 0, right half class 2, 5 pixels of class 5 (too few)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(2, 8, 16, dtype=torch.long)
+    ids[:, :, 8:] = 2
+    ids[0, 0, :5] = 5
+    images = torch.rand(2, 3, 8, 16, generator=g) * 100 + 50
+    return images, layouts_of(ids), ids
+
+
+def test_class_colour_distance_of_identical_images_is_zero():
+    images, layouts, _ = colour_scene()
+    distances = class_colour_distance(images, images.clone(), layouts)
+    assert set(distances) == {0, 2}  # class 5 has 5 < 10 pixels; absent classes are left out
+    assert all(abs(v) < 1e-9 for v in distances.values())
+
+
+def test_class_colour_distance_matches_the_frechet_formula():
+    images, layouts, ids = colour_scene()
+    fake = images.clone()
+    shift = torch.tensor([10.0, -5.0, 3.0]).reshape(1, 3, 1, 1)
+    is_0, is_2 = (ids == 0).unsqueeze(1), (ids == 2).unsqueeze(1)
+    fake = torch.where(is_0, images + shift, fake)  # class 0: same covariance, mean shifted
+    colours_2 = images.permute(0, 2, 3, 1)[ids == 2].double().numpy()  # (pixels, 3)
+    mean_2 = torch.from_numpy(colours_2.mean(0)).float().reshape(1, 3, 1, 1)
+    fake = torch.where(is_2, mean_2 + 2 * (images - mean_2), fake)  # class 2: covariance x4, same mean
+    distances = class_colour_distance(images, fake, layouts)
+    assert distances[0] == pytest.approx(100 + 25 + 9, rel=1e-6)
+    # Tr(S + 4S - 2 (4 S^2)^(1/2)) = Tr(S)
+    assert distances[2] == pytest.approx(np.trace(np.cov(colours_2, rowvar=False)), rel=1e-5)
+
+
+def test_class_colour_distance_per_image_and_merged_moments():
+    images, layouts, _ = colour_scene()
+    fake = images.flip(-1)
+    per_image = class_colour_distance_per_image(images, fake, layouts)
+    assert len(per_image) == 2 and set(per_image[1]) == {0, 2} and set(per_image[0]) == {0, 2}
+    merged = colour_moments(images[:1], layouts[:1]) + colour_moments(images[1:], layouts[1:])
+    whole = colour_moments(images, layouts)
+    torch.testing.assert_close(merged.total_outer, whole.total_outer)
+    torch.testing.assert_close(merged.count, whole.count)
+
+
+def test_class_colour_distance_checks_shapes():
+    images, layouts, _ = colour_scene()
+    with pytest.raises(CrnError, match="layouts"):
+        class_colour_distance(images, images, layouts[:, :19])
+
+
+# --- segmenter features ---------------------------------------------------------------------------
+
+
+def test_segmentation_features_are_the_pooled_bottleneck():
+    torch.manual_seed(0)
+    segmenter = Segmenter(num_classes=20, base_width=4, depth=2, max_width=8).eval()
+    images = torch.rand(2, 3, 16, 32, generator=torch.Generator().manual_seed(0)) * 255
+    features = segmentation_feature_extractor(segmenter)(images)
+    assert features.shape == (2, 8) and not features.requires_grad
+
+    with torch.no_grad():  # the encoder pass, spelled out
+        x = segmenter.normalise(images)
+        for level, block in enumerate(segmenter.encoder):
+            x = block(F.max_pool2d(x, 2, ceil_mode=True) if level > 0 else x)
+    torch.testing.assert_close(features, x.mean(dim=(2, 3)))
+    assert not segmenter.encoder[-1]._forward_hooks  # the hook is gone again
+
+
+def test_frechet_reference_matches_frechet_distance():
+    from crn_repro.metrics import FrechetReference, frechet_distance
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8))
+    b = rng.normal(size=(150, 8)) @ rng.normal(size=(8, 8)) + 0.5
+    reference = FrechetReference(a)
+    assert reference(b) == pytest.approx(frechet_distance(a, b), rel=1e-6, abs=1e-8)
+    assert reference(a) == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,238 @@
+"""crn_repro.stats against closed forms, scipy references and simulation (crn-facts §6)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from crn_repro.stats import (
+    binomial_power,
+    binomial_test,
+    bootstrap_ci,
+    bootstrap_mean_ci,
+    cluster_bootstrap_ci,
+    judgments_needed,
+    preference_summary,
+    wilson_interval,
+)
+
+# Table 1 (crn-facts §6): fraction of comparisons in which CRN was preferred, per baseline
+# (image-space loss, GAN+SemSeg, pix2pix, encoder-decoder, full-resolution).
+TABLE1_RATES = {
+    "cityscapes": [0.997, 0.985, 0.969, 0.783, 0.677],
+    "nyu": [0.914, 0.823, 0.772, 0.712, 0.658],
+}
+# The paper does not say how many judgments stand behind each rate. Assumption for these tests:
+# 500 judgments per comparison (5 jobs of 100 test pairs each), wins = round(rate * n).
+ASSUMED_JUDGMENTS = 500
+
+
+# ---------------------------------------------------------------- Wilson interval
+
+
+def test_wilson_interval_matches_closed_form_8_of_10():
+    z = 1.959963984540054  # Phi^-1(0.975)
+    n, p_hat = 10, 0.8
+    center = (p_hat + z**2 / (2 * n)) / (1 + z**2 / n)
+    half_width = z / (1 + z**2 / n) * math.sqrt(p_hat * (1 - p_hat) / n + z**2 / (4 * n**2))
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(center - half_width, rel=0, abs=1e-12)
+    assert high == pytest.approx(center + half_width, rel=0, abs=1e-12)
+    assert (low, high) == pytest.approx((0.49016247, 0.94331785), abs=1e-8)  # published value
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 100, 1001])
+def test_wilson_interval_is_symmetric_and_in_unit_interval(n):
+    for k in range(0, n + 1, max(1, n // 10)):
+        low, high = wilson_interval(k, n)
+        mirrored_low, mirrored_high = wilson_interval(n - k, n)
+        assert 0.0 <= low <= k / n <= high <= 1.0
+        assert low == pytest.approx(1.0 - mirrored_high, abs=1e-12)
+        assert high == pytest.approx(1.0 - mirrored_low, abs=1e-12)
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+
+
+def test_wilson_interval_narrows_with_n_and_widens_with_confidence():
+    widths = [np.subtract(*wilson_interval(int(0.7 * n), n)[::-1]) for n in (10, 100, 1000, 10000)]
+    assert all(a > b for a, b in zip(widths, widths[1:]))
+    low_90, high_90 = wilson_interval(70, 100, confidence=0.90)
+    low_99, high_99 = wilson_interval(70, 100, confidence=0.99)
+    assert low_99 < low_90 and high_90 < high_99
+
+
+@pytest.mark.parametrize("successes, n", [(0, 0), (3, 2), (-1, 5), (1.5, 5)])
+def test_invalid_counts_raise(successes, n):
+    with pytest.raises(ValueError):
+        wilson_interval(successes, n)
+    with pytest.raises(ValueError):
+        binomial_test(successes, n)
+
+
+# ---------------------------------------------------------------- exact binomial test
+
+
+def _grid():
+    for n in (1, 2, 3, 5, 10, 17, 50, 101, 400, 1000):
+        for p in (0.01, 0.1, 0.25, 1 / 3, 0.5, 0.6, 0.75, 0.9, 0.99):
+            for k in sorted({0, 1, n // 3, n // 2, int(p * n), int(p * n) + 1, n - 1, n}):
+                if 0 <= k <= n:
+                    yield k, n, p
+
+
+def test_binomial_test_matches_scipy_binomtest():
+    for k, n, p in _grid():
+        expected = scipy.stats.binomtest(k, n, p, alternative="two-sided").pvalue
+        assert binomial_test(k, n, p) == pytest.approx(expected, rel=1e-10, abs=0), (k, n, p)
+
+
+def test_binomial_test_hand_cases():
+    assert binomial_test(5, 10) == 1.0  # the mode
+    assert binomial_test(0, 10) == pytest.approx(2 / 2**10, rel=1e-12)  # {0, 10}
+    assert binomial_test(9, 10) == pytest.approx(22 / 2**10, rel=1e-12)  # {0, 1, 9, 10}
+
+
+# ---------------------------------------------------------------- Table 1
+
+
+def test_table1_rates_are_significant_at_assumed_sample_size():
+    for dataset, rates in TABLE1_RATES.items():
+        for rate in rates:
+            row = preference_summary(round(rate * ASSUMED_JUDGMENTS), ASSUMED_JUDGMENTS)
+            assert row["p_value"] < 1e-3, (dataset, rate, row)
+            assert row["ci_low"] > 0.5 and row["ci_low"] <= row["rate"] <= row["ci_high"]
+            assert set(row) == {"rate", "ci_low", "ci_high", "p_value", "wins", "n"}
+
+
+def test_sample_size_matters_for_the_weakest_table1_rate():
+    weakest = min(min(rates) for rates in TABLE1_RATES.values())  # NYU vs full-resolution, 65.8%
+    assert weakest == 0.658
+    # 50 judgments at 65.8% (33 wins) would not support "p < 1e-3" ...
+    assert binomial_test(round(weakest * 50), 50) > 1e-3
+    # ... and reaching it with 80% power takes well over 100 judgments (170 with this test).
+    assert judgments_needed(weakest, alpha=1e-3, power=0.8) > 100
+
+
+# ---------------------------------------------------------------- judgments_needed / power
+
+
+def test_judgments_needed_is_the_first_n_reaching_the_power():
+    for rate in (0.99, 0.9, 0.783, 0.658, 0.6, 0.35):
+        n = judgments_needed(rate)
+        assert binomial_power(n, rate) >= 0.8 > binomial_power(n - 1, rate), rate
+
+
+def test_judgments_needed_decreases_with_true_rate_and_is_symmetric():
+    needed = [judgments_needed(rate) for rate in (0.55, 0.6, 0.658, 0.7, 0.8, 0.9)]
+    assert all(a > b for a, b in zip(needed, needed[1:]))
+    assert judgments_needed(0.3) == judgments_needed(0.7)
+    assert judgments_needed(0.658, power=0.9) > judgments_needed(0.658, power=0.8)
+    assert judgments_needed(0.658, alpha=0.05) < judgments_needed(0.658, alpha=1e-3)
+
+
+def test_exact_power_is_not_monotone_in_n():
+    n = judgments_needed(0.658)
+    later = [binomial_power(m, 0.658) for m in range(n, n + 10)]
+    assert min(later) < 0.8  # the sawtooth: the documented "first n that reaches it" rule
+
+
+def test_judgments_needed_rejects_no_effect():
+    with pytest.raises(ValueError):
+        judgments_needed(0.5, max_n=10_000)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_percentile_mean_coverage():
+    rng = np.random.default_rng(123)
+    true_mean, repetitions, sample_size = 2.0, 300, 50
+    samples = rng.normal(true_mean, 1.5, size=(repetitions, sample_size))
+    intervals = np.array([bootstrap_mean_ci(s, seed=i) for i, s in enumerate(samples)])
+    coverage = np.mean((intervals[:, 0] <= true_mean) & (true_mean <= intervals[:, 1]))
+    assert 0.90 <= coverage <= 0.99, coverage
+
+
+def test_bootstrap_is_deterministic_and_independent_of_vectorisation():
+    values = np.random.default_rng(0).exponential(size=40)
+    looped = bootstrap_ci(values, lambda i: values[i].mean(), seed=7)
+    vectorised = bootstrap_ci(values, lambda i: values[i].mean(axis=-1), seed=7, vectorized=True)
+    assert looped == pytest.approx(vectorised, rel=1e-12)
+    assert bootstrap_mean_ci(values, seed=7) == pytest.approx(vectorised, rel=1e-12)
+    assert bootstrap_mean_ci(values, seed=8) != bootstrap_mean_ci(values, seed=7)
+
+
+def test_bootstrap_basic_reflects_percentile():
+    values = np.random.default_rng(1).exponential(size=30)
+    low, high = bootstrap_mean_ci(values, method="percentile")
+    basic_low, basic_high = bootstrap_mean_ci(values, method="basic")
+    assert basic_low == pytest.approx(2 * values.mean() - high, rel=1e-12)
+    assert basic_high == pytest.approx(2 * values.mean() - low, rel=1e-12)
+
+
+def test_bootstrap_bca_agrees_with_scipy():
+    values = np.random.default_rng(2).exponential(size=40)
+    ours = bootstrap_mean_ci(values, method="bca", num_resamples=4000)
+    looped = bootstrap_ci(values, lambda i: values[i].mean(), method="bca", num_resamples=4000)
+    reference = scipy.stats.bootstrap(
+        (values,), np.mean, method="BCa", n_resamples=4000, random_state=np.random.default_rng(3)
+    ).confidence_interval
+    width = reference.high - reference.low
+    assert ours == pytest.approx(looped, rel=1e-12)  # blocked vectorised jackknife == loop
+    assert ours[0] == pytest.approx(reference.low, abs=0.1 * width)
+    assert ours[1] == pytest.approx(reference.high, abs=0.1 * width)
+
+
+def test_bootstrap_over_aligned_arrays_sums_then_scores():
+    # Per-image confusion counts summed, then a ratio: the pattern used for dataset-level mIoU.
+    rng = np.random.default_rng(4)
+    hits = rng.integers(50, 100, size=25)
+    totals = hits + rng.integers(0, 50, size=25)
+    low, high = bootstrap_ci(len(hits), lambda i: hits[i].sum() / totals[i].sum())
+    assert low < hits.sum() / totals.sum() < high
+
+
+def test_bootstrap_degenerate_and_invalid():
+    assert bootstrap_mean_ci(np.array([3.0])) == (3.0, 3.0)
+    with pytest.raises(ValueError):
+        bootstrap_mean_ci(np.array([]))
+    with pytest.raises(ValueError):
+        bootstrap_mean_ci(np.ones(5), method="studentized")
+
+
+# ---------------------------------------------------------------- cluster bootstrap
+
+
+def test_cluster_bootstrap_is_wider_under_within_cluster_correlation():
+    rng = np.random.default_rng(5)
+    num_clusters, per_cluster = 20, 10
+    cluster_values = rng.normal(size=num_clusters)
+    values = np.repeat(cluster_values, per_cluster)  # perfectly correlated inside a cluster
+    clusters = np.repeat(np.arange(num_clusters), per_cluster)
+    naive_low, naive_high = bootstrap_mean_ci(values)
+    low, high = cluster_bootstrap_ci(values, clusters)
+    assert low < values.mean() < high
+    # Naive width shrinks like 1/sqrt(200), the honest one like 1/sqrt(20): ~3x wider.
+    assert (high - low) > 2 * (naive_high - naive_low)
+    # Equal cluster sizes and the mean: the same as the item bootstrap of the cluster means.
+    assert (low, high) == pytest.approx(bootstrap_mean_ci(cluster_values), rel=1e-12)
+
+
+def test_cluster_bootstrap_keeps_all_observations_of_a_cluster():
+    # Unequal, interleaved clusters: each resample must hold whole clusters only.
+    clusters = np.array(["w2", "w1", "w2", "w3", "w1", "w2"])
+    values = np.array([20.0, 10.0, 21.0, 30.0, 11.0, 22.0])
+    seen = []
+
+    def statistic(observations):
+        seen.append(observations)
+        return observations.mean()
+
+    cluster_bootstrap_ci(values, clusters, statistic, num_resamples=50, method="bca")
+    whole = {"w1": [10.0, 11.0], "w2": [20.0, 21.0, 22.0], "w3": [30.0]}
+    assert len(seen) > 50  # the full sample, the resamples and the leave-one-cluster-out jackknife
+    for observations in seen:
+        for members in whole.values():  # every member of a cluster appears equally often
+            assert len({int(np.sum(observations == v)) for v in members}) == 1, observations
