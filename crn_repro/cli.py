@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -82,7 +83,8 @@ def train(
     from crn_repro.trainer import train as run
 
     summary = run(_params(), model.value, until_step=until_step, console=err_console)
-    console.print(f"{model.value}: step {summary['steps']}/{summary['total_steps']}, {summary['wall_time_s']} s")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        console.print(f"{model.value}: step {summary['steps']}/{summary['total_steps']}, {summary['wall_time_s']} s")
 
 
 @_command

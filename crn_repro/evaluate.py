@@ -37,7 +37,8 @@ from crn_repro.synthesize import output_names
 SEG_PROTOCOL = (
     "segmenter S (this pipeline's, trained on the real training images) run on the synthesized image at the "
     "prepared resolution {h}x{w}; target = the input layout's channel ids; void pixels (channel 19) excluded "
-    "from the target, a non-void pixel predicted void counts as an error; mIoU over the classes present"
+    "from the target, a non-void pixel predicted void counts as an error; pixel accuracy over non-void pixels, "
+    "mIoU over the classes present"
 )
 
 
@@ -256,6 +257,23 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     return out
 
 
+TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value"]
+
+
+def time_curves(judgments: pd.DataFrame) -> pd.DataFrame:
+    """Paper Fig. 3: for each pair type (first vs second, as ordered by name) and exposure time,
+    the fraction of judgments preferring ``first``, with Wilson interval and binomial p. Needs
+    columns model_a, model_b, winner, duration_ms (rows without a duration are skipped)."""
+    rows = []
+    timed = judgments.dropna(subset=["duration_ms"])
+    pair = timed[["model_a", "model_b"]].apply(lambda r: tuple(sorted(r)), axis=1)
+    for (first, second), group in timed.groupby(pair):
+        for duration, g in group.groupby("duration_ms"):
+            wins, n = int((g.winner == first).sum()), len(g)
+            rows.append(dict(first=first, second=second, duration_ms=int(duration), wins=wins, **_summary(wins, n)))
+    return pd.DataFrame(rows, columns=TIME_CURVE_COLUMNS)
+
+
 PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "ci_low", "ci_high", "p_value"]
 
 
@@ -270,6 +288,8 @@ def preference_table(params: Params, realism: dict[str, np.ndarray], names: list
         if not path.is_file():
             raise CrnError(f"{path}: evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null")
         judgments = pd.read_csv(path)
+        if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
+            atomic_write_text(Path(params.paths.reports) / "time_curves.csv", time_curves(judgments).to_csv(index=False))
         required = {"model_a", "model_b", "winner"}
         if not required <= set(judgments.columns):
             raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
@@ -277,6 +297,8 @@ def preference_table(params: Params, realism: dict[str, np.ndarray], names: list
             if other == ref:
                 continue
             pair = judgments[((judgments.model_a == ref) & (judgments.model_b == other)) | ((judgments.model_a == other) & (judgments.model_b == ref))]
+            if "duration_ms" in pair.columns:  # Table 1 is the unlimited-time experiment
+                pair = pair[pair.duration_ms.isna()]
             wins, n = int((pair.winner == ref).sum()), len(pair)
             rows.append(dict(reference=ref, baseline=other, wins=wins, source="human judgments", **_summary(wins, n)))
         return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)

@@ -95,6 +95,27 @@ def metric_chart(table: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def time_curve_figure(curves: pd.DataFrame) -> Figure:
+    """Paper Fig. 3: preference rate against exposure time (log scale), one line per pair type,
+    with 95% Wilson intervals; ``curves`` as written by ``evaluate.time_curves``."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    for (first, second), g in curves.groupby(["first", "second"]):
+        g = g.sort_values("duration_ms")
+        ax.errorbar(
+            g["duration_ms"], g["rate"], yerr=[g["rate"] - g["ci_low"], g["ci_high"] - g["rate"]],
+            marker="o", ms=3, capsize=2, label=f"{first} > {second}",
+        )
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("exposure time (ms)", fontsize=8)
+    ax.set_ylabel("preference rate", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(curves: dict[str, pd.DataFrame]) -> Figure:
     """One panel per model: its generator's (or segmenter's) total loss per step; columns step, value."""
     n = len(curves)
@@ -364,6 +385,17 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
     lines += ["| baseline | preferred | 95% interval | p | n |", "|---|---|---|---|---|"]
     for row in preference.itertuples():
         lines.append(f"| {row.baseline} | {row.rate:.1%} | {row.ci_low:.1%} - {row.ci_high:.1%} | {_p(row.p_value)} | {row.n} |")
+    curves_path = reports / "time_curves.csv"
+    if source == "human judgments" and curves_path.is_file():
+        curves = pd.read_csv(curves_path)
+        if len(curves):
+            _save(time_curve_figure(curves), figures / "time_curves.png")
+            lines += [
+                "",
+                "Time-limited judgments (paper Fig. 3): preference rate against exposure time, with 95% Wilson intervals.",
+                "",
+                "![time curves](figures/time_curves.png)",
+            ]
     names = sorted({m for entry in metrics.values() for m in entry}, key=list(METRIC_TITLES).index)
     lines += [
         "",

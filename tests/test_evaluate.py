@@ -95,3 +95,26 @@ def test_missing_synthesis_is_a_clear_error(tiny_run, tmp_path):
     params.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["--params", str(params), "evaluate"])
     assert result.exit_code == 1 and "run `crn-repro synthesize --model crn`" in result.output
+
+
+def test_timed_judgments_give_fig3_curves(tiny_run, tmp_path):
+    root, raw = tiny_run
+    rows = []
+    for duration, wins in ((125, 6), (1000, 9)):
+        rows += [{"model_a": "crn", "model_b": "crn-diverse", "winner": "crn", "duration_ms": duration}] * wins
+        rows += [{"model_a": "crn", "model_b": "crn-diverse", "winner": "crn-diverse", "duration_ms": duration}] * (10 - wins)
+    rows += [{"model_a": "crn", "model_b": "crn-diverse", "winner": "crn", "duration_ms": None}] * 3
+    judgments = tmp_path / "judgments.csv"
+    pd.DataFrame(rows).to_csv(judgments, index=False)
+    raw = dict(raw, evaluate=dict(raw["evaluate"], human_judgments=str(judgments)))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    for command in (["evaluate"], ["report"]):
+        result = runner.invoke(app, ["--params", str(params)] + command)
+        assert result.exit_code == 0, result.output
+    curves = pd.read_csv(root / "reports/time_curves.csv")
+    assert list(curves.duration_ms) == [125, 1000] and list(curves.wins) == [6, 9]
+    assert list(curves["first"]) == ["crn", "crn"]
+    table = pd.read_csv(root / "reports/preference.csv")
+    assert (table.wins[0], table.n[0]) == (3, 3)  # Table 1 counts the unlimited-time judgments only
+    assert (root / "reports/figures/time_curves.png").stat().st_size > 1000
