@@ -7,6 +7,7 @@ public pix2pix implementation does): D trains on it detached, then G is scored b
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,21 @@ class GANSemSegObjective(_AdversarialObjective):
         from crn_repro.segmentation import load_segmenter  # segmentation -> losses; avoid a cycle at import
 
         self.params = params
+        self.segmenter_path = Path(segmenter_path)
         self.segmenter = load_segmenter(segmenter_path, "cpu", image_size_hw)  # frozen; moves with the objective
+
+    def identity(self) -> dict:
+        """The segmenter file's content: a retrained segmenter makes a saved state stale."""
+        return {"segmenter_sha256": hashlib.sha256(self.segmenter_path.read_bytes()).hexdigest()}
+
+    def state_dict(self, *args, **kwargs):
+        """The frozen segmenter is an input, not training state: it is always the file's."""
+        state = super().state_dict(*args, **kwargs)
+        return type(state)((k, v) for k, v in state.items() if not k.startswith("segmenter."))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        own = {k: v for k, v in super().state_dict().items() if k.startswith("segmenter.")}
+        return super().load_state_dict({**state_dict, **own}, strict, assign)
 
     def train(self, mode: bool = True):
         super().train(mode)

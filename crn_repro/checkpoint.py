@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crn_repro.errors import CrnError
+from crn_repro.errors import CrnError, one_line
 from crn_repro.registry import build_network
 
 MODEL_FORMAT = "crn-repro-model/1"
@@ -95,8 +95,11 @@ def load_model_file(path: Path, device: str | torch.device = "cpu") -> tuple[dic
     data = _load(path, "model file", MODEL_FORMAT)
     nets = {}
     for name, kwargs in data["network_kwargs"].items():
-        net = build_network(data["model"], name, kwargs)
-        net.load_state_dict(data["state_dicts"][name])
+        try:
+            net = build_network(data["model"], name, kwargs)
+            net.load_state_dict(data["state_dicts"][name])
+        except (KeyError, TypeError, RuntimeError, ValueError) as error:
+            raise CrnError(f"{path}: does not fit the current code ({one_line(error)}); train this model again") from None
         nets[name] = net.to(device).eval()
     data["facts"] = json.loads(data.pop("facts_json"))
     return nets, data

@@ -27,7 +27,7 @@ from crn_repro import metrics as M
 from crn_repro import stats
 from crn_repro.checkpoint import atomic_write_json, atomic_write_text
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
-from crn_repro.errors import CrnError
+from crn_repro.errors import CrnError, one_line
 from crn_repro.labels import CHANNEL_NAMES, NUM_LAYOUT_CHANNELS, VOID_CHANNEL
 from crn_repro.params import EvaluateParams, Params
 from crn_repro.segmentation import confusion_matrix, load_segmenter, predict, segmentation_scores
@@ -38,7 +38,8 @@ SEG_PROTOCOL = (
     "segmenter S (this pipeline's, trained on the real training images) run on the synthesized image at the "
     "prepared resolution {h}x{w}; target = the input layout's channel ids; void pixels (channel 19) excluded "
     "from the target, a non-void pixel predicted void counts as an error; pixel accuracy over non-void pixels, "
-    "mIoU over the classes present"
+    "mIoU over the classes present. Note: gan-semseg was trained against this same segmenter (unless "
+    "gan-semseg.objective.segmenter names another), which favours it on this score"
 )
 
 
@@ -54,6 +55,14 @@ def _read_images(folder: Path, names: list[str], k: int, model: str) -> np.ndarr
             row.append(np.asarray(Image.open(path).convert("RGB")))
         out.append(row)
     return np.asarray(out, dtype=np.uint8)
+
+
+def _safe(score) -> float:
+    """A per-image score, NaN where it is undefined (e.g. an image whose target is all void)."""
+    try:
+        return float(score())
+    except ValueError:
+        return float("nan")
 
 
 def _moments_per_image(images: torch.Tensor, ids: torch.Tensor) -> list:
@@ -138,6 +147,9 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             if index["names"] != val.names:
                 raise CrnError(f"{folder}: synthesized for other layouts than the prepared val split; synthesize again")
             k = index["k"]
+            synth_hw = tuple(index["facts"].get("image_size_hw", (h, w)))
+            if synth_hw != (h, w):
+                raise CrnError(f"{folder}: images are {synth_hw[0]}x{synth_hw[1]}, the prepared data {h}x{w}; train and synthesize again")
             if k > 1 and vgg is None:
                 from crn_repro.vgg import load_vgg19
 
@@ -214,7 +226,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 {
                     "model": model,
                     "image": val.names,
-                    "pixel_accuracy": [seg_score([i], "pixel_accuracy") for i in every],
+                    "pixel_accuracy": [_safe(lambda i=i: seg_score([i], "pixel_accuracy")) for i in every],
                     "realism_score": realism[model],
                 }
             )
@@ -283,16 +295,21 @@ def preference_table(params: Params, realism: dict[str, np.ndarray], names: list
     ep = params.evaluate
     ref = ep.reference_model
     rows = []
+    curves = pd.DataFrame(columns=TIME_CURVE_COLUMNS)
+    atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
     if ep.human_judgments:
         path = Path(ep.human_judgments)
         if not path.is_file():
             raise CrnError(f"{path}: evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null")
-        judgments = pd.read_csv(path)
-        if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
-            atomic_write_text(Path(params.paths.reports) / "time_curves.csv", time_curves(judgments).to_csv(index=False))
+        try:
+            judgments = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise CrnError(f"{path}: not a readable CSV ({one_line(error)})") from None
         required = {"model_a", "model_b", "winner"}
         if not required <= set(judgments.columns):
             raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
+        if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
+            curves = time_curves(judgments)
         for other in params.models:
             if other == ref:
                 continue
@@ -301,6 +318,7 @@ def preference_table(params: Params, realism: dict[str, np.ndarray], names: list
                 pair = pair[pair.duration_ms.isna()]
             wins, n = int((pair.winner == ref).sum()), len(pair)
             rows.append(dict(reference=ref, baseline=other, wins=wins, source="human judgments", **_summary(wins, n)))
+        atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
         return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
     for other in params.models:
         if other == ref:

@@ -74,6 +74,11 @@ class Objective(nn.Module):
     def after_step(self, step: int) -> None:
         """Called by the trainer after optimizer step ``step`` (1-based); default: nothing."""
 
+    def identity(self) -> dict:
+        """What besides its params the objective's behaviour depends on (weights files, ...), for
+        the run fingerprint that decides whether a saved state can be resumed. Default: nothing."""
+        return {}
+
     def validation_metrics(self, nets: dict[str, nn.Module], val, device) -> dict:
         """Held-out figures computed once training has finished (``val``: the prepared val split);
         they go into the run's summary.json. Default: none."""
@@ -94,6 +99,7 @@ class FeatureMatchingLoss(nn.Module):
         super().__init__()
         self.params = params
         self.terms = TERMS if params.terms == "all" else ("image",)
+        self.vgg_params = vgg
         self.vgg = load_vgg19(vgg.weights, vgg.path, vgg.pooling, vgg.allow_download, vgg.seed) if params.terms == "all" else None
         n = len(self.terms)
         base = AUTHORS_LAMBDAS[params.lambda_mode][:n] if params.lambda_mode in AUTHORS_LAMBDAS else (1.0,) * n
@@ -146,6 +152,10 @@ class FeatureMatchingLoss(nn.Module):
             self.running_sum.zero_()
             self.running_count.zero_()
         if step >= self.rescale_at_step and int(self.running_count) > 0:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # every rank saw its own shard: average, so all ranks rescale identically
+                torch.distributed.all_reduce(self.running_sum)
+                self.running_sum /= torch.distributed.get_world_size()
             expected = self.running_sum / int(self.running_count)
             target = expected.mean()
             self.lambdas *= torch.where(expected > 0, target / expected, torch.ones_like(expected))
@@ -211,3 +221,6 @@ class FeatureMatchingObjective(Objective):
 
     def after_step(self, step: int) -> None:
         self.loss.after_step(step)
+
+    def identity(self) -> dict:
+        return {"vgg": repr(self.loss.vgg_params)} if self.loss.vgg is not None else {}

@@ -40,6 +40,9 @@ class DataParams:
             yield "cityscapes_root", "required when dataset is cityscapes"
         if min(self.image_size_hw) < 4:
             yield "image_size_hw", "must be at least 4x8"
+        for key in ("max_train_images", "max_val_images"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                yield key, "must be >= 1 or null"
 
 
 @dataclass(frozen=True)

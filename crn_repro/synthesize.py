@@ -36,7 +36,9 @@ def synthesize(params: Params, model: str, console: Console | None = None) -> di
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # the precision the model was trained in (bf16 autocast on CUDA by default)
+    bf16 = device.type == "cuda" and info["facts"].get("precision", "").startswith("bf16")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     k = None
     with Progress(console=console) as progress:
         task = progress.add_task(f"synthesize {model}", total=len(val))

@@ -35,7 +35,7 @@ from crn_repro.checkpoint import (
 )
 from crn_repro.config import to_dict
 from crn_repro.datasets import PreparedSplit
-from crn_repro.errors import CrnError
+from crn_repro.errors import CrnError, one_line
 from crn_repro.labels import NUM_LAYOUT_CHANNELS
 from crn_repro.params import Params, TrainParams
 from crn_repro.registry import BuildContext, count_parameters, get_spec
@@ -93,17 +93,21 @@ def setup_runtime(tp: TrainParams) -> Runtime:
     return Runtime(device, rank, world_size, torch.bfloat16 if use_bf16 else None, channels_last)
 
 
-def run_fingerprint(model: str, network_kwargs: dict, params: Params) -> str:
-    """Hash of every setting that makes a saved state incompatible with the current params."""
+def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_identity: dict) -> str:
+    """Hash of every setting that makes a saved state incompatible with the current params: the
+    networks, objective, optimizers, the training data, seed and batch size, and what the objective
+    itself depends on (e.g. the VGG weights, a frozen segmenter's file). Paths, validation-only
+    settings and step counts are left out, so changing them resumes instead of starting over."""
     mp = params.model(model)
+    data = params.data
     identity = {
         "model": model,
         "network_kwargs": network_kwargs,
         "objective": to_dict(mp.objective),
+        "objective_inputs": objective_identity,
         "optimizer": to_dict(mp.optimizer),
-        "vgg": to_dict(params.vgg),
-        "data": to_dict(params.data),
-        "synthetic": to_dict(params.synthetic) if params.data.dataset == "synthetic" else None,
+        "data": [data.dataset, list(data.image_size_hw), data.max_train_images],
+        "synthetic": to_dict(params.synthetic) if data.dataset == "synthetic" else None,
         "seed": mp.train.seed,
         "batch_size": mp.train.batch_size,
     }
@@ -152,8 +156,8 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
 
     run_dir = Path(params.paths.runs) / model
     state_path, model_path = run_dir / "state.pt", run_dir / "model.pt"
-    fingerprint = run_fingerprint(model, network_kwargs, params)
-    start_step, wall_before = 0, 0.0
+    fingerprint = run_fingerprint(model, network_kwargs, params, objective.identity())
+    start_step, wall_before, last_losses = 0, 0.0, {}
     if state_path.is_file():
         state = load_training_state(state_path)
         if state["fingerprint"] != fingerprint:
@@ -162,12 +166,18 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
                 os.replace(state_path, stale)
                 console.print(f"[yellow]{state_path}: saved with other settings; kept as {stale.name}, starting afresh[/]")
         else:
-            for name, net in nets.items():
-                net.load_state_dict(state["nets"][name])
-            for name, opt in optimizers.items():
-                opt.load_state_dict(state["optimizers"][name])
-            objective.load_state_dict(state["objective"])
+            try:
+                for name, net in nets.items():
+                    net.load_state_dict(state["nets"][name])
+                for name, opt in optimizers.items():
+                    opt.load_state_dict(state["optimizers"][name])
+                objective.load_state_dict(state["objective"])
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise CrnError(
+                    f"{state_path}: does not fit the current code ({one_line(error)}); move it away to start afresh"
+                ) from None
             start_step, wall_before = int(state["step"]), float(state["wall_time_s"])
+            last_losses = dict(state.get("last_losses", {}))
             if rt.is_main:
                 console.print(f"resuming {model} from {state_path} at step {start_step}")
 
@@ -197,7 +207,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         "device": str(rt.device) + (f" x{rt.world_size}" if rt.world_size > 1 else ""),
         "precision": "bf16 autocast" if rt.autocast_dtype else "fp32",
     }
-    live = _open_live(run_dir, resume=start_step > 0) if rt.is_main else None
+    live = _open_live(run_dir, resume=start_step > 0, start_step=start_step) if rt.is_main else None
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "params.json", params.to_dict())
@@ -214,6 +224,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
                 "nets": {name: unwrap(net).state_dict() for name, net in nets.items()},
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "objective": objective.state_dict(),
+                "last_losses": last,
             },
             state_path,
         )
@@ -222,7 +233,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     autocast = (
         torch.autocast(rt.device.type, dtype=rt.autocast_dtype) if rt.autocast_dtype else contextlib.nullcontext()
     )
-    last: dict[str, float] = {}
+    last: dict[str, float] = last_losses  # kept in the state, so a finished run's summary keeps them
     started = time.perf_counter()
     step = start_step
     progress = Progress(
@@ -257,7 +268,10 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
                     last[f"{phase}/{name}"] = float(value.detach())
             objective.after_step(step + 1)
             step += 1
-            if not all(math.isfinite(v) for v in last.values()):
+            finite = torch.tensor(float(all(math.isfinite(v) for v in last.values())))
+            if rt.world_size > 1:  # every rank stops together, none waits in an all-reduce
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite:
                 raise CrnError(f"{model}: loss became non-finite at step {step} ({last}); lower the learning rate")
             images_per_s = tp.batch_size / max(time.perf_counter() - t0, 1e-9)
             if live is not None:
@@ -271,6 +285,8 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
                 checkpoint(step, wall_before + time.perf_counter() - started)
     wall = wall_before + time.perf_counter() - started
     summary = dict(facts, steps=step, wall_time_s=round(wall, 1), final_losses=last, finished=step >= total)
+    if rt.world_size > 1:
+        dist.barrier()  # all ranks finished training before rank 0 validates
     if rt.is_main and step >= total:
         for net in nets.values():
             net.eval()
@@ -287,14 +303,19 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         live.end()
     if rt.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
-    if rt.world_size > 1:
-        dist.barrier()
     return summary
 
 
-def _open_live(run_dir: Path, resume: bool):
-    """dvclive logger writing per-step metrics under <run>/live (declared as DVC plots)."""
+def _open_live(run_dir: Path, resume: bool, start_step: int):
+    """dvclive logger writing per-step metrics under <run>/live (declared as DVC plots). On resume,
+    rows logged after the checkpoint (by a run that was then killed) are cut, so no step repeats."""
     os.environ.setdefault("DVCLIVE_LOGLEVEL", "WARNING")
     from dvclive import Live
+
+    if resume:
+        for tsv in (run_dir / "live" / "plots" / "metrics").rglob("*.tsv"):
+            lines = tsv.read_text().splitlines()
+            kept = lines[:1] + [line for line in lines[1:] if int(line.split("\t", 1)[0]) <= start_step]
+            atomic_write_text(tsv, "\n".join(kept) + "\n")
 
     return Live(str(run_dir / "live"), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)

@@ -101,3 +101,16 @@ def test_few_cpu_steps_lower_the_loss(model, prepared_small, tiny_raw, tmp_path)
     key = {"pix2pix": "l1.tsv", "gan-semseg": "segmentation.tsv"}.get(model, "total.tsv")
     losses = [float(line.split("\t")[-1]) for line in (tmp_path / f"runs/{model}/live/plots/metrics/train/G/{key}").read_text().splitlines()[1:]]
     assert sum(losses[-4:]) < sum(losses[:4]), (model, losses)
+
+
+def test_gan_semseg_state_excludes_the_frozen_segmenter(tiny_raw, tmp_path):
+    params = parse_params(tiny_model_params(tiny_raw, tmp_path / "runs"))
+    ctx = BuildContext(SIZE, 20, params.vgg, 3, tmp_path / "runs")
+    _segmenter_file(params, ctx)
+    objective = get_spec("gan-semseg").objective(params.model("gan-semseg").objective, ctx)
+    state = objective.state_dict()
+    assert not any(key.startswith("segmenter.") for key in state)
+    before = {k: v.clone() for k, v in objective.segmenter.state_dict().items()}
+    objective.load_state_dict(state)
+    assert all(torch.equal(before[k], v) for k, v in objective.segmenter.state_dict().items())
+    assert len(objective.identity()["segmenter_sha256"]) == 64

@@ -140,3 +140,16 @@ def test_sigkill_then_resume_matches_uninterrupted(prepared_tiny, tiny_raw, tmp_
     train(reference, "crn")
     a, b = _weights(tmp_path / "killed"), _weights(tmp_path / "reference")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = (tmp_path / "killed/crn/live/plots/metrics/train/G/total.tsv").read_text().splitlines()[1:]
+    assert [int(line.split("\t")[0]) for line in logged] == list(range(1, 41))  # no step logged twice
+
+
+def test_rerun_of_finished_run_keeps_summary_and_resumes_on_harmless_changes(prepared_tiny, tiny_raw, tmp_path):
+    root, _ = prepared_tiny
+    first = train(_with_paths(tiny_raw, root, tmp_path), "crn")
+    again = train(_with_paths(tiny_raw, root, tmp_path), "crn")
+    assert again["final_losses"] == first["final_losses"] and again["steps"] == 4
+    tiny_raw["data"]["max_val_images"] = 2  # validation-only: the state stays valid
+    tiny_raw["train"]["total_steps"] = 6  # more steps: resume
+    more = train(_with_paths(tiny_raw, root, tmp_path), "crn")
+    assert more["steps"] == 6 and not list((tmp_path / "crn").glob("state.stale-*"))
