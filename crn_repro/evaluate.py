@@ -273,12 +273,13 @@ TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci
 
 
 def time_curves(judgments: pd.DataFrame) -> pd.DataFrame:
-    """Paper Fig. 3: for each pair type (first vs second, as ordered by name) and exposure time,
+    """Paper Fig. 3: for each pair type (first vs second: real images first, then crn, then by name) and exposure time,
     the fraction of judgments preferring ``first``, with Wilson interval and binomial p. Needs
     columns model_a, model_b, winner, duration_ms (rows without a duration are skipped)."""
     rows = []
     timed = judgments.dropna(subset=["duration_ms"])
-    pair = timed[["model_a", "model_b"]].apply(lambda r: tuple(sorted(r)), axis=1)
+    order = {"real": 0, "crn": 1}
+    pair = timed[["model_a", "model_b"]].apply(lambda r: tuple(sorted(r, key=lambda m: (order.get(m, 2), m))), axis=1)
     for (first, second), group in timed.groupby(pair):
         for duration, g in group.groupby("duration_ms"):
             wins, n = int((g.winner == first).sum()), len(g)
