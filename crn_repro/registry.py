@@ -50,18 +50,6 @@ class ModelSpec:
     role: Literal["generator", "segmenter"] = "generator"  # generators synthesize; a segmenter scores
 
 
-def _crn_like(summary: str) -> ModelSpec:
-    """A model with the CRN network and the feature-matching objective: crn, image-space and
-    crn-diverse differ only in their params (Sec. 3.3, 3.4, Eq. 4)."""
-    return ModelSpec(
-        summary=summary,
-        network_params=CRNNetworkParams,
-        objective_params=FeatureMatchingParams,
-        networks={"G": (CRN, lambda net, ctx: crn_kwargs(net, ctx.image_size_hw, ctx.num_classes))},
-        objective=_feature_matching,
-    )
-
-
 def _feature_matching(obj: FeatureMatchingParams, ctx: BuildContext) -> Objective:
     return FeatureMatchingObjective(obj, ctx.vgg, ctx.steps_per_epoch)
 
@@ -75,6 +63,12 @@ def _crn_loss_model(summary: str, params_cls: type, cls: type[nn.Module], resolv
         networks={"G": (cls, lambda net, ctx: resolve(net, ctx.image_size_hw, ctx.num_classes))},
         objective=_feature_matching,
     )
+
+
+def _crn_like(summary: str) -> ModelSpec:
+    """A model with the CRN network and the feature-matching objective: crn, image-space and
+    crn-diverse differ only in their params (Sec. 3.3, 3.4, Eq. 4)."""
+    return _crn_loss_model(summary, CRNNetworkParams, CRN, crn_kwargs)
 
 
 def _gan_semseg_objective(obj: GANSemSegObjectiveParams, ctx: BuildContext) -> Objective:
