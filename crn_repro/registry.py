@@ -71,6 +71,23 @@ def _crn_like(summary: str) -> ModelSpec:
     return _crn_loss_model(summary, CRNNetworkParams, CRN, crn_kwargs)
 
 
+def _gan_model(
+    summary: str, params_cls: type, objective_cls: type, generator: type, discriminator: type, resolve: Callable,
+    objective: Callable,
+) -> ModelSpec:
+    """A GAN baseline (Sec. 4): networks G and D, whose kwargs ``resolve`` gives as {"G": .., "D": ..}."""
+    return ModelSpec(
+        summary=summary,
+        network_params=params_cls,
+        objective_params=objective_cls,
+        networks={
+            "G": (generator, lambda net, ctx: resolve(net, ctx.image_size_hw, ctx.num_classes)["G"]),
+            "D": (discriminator, lambda net, ctx: resolve(net, ctx.image_size_hw, ctx.num_classes)["D"]),
+        },
+        objective=objective,
+    )
+
+
 def _gan_semseg_objective(obj: GANSemSegObjectiveParams, ctx: BuildContext) -> Objective:
     path = Path(obj.segmenter) if obj.segmenter else ctx.runs_dir / "segmenter" / "model.pt"
     return GANSemSegObjective(obj, path, ctx.image_size_hw)
@@ -87,25 +104,15 @@ MODELS: dict[str, ModelSpec] = {
     "unet": _crn_loss_model(
         "Encoder-decoder (U-Net) with the CRN loss (Sec. 4)", UNetNetworkParams, UNet, unet_kwargs
     ),
-    "pix2pix": ModelSpec(
-        summary="pix2pix: conditional GAN, U-Net generator, PatchGAN, GAN + 100 L1 (Isola et al., Sec. 4)",
-        network_params=Pix2PixNetworkParams,
-        objective_params=Pix2PixObjectiveParams,
-        networks={
-            "G": (UnetGenerator, lambda net, ctx: pix2pix_kwargs(net, ctx.image_size_hw, ctx.num_classes)["G"]),
-            "D": (PatchDiscriminator, lambda net, ctx: pix2pix_kwargs(net, ctx.image_size_hw, ctx.num_classes)["D"]),
-        },
-        objective=lambda obj, ctx: Pix2PixObjective(obj),
+    "pix2pix": _gan_model(
+        "pix2pix: conditional GAN, U-Net generator, PatchGAN, GAN + 100 L1 (Isola et al., Sec. 4)",
+        Pix2PixNetworkParams, Pix2PixObjectiveParams, UnetGenerator, PatchDiscriminator, pix2pix_kwargs,
+        lambda obj, ctx: Pix2PixObjective(obj),
     ),
-    "gan-semseg": ModelSpec(
-        summary="DCGAN generator and discriminator + segmentation cross-entropy (Sec. 4)",
-        network_params=DCGANNetworkParams,
-        objective_params=GANSemSegObjectiveParams,
-        networks={
-            "G": (DCGANGenerator, lambda net, ctx: dcgan_kwargs(net, ctx.image_size_hw, ctx.num_classes)["G"]),
-            "D": (DCGANDiscriminator, lambda net, ctx: dcgan_kwargs(net, ctx.image_size_hw, ctx.num_classes)["D"]),
-        },
-        objective=_gan_semseg_objective,
+    "gan-semseg": _gan_model(
+        "DCGAN generator and discriminator + segmentation cross-entropy (Sec. 4)",
+        DCGANNetworkParams, GANSemSegObjectiveParams, DCGANGenerator, DCGANDiscriminator, dcgan_kwargs,
+        _gan_semseg_objective,
     ),
     "segmenter": ModelSpec(
         summary="Semantic segmentation network trained on real images; used by gan-semseg and evaluation",

@@ -4,7 +4,6 @@ its images as PNG (clipped to 0..255). A model with k outputs writes all k image
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

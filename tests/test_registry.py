@@ -97,7 +97,6 @@ def test_few_cpu_steps_lower_the_loss(model, prepared_small, tiny_raw, tmp_path)
         _segmenter_file(params, ctx)
     summary = train(params, model)
     assert summary["finished"]
-    history = (tmp_path / f"runs/{model}/live/plots/metrics/train/G").glob("*.tsv")
     key = {"pix2pix": "l1.tsv", "gan-semseg": "segmentation.tsv"}.get(model, "total.tsv")
     losses = [float(line.split("\t")[-1]) for line in (tmp_path / f"runs/{model}/live/plots/metrics/train/G/{key}").read_text().splitlines()[1:]]
     assert sum(losses[-4:]) < sum(losses[:4]), (model, losses)
