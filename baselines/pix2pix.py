@@ -41,7 +41,7 @@ class Pix2PixNetworkParams:
     """params.yaml ``<model>.network`` for the pix2pix U-Net generator and PatchGAN discriminator."""
 
     input: Literal["layout", "color"] = doc(
-        "what the networks read: 'layout' (one-hot, c channels) or 'color' (Cityscapes colour label map, as released)"
+        "what the networks read: 'layout' (one-hot, c channels) or 'color' (the colour label map, as pix2pix's Cityscapes setup)"
     )
     num_downs: int = doc("U-Net levels; 8 = unet_256, H and W must be divisible by 2^num_downs")
     ngf: int = doc("generator width of the outermost level (64 in pix2pix); capped at 8 * ngf")
@@ -60,39 +60,48 @@ class Pix2PixNetworkParams:
             yield "dropout", "must be in [0, 1)"
 
 
-def pix2pix_kwargs(net: Pix2PixNetworkParams, image_size_hw: tuple[int, int], num_classes: int) -> dict:
-    """Resolve the network params of one run into ``{"G": kwargs, "D": kwargs}`` of the two networks."""
+def pix2pix_kwargs(
+    net: Pix2PixNetworkParams, image_size_hw: tuple[int, int], num_classes: int, colors: list | None = None
+) -> dict:
+    """Resolve the network params of one run into ``{"G": kwargs, "D": kwargs}`` of the two networks.
+    ``colors`` is the dataset's palette (one RGB per channel), needed for input 'color'."""
     h, w = image_size_hw
     if h % 2**net.num_downs or w % 2**net.num_downs:
         raise ValueError(
             f"num_downs {net.num_downs} needs an image size divisible by 2^{net.num_downs} = {2**net.num_downs}, "
             f"but data.image_size_hw is {h}x{w}"
         )
-    if net.input == "color" and num_classes != len(CHANNEL_COLORS):
-        raise ValueError(f"input 'color' needs the {len(CHANNEL_COLORS)} Cityscapes layout channels, got {num_classes}")
+    extra = {}
+    if net.input == "color":
+        colors = [list(c) for c in (colors if colors is not None else CHANNEL_COLORS.tolist())]
+        if len(colors) != num_classes:
+            raise ValueError(f"input 'color' needs one colour per layout channel: {len(colors)} colours, {num_classes} channels")
+        extra = {"colors": colors}
     return {
         "G": {"num_classes": num_classes, "input": net.input, "num_downs": net.num_downs, "ngf": net.ngf,
-              "dropout": net.dropout},
-        "D": {"num_classes": num_classes, "input": net.input, "ndf": net.ndf, "n_layers": net.n_layers_d},
+              "dropout": net.dropout, **extra},
+        "D": {"num_classes": num_classes, "input": net.input, "ndf": net.ndf, "n_layers": net.n_layers_d, **extra},
     }
 
 
 class ConditionInput(nn.Module):
-    """The layout as pix2pix's networks read it, in [-1, 1]: the Cityscapes colour label map
-    ('color', 3 channels, void black) or the one-hot layout itself ('layout', 2L - 1)."""
+    """The layout as pix2pix's networks read it, in [-1, 1]: the colour label map ('color', 3
+    channels; ``colors`` = the palette, default Cityscapes' with void black) or the one-hot layout
+    itself ('layout', 2L - 1)."""
 
-    def __init__(self, num_classes: int, input: str):
+    def __init__(self, num_classes: int, input: str, colors: list | None = None):
         super().__init__()
         if input not in ("layout", "color"):
             raise ValueError(f"input must be 'layout' or 'color', got {input!r}")
         self.input = input
         self.channels = 3 if input == "color" else num_classes
         if input == "color":
-            if num_classes != len(CHANNEL_COLORS):
-                raise ValueError(f"input 'color' needs {len(CHANNEL_COLORS)} layout channels, got {num_classes}")
-            # Fixed, not learned, not saved: checkpoints rebuild it from the label table.
-            colors = torch.tensor(CHANNEL_COLORS.tolist(), dtype=torch.float32) / 127.5 - 1.0
-            self.register_buffer("colors", colors, persistent=False)
+            colors = colors if colors is not None else CHANNEL_COLORS.tolist()
+            if len(colors) != num_classes:
+                raise ValueError(f"input 'color' needs one colour per layout channel: {len(colors)} colours, {num_classes} channels")
+            # Fixed, not learned, not saved: checkpoints rebuild it from their constructor arguments.
+            palette = torch.tensor(colors, dtype=torch.float32) / 127.5 - 1.0
+            self.register_buffer("colors", palette, persistent=False)
 
     def forward(self, layout: torch.Tensor) -> torch.Tensor:
         if self.input == "color":
@@ -113,11 +122,11 @@ class UnetGenerator(nn.Module):
     """
 
     def __init__(self, num_classes: int, input: str = "layout", num_downs: int = 8, ngf: int = 64,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, colors: list | None = None):
         super().__init__()
         if num_downs < MIN_DOWNS:
             raise ValueError(f"the U-Net needs num_downs >= {MIN_DOWNS}, got {num_downs}")
-        self.condition = ConditionInput(num_classes, input)
+        self.condition = ConditionInput(num_classes, input, colors)
         widths = [ngf * min(2**i, 8) for i in range(num_downs)]
         innermost = num_downs - 1
         self.down = nn.ModuleList()
@@ -167,9 +176,10 @@ class PatchDiscriminator(nn.Module):
     LeakyReLU(0.2) between, padding 1 throughout.
     """
 
-    def __init__(self, num_classes: int, input: str = "layout", ndf: int = 64, n_layers: int = 3):
+    def __init__(self, num_classes: int, input: str = "layout", ndf: int = 64, n_layers: int = 3,
+                 colors: list | None = None):
         super().__init__()
-        self.condition = ConditionInput(num_classes, input)
+        self.condition = ConditionInput(num_classes, input, colors)
         widths = [ndf * min(2**i, 8) for i in range(n_layers + 1)]
         layers = [nn.Conv2d(self.condition.channels + 3, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         for i in range(1, n_layers + 1):

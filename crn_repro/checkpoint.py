@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_replace_dir(tmp: Path, out: Path) -> None:
+    """Swap a finished folder ``tmp`` in for ``out``: the old one is renamed aside first and removed
+    only after the new one is in place, so an interruption never leaves ``out`` half-written."""
+    tmp, out = Path(tmp), Path(out)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -107,3 +120,22 @@ def load_model_file(path: Path, device: str | torch.device = "cpu") -> tuple[dic
 
 def load_training_state(path: Path) -> dict:
     return _load(path, "training state", STATE_FORMAT)
+
+
+def init_from_model_file(path: Path, nets: dict[str, nn.Module]) -> dict[str, dict[str, list[str]]]:
+    """Initialise ``nets`` from a model file: every tensor whose network, name and shape match is
+    copied; the rest keep their fresh initialisation. This is the release's progressive schedule
+    (crn-facts §3): a 512p CRN from a 256p one gets every module but the new last one and the
+    output layer. Returns, per network, the copied and the kept-fresh tensor names."""
+    data = _load(path, "model file", MODEL_FORMAT)
+    report = {}
+    for name, net in nets.items():
+        source = data["state_dicts"].get(name, {})
+        target = unwrap(net).state_dict()
+        copied = {k: v for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
+        unwrap(net).load_state_dict(copied, strict=False)
+        report[name] = {"copied": sorted(copied), "fresh": sorted(set(target) - set(copied))}
+    if not any(r["copied"] for r in report.values()):
+        raise CrnError(f"{path}: no tensor of this {data.get('model')!r} model file fits the networks being trained; check train.init_from")
+    return report
+

@@ -30,8 +30,8 @@ ModelName = enum.Enum("ModelName", {name: name for name in MODELS}, type=str)
 GeneratorName = enum.Enum("GeneratorName", {name: name for name in GENERATORS}, type=str)
 
 
-def _command(fn):
-    """Register a command whose user errors print as one line and exit 1 (traceback with --debug)."""
+def _handled(fn):
+    """A command whose user errors print as one line and exit 1 (traceback with --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -46,7 +46,12 @@ def _command(fn):
             err_console.print("[yellow]interrupted[/]: the last checkpoint is intact; run the same command to resume")
             raise typer.Exit(130) from None
 
-    return app.command()(wrapper)
+    return wrapper
+
+
+def _command(fn):
+    """Register a top-level command (errors as in ``_handled``)."""
+    return app.command()(_handled(fn))
 
 
 def _params():
@@ -132,6 +137,175 @@ def info(
         for name, count in result["networks"].items():
             console.print(f"  {name}: {count:,} parameters")
         console.print(f"  generator total: {result['parameters']:,}")
+
+
+# --- the human perceptual study (Sec. 5.1): `crn-repro study ...` ---------------------------------
+
+study_app = typer.Typer(
+    help="Human perceptual study (paper Sec. 5.1): build it, run it in a browser or on MTurk, analyse it.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+
+
+def _study_command(name: str):
+    """Register ``crn-repro study <name>`` (errors as in ``_handled``)."""
+    return lambda fn: study_app.command(name)(_handled(fn))
+
+
+class Design(str, enum.Enum):
+    unlimited = "unlimited"
+    timed = "timed"
+
+
+class Via(str, enum.Enum):
+    web = "web"
+    mturk = "mturk"
+
+
+StudyDir = typer.Argument(..., help="study folder written by `crn-repro study make`")
+
+
+@_study_command("make")
+def study_make(
+    design: Optional[Design] = typer.Option(None, help="default: study.design"),
+    out: Optional[Path] = typer.Option(None, help="study folder to write; default: study.dir"),
+    force: bool = typer.Option(False, "--force", help="replace a study that already holds responses (they are lost)"),
+) -> None:
+    """Build a study folder (manifest.json + 400x200 stimuli) from the synthesized validation sets."""
+    from crn_repro.study.make import make_study
+
+    params = _params()
+    manifest = make_study(params, design.value if design else None, out, force, err_console)
+    folder = out or Path(params.study.dir)
+    trials = sum(len(job["trials"]) for job in manifest["jobs"])
+    console.print(f"study {manifest['study_id']!r} ({manifest['design']}): {len(manifest['jobs'])} jobs, {trials} trials -> {folder}")
+    console.print(f"next: `crn-repro study serve {folder}` (lab) or `crn-repro study export-mturk {folder} OUT_DIR --base-url URL`",
+                  soft_wrap=True)
+
+
+@_study_command("serve")
+def study_serve(
+    study: Path = StudyDir,
+    host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
+    port: int = typer.Option(8000, help="port (0: any free one)"),
+) -> None:
+    """Run the study's web app for lab participants until Ctrl-C; answers are saved as they are given."""
+    from crn_repro.study.server import serve
+
+    serve(study, host, port)
+
+
+@_study_command("export-mturk")
+def study_export_mturk(
+    study: Path = StudyDir,
+    out_dir: Path = typer.Argument(..., help="folder for hit.html and batch_input.csv"),
+    base_url: str = typer.Option(..., help="http(s) URL where you host the study folder's images/ (e.g. an S3 bucket)"),
+) -> None:
+    """Write an MTurk HIT template (one HIT per job) and its batch input CSV."""
+    from crn_repro.study.mturk import export_mturk
+
+    paths = export_mturk(study, out_dir, base_url)
+    console.print(f"wrote {paths['hit']} and {paths['batch_input']}; upload {study}/images/ to {base_url.rstrip('/')}/images/, "
+                  f"create a project with hit.html as its layout, publish a batch from batch_input.csv, then "
+                  f"`crn-repro study analyze {study} --mturk Batch_..._batch_results.csv`", soft_wrap=True)
+
+
+@_study_command("analyze")
+def study_analyze(
+    study: Path = StudyDir,
+    mturk: list[Path] = typer.Option([], "--mturk", help="MTurk batch results CSV (repeatable)"),
+    no_web: bool = typer.Option(False, "--no-web", help="ignore the web app's responses.sqlite"),
+) -> None:
+    """Exclude by sentinels, then preference rates with Wilson intervals, binomial p and bootstrap over workers and images."""
+    import pandas as pd
+    from rich.table import Table
+
+    from crn_repro.study.analyze import analyze_study
+
+    sp = _params().study
+    result = analyze_study(study, mturk, not no_web, sp.min_sentinel_accuracy, sp.bootstrap_resamples, sp.seed)
+    ex = result["exclusions"]
+    console.print(f"{len(result['responses'])} answers from {len(ex)} participants; {int(ex.excluded.sum())} excluded "
+                  f"(sentinel accuracy < {sp.min_sentinel_accuracy:.0%})")
+    for r in ex[ex.excluded].itertuples():
+        console.print(f"  excluded {r.source}:{r.participant}: {r.reason}", highlight=False, markup=False)
+    table = Table("pair", "time", "rate", "Wilson 95%", "workers 95%", "images 95%", "p", "n",
+                  title="preference of the first model (bootstrap intervals resample workers, images)")
+    for r in result["summary"].itertuples():
+        table.add_row(
+            f"{r.first} > {r.second}", "-" if pd.isna(r.duration_ms) else f"{int(r.duration_ms)} ms",
+            f"{r.rate:.0%}", f"{r.ci_low:.0%}-{r.ci_high:.0%}", f"{r.boot_workers_low:.0%}-{r.boot_workers_high:.0%}",
+            f"{r.boot_images_low:.0%}-{r.boot_images_high:.0%}", f"{r.p_value:.1g}", str(r.n),
+        )
+    console.print(table)
+    judgments = result["paths"]["judgments"]
+    console.print(f"wrote {judgments.parent}/; the report uses it after: dvc exp run -S 'evaluate.human_judgments={judgments}' "
+                  f"(or set evaluate.human_judgments: {judgments} in params.yaml and run `dvc repro report`)", soft_wrap=True)
+
+
+@_study_command("power")
+def study_power(
+    rate: Optional[float] = typer.Option(None, help="true preference rate (default: a table from 0.55 to 0.99)"),
+    alpha: float = typer.Option(1e-3, help="significance level (paper: p < 1e-3)"),
+    power: float = typer.Option(0.9, help="probability of reaching it"),
+) -> None:
+    """How many judgments a comparison needs for p < alpha at a given true preference rate."""
+    from rich.table import Table
+
+    from crn_repro.study.design import study_design
+    from crn_repro.study.power import DEFAULT_RATES, jobs_needed, power_table
+
+    designs = {}
+    if STATE["params"].is_file():  # jobs per design when run next to a params file
+        params = _params()
+        designs = {name: study_design(params.study, name, params.models) for name in ("unlimited", "timed")}
+    try:
+        rows = power_table((rate,) if rate else DEFAULT_RATES, alpha, power)
+    except ValueError as error:
+        raise CrnError(f"study power: {error}") from None
+    table = Table("true rate", "judgments", "power there", *[f"jobs ({name})" for name in designs],
+                  title=f"judgments for p < {alpha:g} with power {power:g} (exact two-sided binomial test)")
+    for row in rows:
+        jobs = [str(jobs_needed(row["judgments"], d)) for d in designs.values()]
+        table.add_row(f"{row['rate']:.0%}", str(row["judgments"]), f"{row['power']:.3f}", *jobs)
+    console.print(table)
+
+
+@_study_command("simulate")
+def study_simulate(
+    study: Path = StudyDir,
+    participants: int = typer.Option(..., "--participants", "-n", help="simulated participants"),
+    via: Via = typer.Option(Via.web, help="web: through the real web app over HTTP | mturk: an MTurk results CSV"),
+    seed: int = typer.Option(0, help="seed of the simulated observers"),
+    careless_fraction: float = typer.Option(0.1, help="fraction of participants who answer at random"),
+    mturk_input: Optional[Path] = typer.Option(None, help="batch_input.csv (default: STUDY/mturk/batch_input.csv)"),
+    out: Optional[Path] = typer.Option(None, help="results CSV to write (default: STUDY/mturk/simulated_results.csv)"),
+) -> None:
+    """Simulated participants (a seeded observer model) answer the study end to end, for tests and planning."""
+    from crn_repro.study.observer import observer_factory
+
+    if participants < 1 or not 0.0 <= careless_fraction <= 1.0:
+        raise CrnError("study simulate: need --participants >= 1 and 0 <= --careless-fraction <= 1")
+    factory = observer_factory(seed, careless_fraction)
+    if via is Via.web:
+        from crn_repro.study.client import simulate_web_participants
+        from crn_repro.study.server import make_server
+
+        server = make_server(study, "127.0.0.1", 0).start()
+        try:
+            ids = simulate_web_participants(server.url, factory, participants, study)
+        finally:
+            server.stop()
+        console.print(f"{len(ids)} simulated participants answered through the web app -> {study}/responses.sqlite; "
+                      f"next: `crn-repro study analyze {study}`", soft_wrap=True)
+    else:
+        from crn_repro.study.mturk import simulate_results
+
+        path = simulate_results(study, mturk_input or study / "mturk" / "batch_input.csv",
+                                out or study / "mturk" / "simulated_results.csv", participants, seed, careless_fraction)
+        console.print(f"{participants} simulated MTurk workers -> {path}; next: `crn-repro study analyze {study} --mturk {path}`",
+                      soft_wrap=True)
 
 
 def main() -> None:

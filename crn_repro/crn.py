@@ -137,6 +137,15 @@ class CRN(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def freeze_all_but_last(self, n: int) -> None:
+        """Train only the last ``n`` refinement modules and the output layer (the release's 1024p
+        run trained the last two, crn-facts §3). Frozen modules build no autograd graph, so their
+        activations are not kept for the backward pass."""
+        if not 1 <= n <= len(self.cascade):
+            raise ValueError(f"train_last_modules must be in 1..{len(self.cascade)} for this {len(self.cascade)}-module CRN, got {n}")
+        for module in self.cascade[: len(self.cascade) - n]:
+            module.requires_grad_(False)
+
     def forward(self, layout: torch.Tensor) -> torch.Tensor:
         pyramid = layout_pyramid(layout, len(self.cascade))
         features = None

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from crn_repro.errors import CrnError
-from crn_repro.labels import NUM_LAYOUT_CHANNELS, label_ids_to_channels
+from crn_repro.errors import CrnError, one_line
+from crn_repro.labels import NUM_LAYOUT_CHANNELS, LabelSpace, colors_to_channels, label_ids_to_channels
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
-LABEL_SUFFIX = "_gtFine_labelIds.png"
+LABEL_SUFFIXES = {"label_ids": "_gtFine_labelIds.png", "color": "_gtFine_color.png"}
+LABEL_SUFFIX = LABEL_SUFFIXES["label_ids"]
 SPLITS = ("train", "val")
 
 
@@ -49,37 +50,49 @@ def channels_to_layout(channels: np.ndarray | torch.Tensor, num_classes: int = N
 
 @dataclass(frozen=True)
 class Pair:
-    """One frame: ``<city>_<seq>_<frame>`` with its leftImg8bit image and gtFine labelIds file."""
+    """One frame: ``<city>_<seq>_<frame>`` with its leftImg8bit image and gtFine label file
+    (``*_gtFine_labelIds.png``, or ``*_gtFine_color.png`` when labels are read by colour)."""
 
     stem: str
     image_path: Path
     label_path: Path
 
 
-def find_pairs(root: Path, split: str) -> list[Pair]:
-    """All (image, labelIds) pairs of a split in the official layout, sorted by name."""
+def find_pairs(root: Path, split: str, label_format: str = "label_ids", expected_count: int | None = None) -> list[Pair]:
+    """All (image, label) pairs of a split in the official layout, sorted by name. ``label_format`` picks
+    the label files (label_ids or color); ``expected_count`` checks the split's size (Cityscapes:
+    train 2975, val 500) before anything is read."""
     root = Path(root)
     if not root.is_dir():
         raise CrnError(
-            f"{root}: dataset root not found; point data.cityscapes_root at the folder holding "
-            "leftImg8bit/ and gtFine/ (or set data.dataset: synthetic)"
+            f"{root}: dataset root not found; unzip leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip "
+            "(cityscapes-dataset.com) there or point cityscapes.root at that folder (README: Reproducing the paper)"
         )
+    suffix = LABEL_SUFFIXES[label_format]
     image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
             raise CrnError(f"{folder}: split folder missing; extract leftImg8bit_trainvaltest and gtFine_trainvaltest here")
     images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
-    labels = {p.name[: -len(LABEL_SUFFIX)]: p for p in label_dir.glob(f"*/*{LABEL_SUFFIX}")}
+    labels = {p.name[: -len(suffix)]: p for p in label_dir.glob(f"*/*{suffix}")}
     if not images:
         raise CrnError(f"{image_dir}: no *{IMAGE_SUFFIX} images in this split")
+    for stem, path in images.items():
+        if not stem.startswith(path.parent.name + "_"):
+            raise CrnError(f"{path}: file name does not start with its city folder {path.parent.name!r}; restore the official layout")
     for stem in sorted(images):
         if stem not in labels:
             city = images[stem].parent.name
-            raise CrnError(f"{images[stem]}: no label file {label_dir / city / (stem + LABEL_SUFFIX)}; restore it or remove the image")
+            raise CrnError(f"{images[stem]}: no label file {label_dir / city / (stem + suffix)}; restore it or remove the image")
     for stem in sorted(labels):
         if stem not in images:
             city = labels[stem].parent.name
             raise CrnError(f"{labels[stem]}: no image {image_dir / city / (stem + IMAGE_SUFFIX)}; restore it or remove the label")
+    if expected_count is not None and len(images) != expected_count:
+        raise CrnError(
+            f"{image_dir}: {len(images)} frames, expected {expected_count}; the extraction is incomplete or mixed "
+            "(re-extract the archives, or set cityscapes.expected_{train,val} to null to skip the check)"
+        )
     return [Pair(stem, images[stem], labels[stem]) for stem in sorted(images)]
 
 
@@ -92,24 +105,39 @@ def _open_image(path: Path) -> Image.Image:
         raise CrnError(f"{path}: not a readable PNG ({error}); re-extract this file from the dataset archive") from None
 
 
-def load_pair(pair: Pair, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(
+    pair: Pair, size_hw: tuple[int, int], label_format: str = "label_ids", frame_size_hw: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one frame at ``size_hw``: image resized bicubic (uint8 HxWx3), labels resized nearest and
-    mapped to layout channels (uint8 HxW, 0..19), as the release did (crn-facts §4)."""
+    mapped to layout channels (uint8 HxW, 0..19), as the release did (crn-facts §4). ``label_format``
+    says how the label file is read (label_ids or color); ``frame_size_hw`` checks the original size."""
     image = _open_image(pair.image_path).convert("RGB")
     label = _open_image(pair.label_path)
-    if label.mode not in ("L", "P", "I", "I;16"):
+    if label_format == "label_ids" and label.mode not in ("L", "P", "I", "I;16"):
         raise CrnError(f"{pair.label_path}: expected a single-channel labelIds PNG, got mode {label.mode}")
+    if label_format == "color":
+        if label.mode not in ("RGB", "RGBA", "P"):
+            raise CrnError(f"{pair.label_path}: expected an RGB(A) gtFine_color PNG, got mode {label.mode}")
+        label = label.convert("RGB")
+    if frame_size_hw is not None and image.size != (frame_size_hw[1], frame_size_hw[0]):
+        raise CrnError(
+            f"{pair.image_path}: {image.size[1]}x{image.size[0]} pixels, expected {frame_size_hw[0]}x{frame_size_hw[1]} "
+            "(cityscapes.frame_size_hw); re-extract it, or set frame_size_hw to null for other data"
+        )
     if image.size != label.size:
         raise CrnError(f"{pair.label_path}: size {label.size} differs from its image's {image.size}")
     h, w = size_hw
     if image.size != (w, h):
         image = image.resize((w, h), Image.BICUBIC)
         label = label.resize((w, h), Image.NEAREST)
-    ids = np.asarray(label)
+    values = np.asarray(label)
     try:
-        if ids.max() > 255:
-            raise ValueError(f"label ids up to {int(ids.max())} are not Cityscapes labelIds (valid: 0..33)")
-        channels = label_ids_to_channels(ids)
+        if label_format == "color":
+            channels = colors_to_channels(values)
+        else:
+            if values.max() > 255:
+                raise ValueError(f"label ids up to {int(values.max())} are not Cityscapes labelIds (valid: 0..33)")
+            channels = label_ids_to_channels(values)
     except ValueError as error:
         raise CrnError(f"{pair.label_path}: {error}") from None
     return np.asarray(image, dtype=np.uint8), channels
@@ -120,12 +148,14 @@ def load_pair(pair: Pair, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndar
 
 class PreparedSplit:
     """A prepared split: ``images.npy`` (N, H, W, 3) uint8 and ``labels.npy`` (N, H, W) uint8 layout
-    channels, memory-mapped so that large datasets stream from disk instead of filling memory."""
+    channels, memory-mapped so that large datasets stream from disk instead of filling memory.
+    ``label_space`` (from meta.json) names the channels; void is the last one."""
 
     def __init__(self, prepared_dir: Path, split: str):
         folder = Path(prepared_dir) / split
         if not (folder / "images.npy").is_file():
             raise CrnError(f"{folder}: no prepared data; run `crn-repro prepare` (or `dvc repro prepare`) first")
+        self.label_space = read_label_space(prepared_dir)
         self.images = np.load(folder / "images.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
         self.names: list[str] = json.loads((folder / "names.json").read_text())
@@ -145,11 +175,30 @@ class PreparedSplit:
         indices = np.asarray(indices)
         images = torch.from_numpy(np.ascontiguousarray(self.images[indices])).to(device, non_blocking=True)
         labels = torch.from_numpy(np.ascontiguousarray(self.labels[indices])).to(device, non_blocking=True)
-        return channels_to_layout(labels), image_to_tensor(images)
+        return channels_to_layout(labels, self.num_classes), image_to_tensor(images)
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_space.num_classes
 
 
 def read_prepared_meta(prepared_dir: Path) -> dict:
     path = Path(prepared_dir) / "meta.json"
     if not path.is_file():
         raise CrnError(f"{path}: missing; run `crn-repro prepare` (or `dvc repro prepare`) first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CrnError(f"{path}: not valid JSON ({one_line(error)}); run `crn-repro prepare` again") from None
+
+
+def read_label_space(prepared_dir: Path) -> LabelSpace:
+    """The layout channels of a prepared dataset (names, colours; void last), from its meta.json."""
+    meta = read_prepared_meta(prepared_dir)
+    try:
+        return LabelSpace.from_meta(meta)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CrnError(
+            f"{Path(prepared_dir) / 'meta.json'}: no valid channel names/colours ({one_line(error)}); "
+            "run `crn-repro prepare` again"
+        ) from None

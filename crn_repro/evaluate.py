@@ -3,7 +3,9 @@ synthesized validation set, each with a bootstrap interval over images and its p
 pairwise preference table in the shape of the paper's Table 1.
 
 The paper's evidence is human judgment, and it warns that automatic measures can be gamed. The
-preference table therefore comes from human study results when they exist (``evaluate.human_judgments``),
+preference table therefore comes from human study results when they exist (``evaluate.human_judgments``,
+written by `crn-repro study analyze`: with participant and layout columns every rate also gets
+cluster-bootstrap intervals over workers and over images, and timed judgments give Fig. 3's curves),
 and otherwise from an automatic judge, labelled as such: for each layout, the image with the higher
 realism score (Kynkäänniemi et al. 2019) in a feature space of real validation images wins.
 
@@ -28,7 +30,6 @@ from crn_repro import stats
 from crn_repro.checkpoint import atomic_write_json, atomic_write_text
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError, one_line
-from crn_repro.labels import CHANNEL_NAMES, NUM_LAYOUT_CHANNELS, VOID_CHANNEL
 from crn_repro.params import EvaluateParams, Params
 from crn_repro.segmentation import confusion_matrix, load_segmenter, predict, segmentation_scores
 from crn_repro.synthesize import output_names
@@ -65,10 +66,10 @@ def _safe(score) -> float:
         return float("nan")
 
 
-def _moments_per_image(images: torch.Tensor, ids: torch.Tensor) -> list:
+def _moments_per_image(images: torch.Tensor, ids: torch.Tensor, num_classes: int) -> list:
     """Per-image colour moments per class (for bootstrapping the colour distance over images)."""
-    layouts = channels_to_layout(ids)
-    return [M.colour_moments(images[i : i + 1], layouts[i : i + 1]) for i in range(len(images))]
+    layouts = channels_to_layout(ids, num_classes)
+    return [M.colour_moments(images[i : i + 1], layouts[i : i + 1], num_classes) for i in range(len(images))]
 
 
 def stack_moments(moments: list) -> M.ColourMoments:
@@ -122,7 +123,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             if inception is not None:
                 real_inc.append(inception(real).cpu())
             if synthetic:
-                real_moments += _moments_per_image(real.cpu(), ids)
+                real_moments += _moments_per_image(real.cpu(), ids, val.num_classes)
     real_seg = torch.cat(real_seg).numpy()
     real_inc = torch.cat(real_inc).numpy() if inception is not None else None
     fd_seg = M.FrechetReference(real_seg)
@@ -165,12 +166,12 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                     ).reshape(len(idx), k, 3, h, w)
                     fake = collection[:, 0].to(device)
                     preds = predict(segmenter, fake).cpu()
-                    conf += [confusion_matrix(p, t, NUM_LAYOUT_CHANNELS) for p, t in zip(preds, ids)]
+                    conf += [confusion_matrix(p, t, val.num_classes) for p, t in zip(preds, ids)]
                     fake_seg.append(seg_features(fake).cpu())
                     if inception is not None:
                         fake_inc.append(inception(fake).cpu())
                     if synthetic:
-                        fake_moments += _moments_per_image(fake.cpu(), ids)
+                        fake_moments += _moments_per_image(fake.cpu(), ids, val.num_classes)
                     if k > 1:
                         feats = [[f.cpu() for f in vgg(collection[:, u].to(device))] for u in range(k)]
                         diversity += M.pairwise_diversity(feats).tolist()
@@ -180,7 +181,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
 
             # Segmentation score: per-image confusion matrices, bootstrap over images.
             def seg_score(idx, key, conf=conf):
-                return segmentation_scores(torch.from_numpy(conf[idx].sum(0)), VOID_CHANNEL)[key]
+                return segmentation_scores(torch.from_numpy(conf[idx].sum(0)), val.label_space.void_channel)[key]
 
             every = np.arange(len(conf))
             protocol = SEG_PROTOCOL.format(h=h, w=w)
@@ -245,7 +246,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                     stats.bootstrap_ci(len(every), colour, num_resamples=n_boot, seed=seed),
                     "mean over classes of the Frechet distance between Gaussians fitted to the RGB colours (0..255) of "
                     "real and synthesized pixels of each class over the same layouts; bootstrap over images",
-                    per_class={CHANNEL_NAMES[c]: float(v) for c, v in per_class.items()},
+                    per_class={val.label_space.names[c]: float(v) for c, v in per_class.items()},
                 )
 
             # Diversity of a collection: mean pairwise perceptual distance between its k images.
@@ -269,25 +270,77 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     return out
 
 
-TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value"]
+BOOTSTRAP_COLUMNS = ["boot_workers_low", "boot_workers_high", "boot_images_low", "boot_images_high"]
+TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
+PAIR_ORDER = {"real": 0, "crn": 1}  # Fig. 3 names a pair type "Real > CRN", "CRN > pix2pix": real first, then crn
 
 
-def time_curves(judgments: pd.DataFrame) -> pd.DataFrame:
-    """Paper Fig. 3: for each pair type (first vs second: real images first, then crn, then by name) and exposure time,
-    the fraction of judgments preferring ``first``, with Wilson interval and binomial p. Needs
+def pair_order(a: str, b: str) -> tuple[str, str]:
+    """The pair (first, second) in display order: real images first, then crn, then by name."""
+    return tuple(sorted((a, b), key=lambda m: (PAIR_ORDER.get(m, 2), m)))
+
+
+def judgment_summary(group: pd.DataFrame, first: str, num_resamples: int = 1000, seed: int = 0) -> dict:
+    """One comparison: how often ``first`` won (columns winner, and optionally participant, layout),
+    with Wilson interval, exact binomial p and, where the columns exist, 95% cluster-bootstrap
+    intervals resampling whole participants (workers) and whole layouts (images); NaN otherwise."""
+    won = (group.winner == first).to_numpy(dtype=float)
+    out = {"wins": int(won.sum()), **_summary(int(won.sum()), len(won))}
+    for column, name in (("participant", "workers"), ("layout", "images")):
+        low = high = float("nan")
+        if column in group.columns and len(won) and group[column].notna().all():
+            low, high = stats.cluster_bootstrap_ci(won, group[column].astype(str).to_numpy(), num_resamples=num_resamples, seed=seed)
+        out[f"boot_{name}_low"], out[f"boot_{name}_high"] = low, high
+    return out
+
+
+def time_curves(judgments: pd.DataFrame, num_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paper Fig. 3: for each pair type (``pair_order``: Real > CRN, Real > pix2pix, CRN > pix2pix) and
+    exposure time, the fraction of judgments preferring ``first``, as ``judgment_summary``. Needs
     columns model_a, model_b, winner, duration_ms (rows without a duration are skipped)."""
     rows = []
     timed = judgments.dropna(subset=["duration_ms"])
-    order = {"real": 0, "crn": 1}
-    pair = timed[["model_a", "model_b"]].apply(lambda r: tuple(sorted(r, key=lambda m: (order.get(m, 2), m))), axis=1)
+    pair = timed[["model_a", "model_b"]].apply(lambda r: pair_order(r.model_a, r.model_b), axis=1)
     for (first, second), group in timed.groupby(pair):
         for duration, g in group.groupby("duration_ms"):
-            wins, n = int((g.winner == first).sum()), len(g)
-            rows.append(dict(first=first, second=second, duration_ms=int(duration), wins=wins, **_summary(wins, n)))
+            rows.append(dict(first=first, second=second, duration_ms=int(duration), **judgment_summary(g, first, num_resamples, seed)))
     return pd.DataFrame(rows, columns=TIME_CURVE_COLUMNS)
 
 
-PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "ci_low", "ci_high", "p_value"]
+PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
+
+
+def _human_source(judgments: pd.DataFrame, paths: list[Path]) -> str:
+    """"human judgments", with participants counted where the study analysis says who they were."""
+    if "participant" not in judgments.columns:
+        return "human judgments"
+    included = judgments.participant.nunique()
+    excluded = 0
+    for path in paths:
+        exclusions = path.parent / "exclusions.csv"  # written next to judgments.csv by `crn-repro study analyze`
+        try:
+            excluded += int(pd.read_csv(exclusions)["excluded"].astype(bool).sum())
+        except (OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return f"human judgments ({included} participants)"  # who was excluded is not known here
+    return f"human judgments ({included} participants, {excluded} excluded)"
+
+
+def read_judgments(paths: list[Path]) -> pd.DataFrame:
+    """The human judgment CSVs, concatenated (columns model_a, model_b, winner, and optionally
+    duration_ms, participant, layout); one-line errors name the file."""
+    frames = []
+    for path in paths:
+        if not path.is_file():
+            raise CrnError(f"{path}: evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null")
+        try:
+            judgments = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise CrnError(f"{path}: not a readable CSV ({one_line(error)})") from None
+        required = {"model_a", "model_b", "winner"}
+        if not required <= set(judgments.columns):
+            raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
+        frames.append(judgments)
+    return pd.concat(frames, ignore_index=True)
 
 
 def preference_table(params: Params, realism: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
@@ -298,27 +351,19 @@ def preference_table(params: Params, realism: dict[str, np.ndarray], names: list
     rows = []
     curves = pd.DataFrame(columns=TIME_CURVE_COLUMNS)
     atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
-    if ep.human_judgments:
-        path = Path(ep.human_judgments)
-        if not path.is_file():
-            raise CrnError(f"{path}: evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null")
-        try:
-            judgments = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise CrnError(f"{path}: not a readable CSV ({one_line(error)})") from None
-        required = {"model_a", "model_b", "winner"}
-        if not required <= set(judgments.columns):
-            raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
+    if ep.judgment_files:
+        paths = [Path(f) for f in ep.judgment_files]
+        judgments = read_judgments(paths)
         if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
-            curves = time_curves(judgments)
+            curves = time_curves(judgments, ep.bootstrap_resamples, ep.seed)
+        source = _human_source(judgments, paths)
         for other in params.models:
             if other == ref:
                 continue
             pair = judgments[((judgments.model_a == ref) & (judgments.model_b == other)) | ((judgments.model_a == other) & (judgments.model_b == ref))]
             if "duration_ms" in pair.columns:  # Table 1 is the unlimited-time experiment
                 pair = pair[pair.duration_ms.isna()]
-            wins, n = int((pair.winner == ref).sum()), len(pair)
-            rows.append(dict(reference=ref, baseline=other, wins=wins, source="human judgments", **_summary(wins, n)))
+            rows.append(dict(reference=ref, baseline=other, source=source, **judgment_summary(pair, ref, ep.bootstrap_resamples, ep.seed)))
         atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
         return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
     for other in params.models:

@@ -1,7 +1,8 @@
 """Model facts for `crn-repro info`: exact trainable parameter counts of every network.
 
 The released 1024p CRN has 98,674,531 parameters (c = 20); the paper's text says 105M, which no
-plausible c reproduces (crn-facts §1), so we report the true count.
+plausible c reproduces (crn-facts §1), so we report the true count. c follows the params' dataset
+(20 for Cityscapes and the synthetic city, nyu.num_classes + 1 for NYU).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 
 from crn_repro.crn import PRESETS
 from crn_repro.errors import CrnError
-from crn_repro.labels import NUM_LAYOUT_CHANNELS
 from crn_repro.params import Params
+from crn_repro.prepare import num_classes_for
 from crn_repro.registry import BuildContext, count_parameters, get_spec
 
 
@@ -30,7 +31,7 @@ def describe(params: Params, model: str, preset: str | None = None) -> dict:
             raise CrnError(f"--preset: model {model} has no presets")
         network = dataclasses.replace(network, preset=preset, widths=None)
         image_size_hw = PRESETS[preset]["image_size_hw"]
-    ctx = BuildContext(image_size_hw, NUM_LAYOUT_CHANNELS, params.vgg, 1, Path(params.paths.runs))
+    ctx = BuildContext(image_size_hw, num_classes_for(params), params.vgg, 1, Path(params.paths.runs))
     counts = {}
     for name, (cls, resolve) in spec.networks.items():
         try:
@@ -43,6 +44,7 @@ def describe(params: Params, model: str, preset: str | None = None) -> dict:
         "model": model,
         "preset": preset,
         "image_size_hw": list(image_size_hw),
+        "num_classes": ctx.num_classes,
         "parameters": counts[next(iter(spec.networks))],  # the generator (or the segmenter's S)
         "networks": counts,
     }

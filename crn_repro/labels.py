@@ -7,6 +7,7 @@ channel 19, which the layout encodes as 1 - sum of the others.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -89,6 +90,73 @@ def label_ids_to_channels(label_ids: np.ndarray) -> np.ndarray:
     return channels
 
 
-def colorize_channels(channels: np.ndarray) -> np.ndarray:
-    """Colour a (H, W) channel-index map with the official Cityscapes palette; returns (H, W, 3) uint8."""
-    return CHANNEL_COLORS[channels]
+def colorize_channels(channels: np.ndarray, colors: np.ndarray = CHANNEL_COLORS) -> np.ndarray:
+    """Colour a (H, W) channel-index map with a palette (default: the official Cityscapes one); returns (H, W, 3) uint8."""
+    return np.asarray(colors, dtype=np.uint8)[channels]
+
+
+# gtFine_color -> layout channel, as the release read labels (crn-facts §4: it matched the colours of
+# the colour label images, so polegroup became pole and license plate became car). Every colour of
+# the official table maps to its train class, or to void when the colour only belongs to void ids.
+COLOR_TO_CHANNEL: dict[tuple[int, int, int], int] = {}
+for _label in LABELS:
+    if _label.train_id != VOID_TRAIN_ID:
+        COLOR_TO_CHANNEL[_label.color] = _label.train_id
+for _label in LABELS:
+    COLOR_TO_CHANNEL.setdefault(_label.color, VOID_CHANNEL)
+
+
+def colors_to_channels(rgb: np.ndarray) -> np.ndarray:
+    """Map a gtFine_color image (H, W, 3) uint8 to layout channels 0..19 by exact colour match.
+
+    Raises ValueError listing (up to five) colours that are not in the Cityscapes palette.
+    """
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in COLOR_TO_CHANNEL], dtype=np.int32)
+    values = np.array(list(COLOR_TO_CHANNEL.values()), dtype=np.uint8)
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    position = np.clip(np.searchsorted(keys, packed), 0, len(keys) - 1)
+    found = keys[position] == packed
+    if not found.all():
+        unknown = [tuple(int(v) for v in ((c >> 16) & 255, (c >> 8) & 255, c & 255)) for c in np.unique(packed[~found])[:5]]
+        raise ValueError(f"colours {unknown} are not in the Cityscapes label palette")
+    return values[position]
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The layout channels of a prepared dataset: class names (void last) and their display colours.
+
+    Every dataset encodes its layout as one-hot channels with void as the last channel, so
+    ``num_classes`` (c in the paper) and ``void_channel`` follow from the names.
+    """
+
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self):
+        if len(self.names) != len(self.colors) or len(self.names) < 2 or self.names[-1] != "void":
+            raise ValueError("a label space needs one colour per class and 'void' as its last class")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def void_channel(self) -> int:
+        return len(self.names) - 1
+
+    @property
+    def palette(self) -> np.ndarray:
+        return np.array(self.colors, dtype=np.uint8)
+
+    def to_meta(self) -> dict:
+        return {"channel_names": list(self.names), "channel_colors": [list(c) for c in self.colors]}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "LabelSpace":
+        return cls(tuple(meta["channel_names"]), tuple(tuple(int(v) for v in c) for c in meta["channel_colors"]))
+
+
+CITYSCAPES_SPACE = LabelSpace(CHANNEL_NAMES, tuple(tuple(int(v) for v in c) for c in CHANNEL_COLORS.tolist()))

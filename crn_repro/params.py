@@ -17,6 +17,7 @@ from crn_repro.config import Problems, doc, from_dict, to_dict
 from crn_repro.errors import CrnError
 from crn_repro.losses import VggParams
 from crn_repro.registry import GENERATORS, MODELS
+from crn_repro.study.params import StudyParams
 
 
 @dataclass(frozen=True)
@@ -25,24 +26,68 @@ class PathsParams:
     runs: str = doc("training runs, one folder per model: model file, training state, logs")
     synth: str = doc("synthesized validation images, one folder per model")
     reports: str = doc("report.md and figures")
+    raw: str = doc("raw datasets, a DVC dependency of `prepare`: put (or `dvc add`) Cityscapes and NYU here")
+    studies: str = doc("human studies (`crn-repro study`), a DVC dependency of `evaluate`: keep study folders here")
 
 
 @dataclass(frozen=True)
 class DataParams:
-    dataset: Literal["synthetic", "cityscapes"] = doc("built-in synthetic city, or real Cityscapes")
-    cityscapes_root: str | None = doc("Cityscapes root holding leftImg8bit/ and gtFine/ (dataset: cityscapes)")
+    dataset: Literal["synthetic", "cityscapes", "nyu"] = doc(
+        "built-in synthetic city, real Cityscapes (section `cityscapes`) or NYU Depth v2 (section `nyu`)"
+    )
     image_size_hw: tuple[int, int] = doc("training and evaluation resolution (height, width), aspect 1:2")
     max_train_images: int | None = doc("use only the first N training frames (null = all)")
     max_val_images: int | None = doc("use only the first N validation frames (null = all)")
 
     def validate(self):
-        if self.dataset == "cityscapes" and not self.cityscapes_root:
-            yield "cityscapes_root", "required when dataset is cityscapes"
         if min(self.image_size_hw) < 4:
             yield "image_size_hw", "must be at least 4x8"
         for key in ("max_train_images", "max_val_images"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 yield key, "must be >= 1 or null"
+
+
+@dataclass(frozen=True)
+class CityscapesParams:
+    """params.yaml ``cityscapes`` (crn-facts §4): the official archives' layout."""
+
+    root: str = doc("folder holding leftImg8bit/{train,val}/<city>/ and gtFine/{train,val}/<city>/")
+    labels: Literal["label_ids", "color"] = doc(
+        "label_ids: *_gtFine_labelIds.png through the official table (paper); "
+        "color: *_gtFine_color.png matched by colour, as the release did"
+    )
+    expected_train: int | None = doc("frames the train split must hold (official: 2975; null = no check)")
+    expected_val: int | None = doc("frames the val split must hold (official: 500; null = no check)")
+    frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 1024x2048; null = no check)")
+
+    def validate(self):
+        for key in ("expected_train", "expected_val"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                yield key, "must be >= 1 or null"
+
+
+@dataclass(frozen=True)
+class NyuParams:
+    """params.yaml ``nyu`` (paper Sec. 5.1, crn-facts §4): the NYU Depth v2 labeled set."""
+
+    path: str = doc("nyu_depth_v2_labeled.mat (MATLAB v7.3)")
+    class_mapping: str | None = doc(
+        "classMapping40.mat (mapClass, className) for the 40-class grouping; null = the `num_classes` "
+        "most frequent raw classes of the training split"
+    )
+    num_classes: int = doc("classes besides void (40 with the standard mapping); c = num_classes + 1")
+    fit: Literal["crop", "pad"] = doc(
+        "how 4:3 frames meet the cascade's 1:2: crop (central 320x640 band) or pad (to 480x960 with void)"
+    )
+    num_frames: int = doc("frames the file must hold (official: 1449)")
+    frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 480x640; null = no check)")
+    num_train: int = doc("the first N frames train, the rest are the test (val) split (paper: 1200)")
+
+    def validate(self):
+        if self.num_classes < 1:
+            yield "num_classes", "must be >= 1"
+        if not 1 <= self.num_train < self.num_frames:
+            yield "num_train", "must be >= 1 and less than num_frames"
 
 
 @dataclass(frozen=True)
@@ -66,11 +111,21 @@ class TrainParams:
     checkpoint_every_steps: int = doc("write the model file and training state every N steps")
     precision: Literal["auto", "fp32", "bf16"] = doc("auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Literal["auto", "on", "off"] = doc("auto = channels_last memory format on CUDA")
+    init_from: str | None = doc(
+        "model.pt to initialise a fresh run from: every tensor whose name and shape match is copied "
+        "(the release's progressive 256p -> 512p -> 1024p schedule, crn-facts §3); null = from scratch"
+    )
+    train_last_modules: int | None = doc(
+        "CRN models: train only the last N refinement modules (and the output layer), freezing the rest "
+        "(the release's 1024p run: 2); null = train everything"
+    )
 
     def validate(self):
         for key in ("total_steps", "batch_size", "checkpoint_every_steps"):
             if getattr(self, key) < 1:
                 yield key, "must be >= 1"
+        if self.train_last_modules is not None and self.train_last_modules < 1:
+            yield "train_last_modules", "must be >= 1 or null"
 
 
 @dataclass(frozen=True)
@@ -94,11 +149,21 @@ class EvaluateParams:
         "Inception weights for FID/KID: pytorch-fid (the published FID protocol), torchvision, or none"
     )
     inception_path: str | None = doc("the Inception weights file (pt_inception-2015-12-05-6726825d.pth for pytorch-fid)")
-    human_judgments: str | None = doc("CSV of human pairwise judgments (from `crn-repro study analyze`); null = none")
+    human_judgments: str | tuple[str, ...] | None = doc(
+        "CSV(s) of human pairwise judgments (judgments.csv of `crn-repro study analyze`; a list combines the "
+        "unlimited and the timed study); null = none"
+    )
     bootstrap_resamples: int = doc("bootstrap resamples for every interval")
     realism_k: int = doc("k of the k-NN radii of the realism score (Kynkäänniemi et al. 2019: 3)")
     batch_size: int = doc("images per forward pass")
     seed: int = doc("seed of the bootstrap")
+
+    @property
+    def judgment_files(self) -> tuple[str, ...]:
+        """``human_judgments`` as a tuple of paths (empty when null)."""
+        if self.human_judgments is None:
+            return ()
+        return (self.human_judgments,) if isinstance(self.human_judgments, str) else tuple(self.human_judgments)
 
     def validate(self):
         if self.inception != "none" and not self.inception_path:
@@ -124,6 +189,8 @@ class ModelParams:
 class Params:
     paths: PathsParams
     data: DataParams
+    cityscapes: CityscapesParams
+    nyu: NyuParams
     synthetic: SyntheticParams
     models: tuple[str, ...]
     train: TrainParams
@@ -131,6 +198,7 @@ class Params:
     synthesize: SynthesizeParams
     evaluate: EvaluateParams
     report: ReportParams
+    study: StudyParams
     model_sections: dict[str, ModelParams]
 
     def model(self, name: str) -> ModelParams:
@@ -139,7 +207,7 @@ class Params:
         return self.model_sections[name]
 
     def to_dict(self) -> dict:
-        out = to_dict({k: getattr(self, k) for k in ("paths", "data", "synthetic", "models", "train", "vgg", "synthesize", "evaluate", "report")})
+        out = to_dict({k: getattr(self, k) for k in ("paths", "data", "cityscapes", "nyu", "synthetic", "models", "train", "vgg", "synthesize", "evaluate", "report", "study")})
         out.update(to_dict(self.model_sections))  # model `train` entries show the merged values
         return out
 
@@ -147,12 +215,15 @@ class Params:
 STATIC_SECTIONS = {
     "paths": PathsParams,
     "data": DataParams,
+    "cityscapes": CityscapesParams,
+    "nyu": NyuParams,
     "synthetic": SyntheticParams,
     "train": TrainParams,
     "vgg": VggParams,
     "synthesize": SynthesizeParams,
     "evaluate": EvaluateParams,
     "report": ReportParams,
+    "study": StudyParams,
 }
 
 

@@ -1,29 +1,95 @@
-"""The `prepare` stage: read a dataset in the official Cityscapes layout (real, or the built-in
-synthetic city generated here from its seed) once, resize it to the experiment's resolution
-(bicubic images, nearest labels; crn-facts §4) and write the cache that training reads.
+"""The `prepare` stage (paper Sec. 5.1, crn-facts §4): read a dataset once — the built-in synthetic
+city (generated here from its seed), Cityscapes in its official archive layout, or the NYU Depth v2
+labeled set — check it, resize it to the experiment's resolution (bicubic images, nearest labels)
+and write the cache that training reads: memory-mapped uint8 arrays plus ``meta.json`` (label
+space, counts, per-class pixel frequencies).
 
 The cache is built in a temporary folder and swapped in only when complete, so a failure (a
-corrupt file, an unknown label) leaves the previous cache untouched.
+missing split, a count mismatch, a corrupt file, an unknown label) leaves the previous cache untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from numpy.lib.format import open_memmap
 from rich.console import Console
 from rich.progress import Progress
 
+from crn_repro.checkpoint import atomic_replace_dir
 from crn_repro.datasets import SPLITS, find_pairs, load_pair
-from crn_repro.labels import CHANNEL_NAMES, NUM_LAYOUT_CHANNELS
+from crn_repro.errors import CrnError
+from crn_repro.labels import CITYSCAPES_SPACE, LabelSpace
 from crn_repro.params import Params
 from crn_repro.synthetic import generate_synthetic_cityscapes
 
 SYNTHETIC_DIR = "synthetic-city"
+
+
+@dataclass
+class Source:
+    """A dataset ready to be read: its label space and, per split, frame names and a frame loader
+    (index -> (image uint8 HxWx3, layout channels uint8 HxW) at the target size)."""
+
+    label_space: LabelSpace
+    names: dict[str, Sequence[str]]
+    load: dict[str, Callable[[int], tuple[np.ndarray, np.ndarray]]]
+    meta: dict
+
+
+def num_classes_for(params: Params) -> int:
+    """Layout channels c of the configured dataset, without reading it (for `info` and presets)."""
+    return params.nyu.num_classes + 1 if params.data.dataset == "nyu" else CITYSCAPES_SPACE.num_classes
+
+
+def _cityscapes_source(root: Path, params: Params, counts: dict, frame_size_hw, label_format: str) -> Source:
+    size = tuple(params.data.image_size_hw)
+    pairs = {split: find_pairs(root, split, label_format, counts[split]) for split in SPLITS}
+    return Source(
+        CITYSCAPES_SPACE,
+        {split: [p.stem for p in pairs[split]] for split in SPLITS},
+        {split: (lambda i, ps=pairs[split]: load_pair(ps[i], size, label_format, frame_size_hw)) for split in SPLITS},
+        {"labels": label_format},
+    )
+
+
+def _nyu_source(params: Params, stack: contextlib.ExitStack, progress: Progress) -> Source:
+    from crn_repro import nyu
+
+    cfg = params.nyu
+    frame_hw = tuple(cfg.frame_size_hw) if cfg.frame_size_hw else None
+    frames = stack.enter_context(nyu.NyuLabeled(Path(cfg.path), expected_frames=cfg.num_frames, expected_hw=frame_hw))
+    indices = {split: nyu.split_indices(frames.num_frames, split, cfg.num_train) for split in SPLITS}
+    if cfg.class_mapping:
+        label_set = nyu.label_set_from_mapping(Path(cfg.class_mapping), frames.raw_class_names)
+        if len(label_set.channel_names) - 1 != cfg.num_classes:
+            raise CrnError(
+                f"{cfg.class_mapping}: maps to {len(label_set.channel_names) - 1} classes, but nyu.num_classes is "
+                f"{cfg.num_classes}; set nyu.num_classes to {len(label_set.channel_names) - 1}"
+            )
+    else:
+        task = progress.add_task("count NYU classes (train split)", total=len(indices["train"]))
+        label_set = nyu.label_set_most_frequent(
+            frames, indices["train"], cfg.num_classes, progress=lambda n=1: progress.advance(task, n)
+        )
+    space = LabelSpace(tuple(label_set.channel_names), tuple(tuple(int(v) for v in c) for c in label_set.colors))
+    size = tuple(params.data.image_size_hw)
+    return Source(
+        space,
+        {split: [nyu.frame_name(i) for i in indices[split]] for split in SPLITS},
+        {
+            split: (lambda j, idx=indices[split]: nyu.load_frame(frames, idx[j], label_set, size, cfg.fit))
+            for split in SPLITS
+        },
+        {"fit": cfg.fit, "class_mapping": cfg.class_mapping, "num_train": cfg.num_train},
+    )
 
 
 def prepare(params: Params, console: Console | None = None) -> dict:
@@ -34,52 +100,65 @@ def prepare(params: Params, console: Console | None = None) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     h, w = params.data.image_size_hw
-    meta = {"dataset": params.data.dataset, "image_size_hw": [h, w], "channel_names": list(CHANNEL_NAMES), "splits": {}}
-    with Progress(console=console) as progress:
-        if params.data.dataset == "synthetic":
-            syn = params.synthetic
-            task = progress.add_task("generate synthetic city", total=syn.num_train + syn.num_val)
-            spec = generate_synthetic_cityscapes(
-                tmp / SYNTHETIC_DIR,
-                seed=syn.seed,
-                num_train=syn.num_train,
-                num_val=syn.num_val,
-                image_size_hw=tuple(syn.image_size_hw),
-                num_cities=syn.num_cities,
-                progress=lambda n: progress.advance(task, n),
-            )
-            root, meta["source"] = tmp / SYNTHETIC_DIR, str(out / SYNTHETIC_DIR)
-            meta["synthetic_seed"] = spec["seed"]
-        else:
-            root = Path(params.data.cityscapes_root)
-            meta["source"] = str(root)
-        limits = {"train": params.data.max_train_images, "val": params.data.max_val_images}
-        for split in SPLITS:
-            pairs = find_pairs(root, split)[: limits[split]]
-            split_dir = tmp / split
-            split_dir.mkdir()
-            images = open_memmap(split_dir / "images.npy", "w+", np.uint8, (len(pairs), h, w, 3))
-            labels = open_memmap(split_dir / "labels.npy", "w+", np.uint8, (len(pairs), h, w))
-            counts = np.zeros(NUM_LAYOUT_CHANNELS, dtype=np.int64)
-            task = progress.add_task(f"prepare {split}", total=len(pairs))
-            with ThreadPoolExecutor() as pool:  # PIL decodes and resizes outside the GIL
-                for i, (image, channels) in enumerate(pool.map(lambda p: load_pair(p, (h, w)), pairs)):
-                    images[i], labels[i] = image, channels
-                    counts += np.bincount(channels.ravel(), minlength=NUM_LAYOUT_CHANNELS)
-                    progress.advance(task)
-            images.flush()
-            labels.flush()
-            del images, labels
-            (split_dir / "names.json").write_text(json.dumps([p.stem for p in pairs]))
-            meta["splits"][split] = {
-                "count": len(pairs),
-                "class_pixel_frequency": (counts / max(counts.sum(), 1)).round(6).tolist(),
-            }
+    dataset = params.data.dataset
+    meta = {"dataset": dataset, "image_size_hw": [h, w], "splits": {}}
+    try:
+        with Progress(console=console) as progress, contextlib.ExitStack() as stack:
+            if dataset == "synthetic":
+                syn = params.synthetic
+                task = progress.add_task("generate synthetic city", total=syn.num_train + syn.num_val)
+                spec = generate_synthetic_cityscapes(
+                    tmp / SYNTHETIC_DIR,
+                    seed=syn.seed,
+                    num_train=syn.num_train,
+                    num_val=syn.num_val,
+                    image_size_hw=tuple(syn.image_size_hw),
+                    num_cities=syn.num_cities,
+                    progress=lambda n: progress.advance(task, n),
+                )
+                counts = {"train": syn.num_train, "val": syn.num_val}
+                source = _cityscapes_source(tmp / SYNTHETIC_DIR, params, counts, tuple(syn.image_size_hw), "label_ids")
+                meta["source"], meta["synthetic_seed"] = str(out / SYNTHETIC_DIR), spec["seed"]
+            elif dataset == "cityscapes":
+                cs = params.cityscapes
+                counts = {"train": cs.expected_train, "val": cs.expected_val}
+                frame_size = tuple(cs.frame_size_hw) if cs.frame_size_hw else None
+                source = _cityscapes_source(Path(cs.root), params, counts, frame_size, cs.labels)
+                meta["source"] = str(cs.root)
+            else:
+                source = _nyu_source(params, stack, progress)
+                meta["source"] = str(params.nyu.path)
+            meta.update(source.meta)
+            meta.update(source.label_space.to_meta())
+            limits = {"train": params.data.max_train_images, "val": params.data.max_val_images}
+            for split in SPLITS:
+                meta["splits"][split] = _write_split(
+                    tmp / split, source, split, limits[split], (h, w), progress
+                )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic_replace_dir(tmp, out)
     return meta
+
+
+def _write_split(folder: Path, source: Source, split: str, limit: int | None, size_hw, progress: Progress) -> dict:
+    names = list(source.names[split])[:limit]
+    num_classes = source.label_space.num_classes
+    h, w = size_hw
+    folder.mkdir()
+    images = open_memmap(folder / "images.npy", "w+", np.uint8, (len(names), h, w, 3))
+    labels = open_memmap(folder / "labels.npy", "w+", np.uint8, (len(names), h, w))
+    counts = np.zeros(num_classes, dtype=np.int64)
+    task = progress.add_task(f"prepare {split}", total=len(names))
+    with ThreadPoolExecutor() as pool:  # PIL decodes and resizes outside the GIL
+        for i, (image, channels) in enumerate(pool.map(source.load[split], range(len(names)))):
+            images[i], labels[i] = image, channels
+            counts += np.bincount(channels.ravel(), minlength=num_classes)
+            progress.advance(task)
+    images.flush()
+    labels.flush()
+    del images, labels
+    (folder / "names.json").write_text(json.dumps(names))
+    return {"count": len(names), "class_pixel_frequency": (counts / max(counts.sum(), 1)).round(6).tolist()}

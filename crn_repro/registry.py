@@ -37,6 +37,7 @@ class BuildContext:
     vgg: VggParams
     steps_per_epoch: int
     runs_dir: Path  # where the pipeline's own runs live (e.g. runs/segmenter/model.pt)
+    label_colors: tuple[tuple[int, int, int], ...] | None = None  # the dataset's palette, one RGB per channel
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,14 @@ def _gan_model(
     summary: str, params_cls: type, objective_cls: type, generator: type, discriminator: type, resolve: Callable,
     objective: Callable,
 ) -> ModelSpec:
-    """A GAN baseline (Sec. 4): networks G and D, whose kwargs ``resolve`` gives as {"G": .., "D": ..}."""
+    """A GAN baseline (Sec. 4): networks G and D, whose kwargs ``resolve(net, ctx)`` gives as {"G": .., "D": ..}."""
     return ModelSpec(
         summary=summary,
         network_params=params_cls,
         objective_params=objective_cls,
         networks={
-            "G": (generator, lambda net, ctx: resolve(net, ctx.image_size_hw, ctx.num_classes)["G"]),
-            "D": (discriminator, lambda net, ctx: resolve(net, ctx.image_size_hw, ctx.num_classes)["D"]),
+            "G": (generator, lambda net, ctx: resolve(net, ctx)["G"]),
+            "D": (discriminator, lambda net, ctx: resolve(net, ctx)["D"]),
         },
         objective=objective,
     )
@@ -106,12 +107,14 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "pix2pix": _gan_model(
         "pix2pix: conditional GAN, U-Net generator, PatchGAN, GAN + 100 L1 (Isola et al., Sec. 4)",
-        Pix2PixNetworkParams, Pix2PixObjectiveParams, UnetGenerator, PatchDiscriminator, pix2pix_kwargs,
+        Pix2PixNetworkParams, Pix2PixObjectiveParams, UnetGenerator, PatchDiscriminator,
+        lambda net, ctx: pix2pix_kwargs(net, ctx.image_size_hw, ctx.num_classes, ctx.label_colors),
         lambda obj, ctx: Pix2PixObjective(obj),
     ),
     "gan-semseg": _gan_model(
         "DCGAN generator and discriminator + segmentation cross-entropy (Sec. 4)",
-        DCGANNetworkParams, GANSemSegObjectiveParams, DCGANGenerator, DCGANDiscriminator, dcgan_kwargs,
+        DCGANNetworkParams, GANSemSegObjectiveParams, DCGANGenerator, DCGANDiscriminator,
+        lambda net, ctx: dcgan_kwargs(net, ctx.image_size_hw, ctx.num_classes),
         _gan_semseg_objective,
     ),
     "segmenter": ModelSpec(

@@ -193,6 +193,34 @@ def _p(p: float) -> str:
     return "n/a" if p != p else ("< 1e-3" if p < 1e-3 else f"{p:.3f}")
 
 
+def _interval(low: float, high: float) -> str:
+    return "n/a" if pd.isna(low) else f"{low:.1%} - {high:.1%}"
+
+
+def _preference_rows(table: pd.DataFrame, keys: tuple[str, ...]) -> list[str]:
+    """A markdown table of preference rates: the ``keys`` columns, rate, Wilson interval and, where the
+    judgments name participants and layouts, the bootstrap intervals over workers and over images."""
+    boot = "boot_workers_low" in table.columns and table["boot_workers_low"].notna().any()
+    head = [*keys, "preferred", "95% Wilson"] + (["95% bootstrap, workers", "95% bootstrap, images"] if boot else []) + ["p", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.itertuples():
+        cells = [str(getattr(row, k)) for k in keys] + ["n/a" if pd.isna(row.rate) else f"{row.rate:.1%}", _interval(row.ci_low, row.ci_high)]
+        if boot:
+            cells += [_interval(row.boot_workers_low, row.boot_workers_high), _interval(row.boot_images_low, row.boot_images_high)]
+        lines.append("| " + " | ".join(cells + [_p(row.p_value), str(row.n)]) + " |")
+    return lines
+
+
+def _label_source(meta: dict) -> str:
+    """How the layout channels were made, in words, from the prepared cache's meta.json."""
+    if meta["dataset"] == "nyu":
+        grouping = f"classes of {meta['class_mapping']}" if meta.get("class_mapping") else "the most frequent raw classes"
+        return f"NYU {grouping}, frames fitted by {meta.get('fit')}"
+    if meta.get("labels") == "color":
+        return "Cityscapes gtFine_color matched by colour, as the release"
+    return "Cityscapes labelIds through the official table"
+
+
 def write_report(params: Params) -> Path:
     """Write ``reports/report.md``, the self-contained ``reports/report.html`` and the figures
     (PNG and PDF); returns the report path."""
@@ -212,7 +240,7 @@ def write_report(params: Params) -> Path:
     summaries = {model: index["facts"] for model, index in indexes.items()}  # the model file's facts
 
     columns = {
-        "Semantic layout": [colorize_channels(np.asarray(val.labels[i])) for i in rows],
+        "Semantic layout": [colorize_channels(np.asarray(val.labels[i]), val.label_space.palette) for i in rows],
         "Reference": [np.asarray(val.images[i]) for i in rows],
     }
     for model in params.models:
@@ -247,6 +275,7 @@ def write_report(params: Params) -> Path:
         "",
         f"- Dataset: **{meta['dataset']}** ({meta['source']}); {meta['splits']['train']['count']} training and "
         f"{meta['splits']['val']['count']} validation frames",
+        f"- Layout: c = {len(meta['channel_names'])} channels ({_label_source(meta)}; void last)",
         f"- Resolution: {h}x{w}",
         "",
         "| model | parameters | steps | batch | wall time | device | precision | VGG-19 weights | VGG pooling | loss |",
@@ -385,20 +414,32 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
             "gamed; only a human study (`crn-repro study`) reproduces its Table 1.",
             "",
         ]
-    lines += ["| baseline | preferred | 95% interval | p | n |", "|---|---|---|---|---|"]
-    for row in preference.itertuples():
-        lines.append(f"| {row.baseline} | {row.rate:.1%} | {row.ci_low:.1%} - {row.ci_high:.1%} | {_p(row.p_value)} | {row.n} |")
+    human = source.startswith("human judgments")
+    if human:
+        lines += [
+            "Unlimited viewing time (paper Table 1). Participants whose sentinel answers fell "
+            "below `study.min_sentinel_accuracy` are excluded (`crn-repro study analyze`). The bootstrap intervals "
+            "resample whole workers and whole images, so correlated judgments are not counted as independent.",
+            "",
+        ]
+    lines += _preference_rows(preference, ("baseline",))
     curves_path = reports / "time_curves.csv"
-    if source == "human judgments" and curves_path.is_file():
+    if human and curves_path.is_file():
         curves = pd.read_csv(curves_path)
         if len(curves):
             _save(time_curve_figure(curves), figures / "time_curves.png")
             lines += [
                 "",
-                "Time-limited judgments (paper Fig. 3): preference rate against exposure time, with 95% Wilson intervals.",
+                "### Time-limited judgments (paper Fig. 3)",
+                "",
+                f"Source: **{source}**. Preference rate of the first image type against exposure time, with 95% Wilson "
+                "intervals (paper at 125 ms: Real > pix2pix 72.5%, CRN > pix2pix 73.4%, Real > CRN 52.6%).",
                 "",
                 "![time curves](figures/time_curves.png)",
+                "",
             ]
+            curves = curves.assign(comparison=curves["first"] + " > " + curves["second"], duration=curves.duration_ms.astype(int).astype(str) + " ms")
+            lines += _preference_rows(curves, ("comparison", "duration"))
     names = sorted({m for entry in metrics.values() for m in entry}, key=list(METRIC_TITLES).index)
     lines += [
         "",

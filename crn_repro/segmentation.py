@@ -30,7 +30,6 @@ from torch import nn
 from crn_repro.config import doc
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError
-from crn_repro.labels import NUM_LAYOUT_CHANNELS, VOID_CHANNEL
 from crn_repro.losses import Objective
 
 MODEL_NAME = "segmenter"  # the registry name of a trained segmenter's model file
@@ -58,7 +57,7 @@ class SegmenterNetworkParams:
 class SegmentationObjectiveParams:
     """params.yaml ``segmenter.objective``: pixelwise cross-entropy against the layout."""
 
-    ignore_void: bool = doc("leave void pixels (channel 19) out of the loss; false = void is a class to learn")
+    ignore_void: bool = doc("leave void pixels (the last channel) out of the loss; false = void is a class to learn")
 
 
 def segmenter_kwargs(params: SegmenterNetworkParams, image_size_hw: tuple[int, int], num_classes: int) -> dict:
@@ -143,12 +142,14 @@ def layout_to_target(layout: torch.Tensor) -> torch.Tensor:
 
 def pixelwise_cross_entropy(logits: torch.Tensor, layout: torch.Tensor, ignore_void: bool) -> torch.Tensor:
     """Pixelwise cross-entropy of S's logits against the layout L (Sec. 4, GAN + semantic
-    segmentation), averaged over the counted pixels; zero if every pixel is void and ignored."""
+    segmentation), averaged over the counted pixels; zero if every pixel is void (the last
+    channel) and ignored."""
     target = layout_to_target(layout)
     if ignore_void:
-        if not (target != VOID_CHANNEL).any():
+        void = layout.shape[1] - 1
+        if not (target != void).any():
             return logits.float().sum() * 0.0  # keeps the graph; cross_entropy would give 0/0
-        return F.cross_entropy(logits.float(), target, ignore_index=VOID_CHANNEL)
+        return F.cross_entropy(logits.float(), target, ignore_index=void)
     return F.cross_entropy(logits.float(), target)
 
 
@@ -186,17 +187,20 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return counts.reshape(num_classes, num_classes).cpu()
 
 
-def segmentation_scores(confusion: torch.Tensor, ignore_index: int | None = VOID_CHANNEL) -> dict:
+def segmentation_scores(confusion: torch.Tensor, ignore_index: int | None = -1) -> dict:
     """Pixel accuracy and IoU = TP / (TP + FP + FN) from a confusion matrix (rows = target).
 
     Pixels whose target is ``ignore_index`` are dropped (from prediction and target alike); a pixel
     of another class predicted as ``ignore_index`` stays an error (a false negative of its class).
     ``mean_iou`` averages over the classes present in the target; ``per_class_iou`` has one entry
-    per class, None for absent classes and for ``ignore_index``."""
+    per class, None for absent classes and for ``ignore_index``. The default, -1, is the last class
+    (void, in every layout encoding here); None scores every class."""
     confusion = torch.as_tensor(confusion).double()
     num_classes = confusion.shape[0]
     if confusion.shape != (num_classes, num_classes):
         raise ValueError(f"confusion matrix must be square, got {tuple(confusion.shape)}")
+    if ignore_index == -1:
+        ignore_index = num_classes - 1
     if ignore_index is not None and not 0 <= ignore_index < num_classes:
         raise ValueError(f"ignore_index {ignore_index} is not a class of a {num_classes}-class confusion matrix")
     if ignore_index is not None:
@@ -228,7 +232,7 @@ def predict(segmenter: nn.Module, images_0_255: torch.Tensor) -> torch.Tensor:
 
 
 def confusion_for_batches(
-    segmenter: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int = NUM_LAYOUT_CHANNELS
+    segmenter: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int
 ) -> torch.Tensor:
     """Summed confusion matrix of S over (images 0..255 (B, 3, H, W), target ids (B, H, W)) batches,
     e.g. synthesized images and the layouts they were made from. Runs S in eval mode."""
@@ -248,7 +252,7 @@ def evaluate_segmenter(
     split: PreparedSplit,
     batch_size: int,
     device: torch.device | str,
-    ignore_index: int | None = VOID_CHANNEL,
+    ignore_index: int | None = -1,
 ) -> dict:
     """Scores of S on the real images of ``split`` against their labels (use val for a held-out
     figure), with the protocol they were measured under."""
@@ -258,7 +262,12 @@ def evaluate_segmenter(
             layout, image = split.batch(range(start, min(start + batch_size, len(split))), device)
             yield image, layout_to_target(layout)
 
-    num_classes = getattr(segmenter, "num_classes", NUM_LAYOUT_CHANNELS)
+    num_classes = split.num_classes
+    if getattr(segmenter, "num_classes", num_classes) != num_classes:
+        raise CrnError(
+            f"segmenter predicts {segmenter.num_classes} classes, but the prepared data has {num_classes}; "
+            "train a segmenter on this dataset"
+        )
     scores = segmentation_scores(confusion_for_batches(segmenter, batches(), num_classes), ignore_index)
     return dict(scores, num_images=len(split), image_size_hw=list(split.size_hw))
 

@@ -28,14 +28,14 @@ from crn_repro.checkpoint import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    init_from_model_file,
     load_training_state,
     save_model_file,
     unwrap,
 )
 from crn_repro.config import to_dict
-from crn_repro.datasets import PreparedSplit
+from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError, one_line
-from crn_repro.labels import NUM_LAYOUT_CHANNELS
 from crn_repro.params import Params, TrainParams
 from crn_repro.registry import BuildContext, count_parameters, get_spec
 
@@ -92,13 +92,24 @@ def setup_runtime(tp: TrainParams) -> Runtime:
     return Runtime(device, rank, world_size, torch.bfloat16 if use_bf16 else None, channels_last)
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_identity: dict) -> str:
     """Hash of every setting that makes a saved state incompatible with the current params: the
-    networks, objective, optimizers, the training data, seed and batch size, and what the objective
-    itself depends on (e.g. the VGG weights, a frozen segmenter's file). Paths, validation-only
-    settings and step counts are left out, so changing them resumes instead of starting over."""
+    networks, objective, optimizers, the training data (the prepared cache's description: dataset,
+    size, label space, counts, class frequencies), seed and batch size, the initialisation and
+    frozen modules, and what the objective itself depends on (e.g. the VGG weights, a frozen
+    segmenter's file). Paths, validation-only settings and step counts are left out, so changing
+    them resumes instead of starting over."""
     mp = params.model(model)
     data = params.data
+    meta = {k: v for k, v in read_prepared_meta(Path(params.paths.prepared)).items() if k != "source"}
     identity = {
         "model": model,
         "network_kwargs": network_kwargs,
@@ -106,9 +117,11 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_
         "objective_inputs": objective_identity,
         "optimizer": to_dict(mp.optimizer),
         "data": [data.dataset, list(data.image_size_hw), data.max_train_images],
-        "synthetic": to_dict(params.synthetic) if data.dataset == "synthetic" else None,
+        "prepared": meta,
         "seed": mp.train.seed,
         "batch_size": mp.train.batch_size,
+        "init_from": _file_sha256(Path(mp.train.init_from)) if mp.train.init_from else None,
+        "train_last_modules": mp.train.train_last_modules,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -131,9 +144,13 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             f"{tuple(params.data.image_size_hw)}; run `crn-repro prepare` again"
         )
     steps_per_epoch = math.ceil(len(data) / tp.batch_size)
+    space = data.label_space
     ctx = BuildContext(
-        tuple(params.data.image_size_hw), NUM_LAYOUT_CHANNELS, params.vgg, steps_per_epoch, Path(params.paths.runs)
+        tuple(params.data.image_size_hw), space.num_classes, params.vgg, steps_per_epoch, Path(params.paths.runs),
+        space.colors,
     )
+    if tp.init_from and not Path(tp.init_from).is_file():
+        raise CrnError(f"{tp.init_from}: {model}.train.init_from file not found; train the lower-resolution run first")
 
     network_kwargs = {}
     for name, (_, resolve) in spec.networks.items():
@@ -143,13 +160,21 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             raise CrnError(f"{model}.network: {error}") from None
     torch.manual_seed(derive_seed(tp.seed, INIT))
     nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
+    if tp.train_last_modules is not None:
+        generator = next(iter(nets.values()))
+        if not hasattr(generator, "freeze_all_but_last"):
+            raise CrnError(f"{model}.train.train_last_modules: only CRN-architecture models have refinement modules; set it to null")
+        try:
+            generator.freeze_all_but_last(tp.train_last_modules)
+        except ValueError as error:
+            raise CrnError(f"{model}.train.train_last_modules: {error}") from None
     objective = spec.objective(mp.objective, ctx)
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     for net in nets.values():
         net.to(rt.device, memory_format=memory_format)
     objective.to(rt.device)
     optimizers = {
-        name: torch.optim.Adam(nets[name].parameters(), lr=opt.lr, betas=tuple(opt.betas))
+        name: torch.optim.Adam([p for p in nets[name].parameters() if p.requires_grad], lr=opt.lr, betas=tuple(opt.betas))
         for name, opt in mp.optimizer.items()
     }
 
@@ -179,6 +204,15 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             last_losses = dict(state.get("last_losses", {}))
             if rt.is_main:
                 console.print(f"resuming {model} from {state_path} at step {start_step}")
+    if start_step == 0 and tp.init_from:
+        copied = init_from_model_file(Path(tp.init_from), nets)
+        if rt.is_main:
+            for name, r in copied.items():
+                fresh = sorted({k.rsplit(".", 1)[0] for k in r["fresh"]})
+                console.print(
+                    f"{model}.{name}: initialised {len(r['copied'])} tensors from {tp.init_from}; "
+                    f"fresh: {', '.join(fresh) or 'none'}"
+                )
 
     if rt.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -202,7 +236,9 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         "vgg": getattr(getattr(getattr(objective, "loss", None), "vgg", None), "source_description", "not used"),
         "vgg_pooling": params.vgg.pooling,
         "objective": to_dict(mp.objective),
-        "parameters": {name: count_parameters(unwrap(net)) for name, net in nets.items()},
+        "parameters": {name: count_parameters(unwrap(net)) for name, net in nets.items()},  # trainable
+        "init_from": tp.init_from,
+        "num_classes": space.num_classes,
         "device": str(rt.device) + (f" x{rt.world_size}" if rt.world_size > 1 else ""),
         "precision": "bf16 autocast" if rt.autocast_dtype else "fp32",
     }

@@ -112,7 +112,8 @@ def test_prepare_builds_cache_and_keeps_old_one_on_failure(prepared_tiny, tiny_r
     from crn_repro.params import parse_params
 
     raw = dict(tiny_raw, paths=dict(tiny_raw["paths"], prepared=str(root / "data/prepared")))
-    raw["data"] = dict(raw["data"], dataset="cityscapes", cityscapes_root=str(tmp_path / "nowhere"))
+    raw["data"] = dict(raw["data"], dataset="cityscapes")
+    raw["cityscapes"] = dict(raw["cityscapes"], root=str(tmp_path / "nowhere"))
     before = (root / "data/prepared/train/images.npy").read_bytes()
     with pytest.raises(CrnError, match="dataset root not found"):
         prepare(parse_params(raw))
@@ -124,7 +125,8 @@ def test_prepare_reads_real_cityscapes_layout(tmp_path, tiny_raw):
 
     write_tree(tmp_path / "cs", "train", n=3)
     write_tree(tmp_path / "cs", "val", city="frankfurt", n=2)
-    tiny_raw["data"].update(dataset="cityscapes", cityscapes_root=str(tmp_path / "cs"))
+    tiny_raw["data"]["dataset"] = "cityscapes"
+    tiny_raw["cityscapes"].update(root=str(tmp_path / "cs"), expected_train=3, expected_val=2, frame_size_hw=[32, 64])
     meta = prepare(parse_params(tiny_raw))
     assert meta["splits"]["train"]["count"] == 3 and meta["splits"]["val"]["count"] == 2
     val = PreparedSplit(tiny_raw["paths"]["prepared"], "val")

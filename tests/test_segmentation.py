@@ -112,8 +112,9 @@ def test_scores_skip_classes_absent_from_target():
     assert not any(isinstance(v, float) and math.isnan(v) for v in s["per_class_iou"])
     with pytest.raises(ValueError, match="no pixels"):
         segmentation_scores(torch.zeros(3, 3, dtype=torch.long), ignore_index=None)
-    with pytest.raises(ValueError, match="ignore_index 19"):
-        segmentation_scores(confusion)  # the default ignores void, channel 19, of 20 classes
+    with pytest.raises(ValueError, match="ignore_index 5"):
+        segmentation_scores(confusion, ignore_index=5)
+    assert segmentation_scores(confusion)["ignore_index"] == confusion.shape[0] - 1  # default: void, the last class
     with pytest.raises(ValueError, match="no pixels"):
         segmentation_scores(confusion_matrix(torch.tensor([0]), torch.tensor([2]), 3), ignore_index=2)
 

@@ -1,0 +1,125 @@
+"""`crn-repro study analyze` (paper Sec. 5.1, Table 1, Fig. 3; crn-facts §6): from the answers of
+web participants and MTurk workers to the numbers the paper reports.
+
+1. Gather canonical records from ``<study>/responses.sqlite`` (the web app) and MTurk batch results.
+2. Exclude inattentive participants: a participant (per source) whose fraction of sentinels right
+   is below ``study.min_sentinel_accuracy`` (default 1.0: all of them), or who answered no
+   sentinel, is excluded with all their answers.
+3. For each comparison (pair type, and duration in the timed design): the preference rate of the
+   first model (``evaluate.pair_order``: real, then crn), its Wilson interval, the exact binomial
+   p against 50%, and 95% cluster-bootstrap intervals resampling workers and resampling images.
+
+Writes ``<study>/analysis/``: ``responses.csv`` (every record), ``exclusions.csv``, ``judgments.csv``
+(test trials of included participants, the input of ``evaluate.human_judgments``), ``summary.csv``
+and ``time_curves.csv`` (the timed rows).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from crn_repro.checkpoint import atomic_write_text
+from crn_repro.errors import CrnError
+from crn_repro.evaluate import judgment_summary, pair_order
+from crn_repro.study.manifest import load_manifest
+from crn_repro.study.mturk import import_results
+from crn_repro.study.params import REAL
+from crn_repro.study.records import (
+    RESPONSE_COLUMNS,
+    check_responses,
+    write_responses_csv,
+)
+
+EXCLUSION_COLUMNS = ["source", "participant", "sentinels", "sentinels_right", "accuracy", "test_judgments", "excluded", "reason"]
+JUDGMENT_COLUMNS = ["model_a", "model_b", "winner", "duration_ms", "participant", "layout", "source", "job"]
+SUMMARY_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value",
+                   "boot_workers_low", "boot_workers_high", "boot_images_low", "boot_images_high", "participants", "layouts"]
+
+
+def gather_responses(study_dir: Path, mturk_csvs: list[Path] = (), include_web: bool = True) -> pd.DataFrame:
+    """Every canonical record of the study: the web app's database and the given MTurk results."""
+    study_dir = Path(study_dir)
+    load_manifest(study_dir)
+    frames = []
+    if include_web and (study_dir / "responses.sqlite").exists():
+        from crn_repro.study.store import read_responses
+
+        frames.append(read_responses(study_dir))
+    if mturk_csvs:
+        frames.append(import_results(study_dir, list(mturk_csvs)))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        raise CrnError(f"{study_dir}: no responses yet; collect some with `crn-repro study serve` or pass --mturk results.csv")
+    return check_responses(pd.concat(frames, ignore_index=True), str(study_dir))
+
+
+def sentinel_exclusions(responses: pd.DataFrame, min_accuracy: float) -> pd.DataFrame:
+    """One row per participant (per source): sentinels answered and right, and whether excluded."""
+    rows = []
+    for (source, participant), g in responses.groupby(["source", "participant"], sort=True):
+        sentinels = g[g.kind == "sentinel"]
+        right = int((sentinels.chosen_model == REAL).sum())
+        accuracy = right / len(sentinels) if len(sentinels) else float("nan")
+        reason = ""
+        if not len(sentinels):
+            reason = "answered no sentinel"
+        elif accuracy < min_accuracy - 1e-12:
+            reason = f"sentinel accuracy {accuracy:.0%} < {min_accuracy:.0%}"
+        rows.append({"source": source, "participant": participant, "sentinels": len(sentinels), "sentinels_right": right,
+                     "accuracy": accuracy, "test_judgments": int((g.kind == "test").sum()), "excluded": bool(reason),
+                     "reason": reason})
+    return pd.DataFrame(rows, columns=EXCLUSION_COLUMNS)
+
+
+def to_judgments(responses: pd.DataFrame, exclusions: pd.DataFrame) -> pd.DataFrame:
+    """Test trials of the included participants as pairwise judgments (participant = "source:id")."""
+    excluded = set(map(tuple, exclusions.loc[exclusions.excluded, ["source", "participant"]].to_numpy()))
+    keep = responses[(responses.kind == "test") & ~responses[["source", "participant"]].apply(tuple, axis=1).isin(excluded)]
+    return pd.DataFrame({
+        "model_a": keep.left_model, "model_b": keep.right_model, "winner": keep.chosen_model,
+        "duration_ms": keep.duration_ms, "participant": keep.source + ":" + keep.participant,
+        "layout": keep.layout, "source": keep.source, "job": keep.job,
+    }, columns=JUDGMENT_COLUMNS).reset_index(drop=True)
+
+
+def summarize(judgments: pd.DataFrame, num_resamples: int, seed: int) -> pd.DataFrame:
+    """Per comparison (pair type x duration; unlimited time has no duration) as ``evaluate.judgment_summary``."""
+    rows = []
+    if not len(judgments):
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    pair = judgments[["model_a", "model_b"]].apply(lambda r: pair_order(r.model_a, r.model_b), axis=1)
+    for (first, second), group in judgments.groupby(pair, sort=True):
+        for duration, g in group.groupby(group.duration_ms.fillna(-1), sort=True):
+            rows.append(dict(first=first, second=second, duration_ms=float("nan") if duration < 0 else int(duration),
+                             **judgment_summary(g, first, num_resamples, seed),
+                             participants=g.participant.nunique(), layouts=g.layout.nunique()))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    buffer = io.StringIO()
+    df.to_csv(buffer, index=False)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def analyze_study(
+    study_dir: Path, mturk_csvs: list[Path] = (), include_web: bool = True, min_accuracy: float = 1.0,
+    num_resamples: int = 1000, seed: int = 0,
+) -> dict:
+    """Run the analysis and write ``<study>/analysis/*.csv``; returns the tables and paths."""
+    study_dir = Path(study_dir)
+    responses = gather_responses(study_dir, mturk_csvs, include_web)
+    exclusions = sentinel_exclusions(responses, min_accuracy)
+    judgments = to_judgments(responses, exclusions)
+    summary = summarize(judgments, num_resamples, seed)
+    out = study_dir / "analysis"
+    paths = {name: out / f"{name}.csv" for name in ("responses", "exclusions", "judgments", "summary", "time_curves")}
+    write_responses_csv(responses.loc[:, list(RESPONSE_COLUMNS)], paths["responses"])
+    _write_csv(exclusions, paths["exclusions"])
+    _write_csv(judgments, paths["judgments"])
+    _write_csv(summary, paths["summary"])
+    _write_csv(summary.dropna(subset=["duration_ms"]).drop(columns=["participants", "layouts"]), paths["time_curves"])
+    return {"responses": responses, "exclusions": exclusions, "judgments": judgments, "summary": summary, "paths": paths}

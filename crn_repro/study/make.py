@@ -1,0 +1,203 @@
+"""`crn-repro study make`: build a self-contained study folder from the synthesized validation sets
+(paper Sec. 5.1, crn-facts §6): ``manifest.json`` and every stimulus resized to 400x200 PNG, named by
+its content hash, plus the post-stimulus mask of the time-limited design.
+
+Each image carries a realism score (Kynkäänniemi et al. 2019) from the evaluate stage's
+``reports/per_image/<model>.csv``; the simulated observer chooses by it. Real images score
+``REAL_SCORE_MARGIN`` above the best synthesized image of the study, a documented stand-in: real
+images are the reference of that score, which does not rank them among themselves.
+
+The folder is built next to its destination and renamed into place, byte-identical for a seed
+(except ``created_utc``, which honours SOURCE_DATE_EPOCH). A study that already holds responses is
+never replaced unless forced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
+
+from crn_repro.checkpoint import atomic_replace_dir, atomic_write_json
+from crn_repro.datasets import PreparedSplit
+from crn_repro.errors import CrnError, one_line
+from crn_repro.params import Params
+from crn_repro.study.design import Design, build_jobs, study_design
+from crn_repro.study.manifest import FORMAT, MANIFEST, validate_manifest
+from crn_repro.study.params import REAL
+from crn_repro.synthesize import output_names
+
+REAL_SCORE_MARGIN = 1.0
+QUESTION = "Which image is more realistic?"
+MASK_BLOCK_PX = 10
+
+INSTRUCTIONS = {
+    "unlimited": (
+        "<p>You will see pairs of street scenes. Each time, choose the image that looks <b>more realistic</b>, "
+        "that is, more like a real photograph. Take as long as you need.</p>"
+        "<p>Answer with the <b>F</b> key (left image) or the <b>J</b> key (right image), or click an image.</p>"
+        "<p>Some pairs check attention; please look at every pair carefully.</p>"
+    ),
+    "timed": (
+        "<p>You will see pairs of street scenes for a short time, from 1/8 of a second to 8 seconds; then a "
+        "pattern replaces them. Choose the image that looked <b>more realistic</b>, that is, more like a real "
+        "photograph. If unsure, make your best guess.</p>"
+        "<p>Answer with the <b>F</b> key (left image) or the <b>J</b> key (right image), or click a side.</p>"
+        "<p>Some pairs check attention; please keep your eyes on the screen.</p>"
+    ),
+}
+
+
+def has_responses(study_dir: Path) -> bool:
+    """Whether a study folder holds collected answers (web database or analysed imports)."""
+    study_dir = Path(study_dir)
+    return (study_dir / "responses.sqlite").exists() or (study_dir / "analysis" / "responses.csv").exists()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "study"
+
+
+def _created_utc() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    now = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    return now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _png_bytes(image: np.ndarray, size_wh: tuple[int, int]) -> bytes:
+    """An RGB image resized (bicubic, as the data pipeline) to ``size_wh`` as PNG bytes."""
+    pil = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    if pil.size != tuple(size_wh):
+        pil = pil.resize(tuple(size_wh), Image.BICUBIC)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_image(size_wh: tuple[int, int], seed: int) -> np.ndarray:
+    """The post-stimulus mask: coloured blocks of random noise (deterministic for a seed)."""
+    w, h = size_wh
+    blocks = np.random.default_rng([seed, 1]).integers(0, 256, size=(-(-h // MASK_BLOCK_PX), -(-w // MASK_BLOCK_PX), 3))
+    return np.kron(blocks, np.ones((MASK_BLOCK_PX, MASK_BLOCK_PX, 1)))[:h, :w].astype(np.uint8)
+
+
+def read_scores(reports: Path, model: str, names: list[str]) -> dict[str, float]:
+    """Per-layout realism score of a model's first output, from ``reports/per_image/<model>.csv``."""
+    path = Path(reports) / "per_image" / f"{model}.csv"
+    if not path.is_file():
+        raise CrnError(f"{path}: missing; the study's realism scores come from the evaluate stage: run `crn-repro evaluate` first")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise CrnError(f"{path}: not a readable CSV ({one_line(error)}); run `crn-repro evaluate` again") from None
+    if not {"image", "realism_score"} <= set(table.columns):
+        raise CrnError(f"{path}: needs columns image, realism_score; run `crn-repro evaluate` again")
+    scores = dict(zip(table["image"].astype(str), table["realism_score"].astype(float)))
+    missing = [name for name in names if name not in scores]
+    if missing:
+        raise CrnError(f"{path}: no score for layout {missing[0]!r}; run `crn-repro evaluate` again")
+    return {name: scores[name] for name in names}
+
+
+def _sentinel_rule(design: Design) -> str:
+    s = design.sentinel
+    shown = "unlimited time" if s.duration_ms is None else f"{s.duration_ms} ms"
+    return (f"{design.sentinels_per_job} sentinel pairs per job: a real image against {s.second} ({shown}); "
+            f"the real image is the right answer")
+
+
+def make_study(
+    params: Params, design: str | None = None, out: Path | None = None, force: bool = False, console: Console | None = None
+) -> dict:
+    """Write the study folder (default ``study.dir``) for ``design`` (default ``study.design``);
+    returns its manifest."""
+    console = console or Console(stderr=True)
+    sp = params.study
+    design_name = design or sp.design
+    out = Path(out or sp.dir)
+    if out.exists():
+        if not out.is_dir() or (not (out / MANIFEST).is_file() and any(out.iterdir())):
+            raise CrnError(f"{out}: exists and is not a study folder; choose another study.dir or --out")
+        if has_responses(out) and not force:
+            raise CrnError(f"{out}: the study already holds responses; pass --force to replace it (they are lost) or use another --out")
+    plan = study_design(sp, design_name, params.models)
+    val = PreparedSplit(Path(params.paths.prepared), "val")
+    names = list(val.names)
+    jobs = build_jobs(plan, names, sp.jobs, sp.seed)
+
+    indexes, scores = {}, {}
+    for model in plan.models:
+        index_path = Path(params.paths.synth) / model / "index.json"
+        if not index_path.is_file():
+            raise CrnError(f"{index_path}: missing; run `crn-repro synthesize --model {model}` first (the study shows it)")
+        indexes[model] = json.loads(index_path.read_text())
+        if indexes[model]["names"] != names:
+            raise CrnError(f"{index_path.parent}: synthesized for other layouts than the prepared val split; synthesize again")
+        scores[model] = read_scores(Path(params.paths.reports), model, names)
+    scores[REAL] = dict.fromkeys(names, max(max(s.values()) for s in scores.values()) + REAL_SCORE_MARGIN)
+    row_of = {name: i for i, name in enumerate(names)}
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    size = tuple(sp.image_size_wh)
+    written: dict[tuple[str, str], str] = {}
+
+    def stimulus(model: str, layout: str) -> str:
+        """The study-relative path of one stimulus, written once."""
+        if (model, layout) not in written:
+            if model == REAL:
+                pixels = np.asarray(val.images[row_of[layout]])
+            else:
+                path = Path(params.paths.synth) / model / output_names(layout, indexes[model]["k"])[0]
+                if not path.is_file():
+                    raise CrnError(f"{path}: synthesized image missing; run `crn-repro synthesize --model {model}`")
+                pixels = np.asarray(Image.open(path).convert("RGB"))
+            data = _png_bytes(pixels, size)
+            rel = f"images/{hashlib.sha1(data).hexdigest()[:16]}.png"
+            (tmp / rel).write_bytes(data)
+            written[(model, layout)] = rel
+        return written[(model, layout)]
+
+    total = sum(len(job["trials"]) for job in jobs)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"study {design_name}: stimuli", total=total)
+        for job in jobs:
+            for trial in job["trials"]:
+                for side in ("left", "right"):
+                    model = trial[side]["model"]
+                    trial[side] = {"model": model, "image": stimulus(model, trial["layout"]),
+                                   "score": round(float(scores[model][trial["layout"]]), 6)}
+                progress.advance(task)
+    mask = None
+    if design_name == "timed":
+        mask = "images/mask.png"
+        (tmp / mask).write_bytes(_png_bytes(mask_image(size, sp.seed), size))
+    manifest = {
+        "format": FORMAT,
+        "study_id": _slug(out.name),
+        "design": design_name,
+        "seed": sp.seed,
+        "created_utc": _created_utc(),
+        "image_size_wh": list(size),
+        "question": QUESTION,
+        "instructions_html": INSTRUCTIONS[design_name],
+        "mask": mask,
+        "sentinel_rule": _sentinel_rule(plan),
+        "jobs": jobs,
+    }
+    validate_manifest(manifest, tmp)
+    atomic_write_json(tmp / MANIFEST, manifest)
+    atomic_replace_dir(tmp, out)
+    return manifest

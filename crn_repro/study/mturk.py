@@ -1,0 +1,377 @@
+"""The MTurk round trip of the perceptual study (paper Sec. 5.1: "Each MTurk job involves a batch of
+roughly 100 pairwise comparisons, along with sentinel pairs").
+
+Design: **one HIT per job**, as in the paper. A job's trials travel in one batch-input variable,
+``${trials}``, compactly encoded (``index|duration_ms|left image|right image`` joined by ``;``; an
+empty duration means unlimited time), and its images are loaded from ``${image_base_url}``, where
+the user hosts the study folder's ``images/``. One HIT per trial would need ~110 HITs per session
+and lose the job's sentinel check; one variable per trial would need hundreds of columns.
+
+- ``export_mturk`` writes ``hit.html`` (an HTMLQuestion body with crowd-form; the page presents the
+  trials, timed by requestAnimationFrame and masked as in the web app, and submits one hidden field
+  ``responses``: a JSON list of ``[trial index, "left"|"right", measured_ms, response_ms]``) and
+  ``batch_input.csv`` (header = the template's variables, one row per job).
+- ``import_results`` reads MTurk batch results CSVs (HITId, WorkerId, AssignmentId, AssignmentStatus,
+  ..., Input.<var>, Answer.<field>, Approve, Reject) into canonical records (source "mturk");
+  rejected assignments are skipped. ``Answer.responses`` is read, or the crowd-form JSON in
+  ``Answer.taskAnswers``.
+- ``simulate_results`` writes a batch results CSV as MTurk would, answered by simulated observers.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from crn_repro.checkpoint import atomic_write_text
+from crn_repro.errors import CrnError
+from crn_repro.study.manifest import load_manifest, trials_by_key
+from crn_repro.study.observer import observer_factory
+from crn_repro.study.records import RESPONSE_COLUMNS, SIDES
+
+HIT_VARIABLES = ("study_id", "job", "image_base_url", "mask_url", "trials")
+REQUIRED_RESULT_COLUMNS = ("HITId", "WorkerId", "AssignmentId", "AssignmentStatus", "Input.job", "Input.trials")
+# MTurk's batch results CSV: these columns, then Input.<var>, Answer.<field>, then Approve, Reject.
+RESULT_COLUMNS_BEFORE_INPUT = (
+    "HITId", "HITTypeId", "Title", "Description", "Keywords", "Reward", "CreationTime", "MaxAssignments",
+    "RequesterAnnotation", "AssignmentDurationInSeconds", "AutoApprovalDelayInSeconds", "Expiration",
+    "NumberOfSimilarHITs", "LifetimeInSeconds", "AssignmentId", "WorkerId", "AssignmentStatus", "AcceptTime",
+    "SubmitTime", "AutoApprovalTime", "ApprovalTime", "RejectionTime", "RequesterFeedback", "WorkTimeInSeconds",
+    "LifetimeApprovalRate", "Last30DaysApprovalRate", "Last7DaysApprovalRate",
+)
+_TZ_HOURS = {"UTC": 0, "GMT": 0, "PST": -8, "PDT": -7}
+_MTURK_TIME = "%a %b %d %H:%M:%S %Y"
+
+
+def encode_trials(job: dict) -> str:
+    """The ``${trials}`` value of a job: ``index|duration_ms|left|right;...`` (image names in images/)."""
+    parts = []
+    for t in job["trials"]:
+        duration = "" if t["duration_ms"] is None else str(t["duration_ms"])
+        parts.append(f"{t['index']}|{duration}|{t['left']['image'].removeprefix('images/')}|{t['right']['image'].removeprefix('images/')}")
+    return ";".join(parts)
+
+
+def decode_trials(text: str) -> list[tuple[int, int | None, str, str]]:
+    """Inverse of ``encode_trials``: (index, duration_ms or None, left image, right image) per trial."""
+    out = []
+    for part in text.split(";"):
+        index, duration, left, right = part.split("|")
+        out.append((int(index), int(duration) if duration else None, left, right))
+    return out
+
+
+def _csv_text(header: list[str], rows: list[list], quote_all: bool = False) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def hit_html(manifest: dict) -> str:
+    """The HIT template: the study's trusted instructions and question, and ``${...}`` variables."""
+    w, h = manifest["image_size_wh"]
+    return (
+        _HIT_TEMPLATE.replace("@@QUESTION@@", manifest["question"])
+        .replace("@@INSTRUCTIONS@@", manifest["instructions_html"])
+        .replace("@@W@@", str(w))
+        .replace("@@H@@", str(h))
+    )
+
+
+def export_mturk(study_dir: Path, out_dir: Path, base_url: str) -> dict[str, Path]:
+    """Write ``hit.html`` and ``batch_input.csv`` into ``out_dir``; images are expected at
+    ``<base_url>/images/``. Returns the written paths."""
+    manifest = load_manifest(study_dir)
+    if not re.match(r"^https?://[^\s\"'<>]+$", base_url):
+        raise CrnError(f"--base-url {base_url!r}: expected the http(s) URL where the study's images/ folder is hosted")
+    base = base_url.rstrip("/")
+    rows = [
+        [manifest["study_id"], job["job"], f"{base}/images/", f"{base}/{manifest['mask']}" if manifest["mask"] else "",
+         encode_trials(job)]
+        for job in manifest["jobs"]
+    ]
+    out_dir = Path(out_dir)
+    paths = {"hit": out_dir / "hit.html", "batch_input": out_dir / "batch_input.csv"}
+    atomic_write_text(paths["hit"], hit_html(manifest))
+    atomic_write_text(paths["batch_input"], _csv_text(list(HIT_VARIABLES), rows))
+    return paths
+
+
+def _utc(text: str) -> str:
+    """MTurk's "Wed Nov 25 00:12:01 PST 2026" as ISO 8601 UTC; other forms are kept as given."""
+    parts = str(text).split()
+    if len(parts) == 6 and parts[4] in _TZ_HOURS:
+        try:
+            local = dt.datetime.strptime(" ".join(parts[:4] + parts[5:]), _MTURK_TIME)
+        except ValueError:
+            return str(text)
+        return (local - dt.timedelta(hours=_TZ_HOURS[parts[4]])).isoformat() + "Z"
+    return str(text)
+
+
+def _answers(row: dict, where: str) -> list:
+    if "Answer.responses" in row:
+        text = row["Answer.responses"]
+    else:
+        try:
+            text = json.loads(row["Answer.taskAnswers"])[0]["responses"]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise CrnError(f"{where}: Answer.taskAnswers holds no `responses` field") from None
+    try:
+        answers = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        raise CrnError(f"{where}: Answer.responses is not JSON") from None
+    if not isinstance(answers, list) or not all(isinstance(a, list) and len(a) == 4 for a in answers):
+        raise CrnError(f"{where}: Answer.responses must be a list of [trial, side, measured_ms, response_ms]")
+    return answers
+
+
+def _number(value) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < 1e8:
+        raise ValueError(value)
+    return float(value)
+
+
+def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
+    """Canonical records (source "mturk") from MTurk batch results CSVs of this study's HITs.
+
+    One-line CrnError on: missing columns, a job or trial the study does not have, a HIT made from
+    another export of the study, an answer other than left/right, the same (worker, job, trial) twice.
+    """
+    manifest = load_manifest(study_dir)
+    trials = trials_by_key(manifest)
+    jobs = {job["job"]: job for job in manifest["jobs"]}
+    encoded = {name: encode_trials(job) for name, job in jobs.items()}
+    records, seen = [], {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise CrnError(f"{path}: MTurk results file not found")
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                table = list(reader)
+                header = reader.fieldnames or []
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise CrnError(f"{path}: not a readable CSV ({error})") from None
+        missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in header]
+        if not any(c in header for c in ("Answer.responses", "Answer.taskAnswers")):
+            missing.append("Answer.responses")
+        if missing:
+            raise CrnError(f"{path}: missing columns {', '.join(missing)}; expected MTurk batch results of a `crn-repro study export-mturk` HIT")
+        for number, row in enumerate(table, start=2):  # line 1 is the header
+            where = f"{path}: line {number}"
+            if row["AssignmentStatus"] == "Rejected":
+                continue
+            job = row["Input.job"]
+            if job not in jobs:
+                raise CrnError(f"{where}: Input.job {job!r} is not a job of study {manifest['study_id']!r}")
+            if row["Input.trials"] != encoded[job]:
+                raise CrnError(f"{where}: the HIT's trials differ from {job} of this study (made from another build?); "
+                               "export again with `crn-repro study export-mturk`")
+            worker = row["WorkerId"]
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", worker or ""):
+                raise CrnError(f"{where}: WorkerId {worker!r} is not an MTurk worker id")
+            answered = _utc(row.get("SubmitTime", ""))
+            for answer in _answers(row, where):
+                index, side, measured, response = answer
+                if not isinstance(index, int) or isinstance(index, bool) or (job, index) not in trials:
+                    raise CrnError(f"{where}: trial {index!r} is not in {job} (0..{len(jobs[job]['trials']) - 1})")
+                if side not in SIDES:
+                    raise CrnError(f"{where}: trial {index}: answer {side!r} is not left or right")
+                try:
+                    measured, response = _number(measured), _number(response)
+                except ValueError as error:
+                    raise CrnError(f"{where}: trial {index}: timing {error.args[0]!r} is not a duration in ms") from None
+                key = (worker, job, index)
+                if key in seen:
+                    raise CrnError(f"{where}: worker {worker} answered {job} trial {index} twice (also at {seen[key]})")
+                seen[key] = where
+                t = trials[(job, index)]
+                records.append({
+                    "source": "mturk", "participant": worker, "job": job, "trial": index, "kind": t["kind"],
+                    "layout": t["layout"], "left_model": t["left"]["model"], "right_model": t["right"]["model"],
+                    "chosen_side": side, "chosen_model": t[side]["model"], "duration_ms": t["duration_ms"],
+                    "measured_ms": measured, "response_ms": response, "answered_utc": answered,
+                })
+    return pd.DataFrame(records, columns=list(RESPONSE_COLUMNS))
+
+
+def _mturk_time(moment: dt.datetime) -> str:
+    return moment.strftime("%a %b %d %H:%M:%S UTC %Y")
+
+
+def _id(*parts: object, length: int = 30) -> str:
+    return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:length].upper()
+
+
+def simulate_results(
+    study_dir: Path, batch_input: Path, out: Path, participants: int, seed: int = 0, careless_fraction: float = 0.0
+) -> Path:
+    """Answer the HITs of ``batch_input.csv`` with simulated observers (``observer.observer_factory``)
+    and write the batch results CSV MTurk would give: participant i takes HIT i mod (number of HITs),
+    so each HIT gets its assignments from distinct workers."""
+    if participants < 1:
+        raise CrnError("--participants: must be >= 1")
+    manifest = load_manifest(study_dir)
+    trials = trials_by_key(manifest)
+    batch_input = Path(batch_input)
+    if not batch_input.is_file():
+        raise CrnError(f"{batch_input}: missing; run `crn-repro study export-mturk {study_dir} <out dir> --base-url URL` first")
+    with batch_input.open(newline="", encoding="utf-8") as f:
+        hits = list(csv.DictReader(f))
+    if not hits or list(hits[0]) != list(HIT_VARIABLES):
+        raise CrnError(f"{batch_input}: not a batch input CSV of `crn-repro study export-mturk` (header {', '.join(HIT_VARIABLES)})")
+    make_observer = observer_factory(seed, careless_fraction)
+    start = dt.datetime(2017, 10, 22, 12, 0, 0)  # a fixed clock: the output is deterministic for a seed
+    header = list(RESULT_COLUMNS_BEFORE_INPUT) + [f"Input.{v}" for v in HIT_VARIABLES] + ["Answer.responses", "Approve", "Reject"]
+    rows = []
+    for p in range(participants):
+        hit = hits[p % len(hits)]
+        observer = make_observer(p)
+        answers, elapsed_ms = [], 0.0
+        for index, duration, _, _ in decode_trials(hit["trials"]):
+            trial = trials.get((hit["job"], index))
+            if trial is None:
+                raise CrnError(f"{batch_input}: {hit['job']} trial {index} is not in the study; export again")
+            response = observer.response_ms() + (duration or 0)
+            elapsed_ms += response + 500.0  # answer, then the next trial's onset
+            answers.append([index, observer.choose(trial, duration), duration, round(response, 1)])
+        accept = start + dt.timedelta(minutes=7 * p)
+        submit = accept + dt.timedelta(milliseconds=elapsed_ms)
+        meta = {
+            "HITId": _id("hit", hit["study_id"], hit["job"]), "HITTypeId": _id("type", hit["study_id"]),
+            "Title": "Which image is more realistic?", "Description": "Compare pairs of street scenes",
+            "Keywords": "image, realism, comparison", "Reward": "$2.00", "CreationTime": _mturk_time(start),
+            "MaxAssignments": str(-(-participants // len(hits))), "RequesterAnnotation": "BatchId:0;",
+            "AssignmentDurationInSeconds": "3600", "AutoApprovalDelayInSeconds": "259200",
+            "Expiration": _mturk_time(start + dt.timedelta(days=7)), "NumberOfSimilarHITs": "",
+            "LifetimeInSeconds": "", "AssignmentId": _id("assignment", hit["study_id"], hit["job"], p),
+            "WorkerId": "A" + _id("worker", seed, p, length=13), "AssignmentStatus": "Submitted",
+            "AcceptTime": _mturk_time(accept), "SubmitTime": _mturk_time(submit),
+            "AutoApprovalTime": _mturk_time(submit + dt.timedelta(days=3)), "ApprovalTime": "", "RejectionTime": "",
+            "RequesterFeedback": "", "WorkTimeInSeconds": str(round(elapsed_ms / 1000)),
+            "LifetimeApprovalRate": "0% (0/0)", "Last30DaysApprovalRate": "0% (0/0)", "Last7DaysApprovalRate": "0% (0/0)",
+        }
+        row = [meta[c] for c in RESULT_COLUMNS_BEFORE_INPUT] + [hit[v] for v in HIT_VARIABLES]
+        rows.append(row + [json.dumps(answers, separators=(",", ":")), "", ""])
+    atomic_write_text(Path(out), _csv_text(header, rows, quote_all=True))
+    return Path(out)
+
+
+# The HIT page. MTurk substitutes ${variables} everywhere in it, so its script never writes "${".
+_HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT = one job. Variables: ${study_id} ${job} -->
+<script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
+<style>
+  #crn { font-family: system-ui, sans-serif; max-width: 900px; margin: 1em auto; }
+  #crn-stage { display: none; gap: 16px; justify-content: center; background: #808080; padding: 16px; }
+  #crn-stage img { width: @@W@@px; height: @@H@@px; cursor: pointer; }
+  #crn-bar { height: 8px; background: #ddd; margin: 8px 0; } #crn-fill { height: 8px; width: 0; background: #4c72b0; }
+  #crn-prompt { text-align: center; font-size: 1.2em; min-height: 1.5em; }
+</style>
+<crowd-form>
+  <div id="crn" data-trials="${trials}" data-base="${image_base_url}" data-mask="${mask_url}">
+    <h2>@@QUESTION@@</h2>
+    <div id="crn-intro">
+      @@INSTRUCTIONS@@
+      <p><label><input type="checkbox" id="crn-consent"> I agree to take part in this study; my answers are recorded
+        anonymously together with my worker id.</label></p>
+      <p><button type="button" id="crn-start" disabled>Start</button> <span id="crn-loading">Loading images...</span></p>
+    </div>
+    <div id="crn-bar"><div id="crn-fill"></div></div>
+    <div id="crn-stage"><img id="crn-left" alt="left image"><img id="crn-right" alt="right image"></div>
+    <p id="crn-prompt"></p>
+    <input type="hidden" name="responses" id="crn-responses" value="[]">
+  </div>
+</crowd-form>
+<script>
+(function () {
+  var root = document.getElementById("crn");
+  var trials = root.dataset.trials.split(";").map(function (part) {
+    var f = part.split("|");
+    return { index: parseInt(f[0], 10), duration: f[1] === "" ? null : parseInt(f[1], 10),
+             left: root.dataset.base + f[2], right: root.dataset.base + f[3] };
+  });
+  var mask = root.dataset.mask;
+  var left = document.getElementById("crn-left"), right = document.getElementById("crn-right");
+  var stage = document.getElementById("crn-stage"), prompt = document.getElementById("crn-prompt");
+  var answers = [], current = 0, onset = null, measured = null, accepting = false;
+  var cache = {};
+  function load(url) {  // every image is fetched and decoded once, before the first trial
+    if (!cache[url]) { cache[url] = new Image(); cache[url].src = url; }
+    return cache[url];
+  }
+  var urls = [];
+  trials.forEach(function (t) { urls.push(t.left, t.right); });
+  if (mask) { urls.push(mask); }
+  Promise.all(urls.map(function (u) { return load(u).decode(); })).then(function () {
+    document.getElementById("crn-loading").textContent = "";
+    document.getElementById("crn-start").disabled = !document.getElementById("crn-consent").checked;
+  }, function () {
+    document.getElementById("crn-loading").textContent = "An image failed to load; please return this HIT.";
+  });
+  document.getElementById("crn-consent").addEventListener("change", function (e) {
+    document.getElementById("crn-start").disabled = !e.target.checked || document.getElementById("crn-loading").textContent !== "";
+  });
+  document.getElementById("crn-start").addEventListener("click", function () {
+    document.getElementById("crn-intro").style.display = "none";
+    stage.style.display = "flex";
+    show();
+  });
+  function show() {
+    var t = trials[current];
+    prompt.textContent = "";
+    left.src = load(t.left).src; right.src = load(t.right).src;
+    onset = null; measured = null; accepting = t.duration === null;
+    var last = null;
+    requestAnimationFrame(function frame(now) {
+      if (onset === null) { onset = now; }  // the first frame that paints the pair
+      var interval = last === null ? 1000 / 60 : now - last;
+      last = now;
+      if (t.duration === null) { return; }
+      // Mask on this frame if the next one would overshoot the target by more than this one falls short.
+      if (now - onset + interval / 2 >= t.duration) {
+        left.src = load(mask).src; right.src = load(mask).src;
+        measured = now - onset;
+        accepting = true;
+        prompt.textContent = "Which image was more realistic? F = left, J = right";
+        return;
+      }
+      requestAnimationFrame(frame);
+    });
+  }
+  function answer(side) {
+    if (!accepting || current >= trials.length) { return; }
+    accepting = false;
+    prompt.textContent = "";
+    var t = trials[current];
+    answers.push([t.index, side, measured === null ? null : Math.round(measured * 10) / 10, Math.round(performance.now() - onset)]);
+    document.getElementById("crn-responses").value = JSON.stringify(answers);
+    current += 1;
+    document.getElementById("crn-fill").style.width = (100 * current / trials.length) + "%";
+    if (current < trials.length) { setTimeout(show, 300); }
+    else { stage.style.display = "none"; prompt.textContent = "Done, thank you! Please submit."; }
+  }
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "f" || e.key === "F") { answer("left"); }
+    if (e.key === "j" || e.key === "J") { answer("right"); }
+  });
+  left.addEventListener("click", function () { answer("left"); });
+  right.addEventListener("click", function () { answer("right"); });
+  document.querySelector("crowd-form").addEventListener("submit", function (e) {
+    if (current < trials.length) { e.preventDefault(); alert("Please answer every pair first."); }
+  });
+})();
+</script>
+"""

@@ -1,0 +1,101 @@
+"""`study analyze` (paper Table 1, Fig. 3): sentinel exclusion, judgments for evaluate, and per
+comparison rates with Wilson interval, binomial p and bootstrap over workers and images."""
+
+import pandas as pd
+import pytest
+from study_data import fake_pipeline
+
+from crn_repro import stats
+from crn_repro.errors import CrnError
+from crn_repro.study.analyze import (
+    analyze_study,
+    sentinel_exclusions,
+    summarize,
+    to_judgments,
+)
+from crn_repro.study.make import make_study
+from crn_repro.study.mturk import export_mturk, simulate_results
+from crn_repro.study.records import RESPONSE_COLUMNS, check_responses
+
+
+def _record(source, participant, trial, kind, left, right, side, duration=None, layout="f0"):
+    return {"source": source, "participant": participant, "job": "job-000", "trial": trial, "kind": kind,
+            "layout": layout, "left_model": left, "right_model": right, "chosen_side": side,
+            "chosen_model": left if side == "left" else right, "duration_ms": duration, "measured_ms": None,
+            "response_ms": 700.0, "answered_utc": "2026-01-01T00:00:00Z"}
+
+
+@pytest.fixture
+def responses():
+    rows = []
+    # p1 and p2 (web) get both sentinels right; p3 misses one; "p1" on MTurk is another person with none.
+    for source, who, sentinel_sides in (("web", "p1", "LL"), ("web", "p2", "LL"), ("web", "p3", "LR"), ("mturk", "p1", "")):
+        for i, side in enumerate(sentinel_sides):
+            rows.append(_record(source, who, 100 + i, "sentinel", "real", "image-space", "left" if side == "L" else "right"))
+        for i in range(10):  # crn wins 7 of 10 for everyone, over 5 layouts
+            side = "left" if i < 7 else "right"
+            rows.append(_record(source, who, i, "test", "crn", "pix2pix", side, layout=f"f{i % 5}"))
+        for i in range(4):  # timed: real > crn at 125 ms, 3 of 4
+            rows.append(_record(source, who, 20 + i, "test", "crn", "real", "right" if i else "left", duration=125))
+    return check_responses(pd.DataFrame(rows, columns=list(RESPONSE_COLUMNS)), "test")
+
+
+def test_exclusion_by_sentinel_accuracy(responses):
+    ex = sentinel_exclusions(responses, 1.0).set_index(["source", "participant"])
+    assert list(ex.excluded) == [True, False, False, True]  # mturk:p1, web:p1, web:p2, web:p3
+    assert ex.loc[("web", "p3"), "accuracy"] == 0.5 and "50% < 100%" in ex.loc[("web", "p3"), "reason"]
+    assert ex.loc[("mturk", "p1"), "reason"] == "answered no sentinel"
+    assert not sentinel_exclusions(responses, 0.5).set_index(["source", "participant"]).loc[("web", "p3"), "excluded"]
+
+
+def test_judgments_keep_included_test_trials(responses):
+    judgments = to_judgments(responses, sentinel_exclusions(responses, 1.0))
+    assert set(judgments.participant) == {"web:p1", "web:p2"}  # source-qualified: mturk:p1 is someone else
+    assert len(judgments) == 2 * 14 and set(judgments.winner) <= {"crn", "pix2pix", "real"}
+    assert list(judgments.columns[:6]) == ["model_a", "model_b", "winner", "duration_ms", "participant", "layout"]
+
+
+def test_summary_per_comparison(responses):
+    judgments = to_judgments(responses, sentinel_exclusions(responses, 1.0))
+    summary = summarize(judgments, num_resamples=200, seed=0).set_index(["first", "second"])
+    unlimited = summary.loc[("crn", "pix2pix")]
+    expected = stats.preference_summary(14, 20)
+    assert (unlimited.wins, unlimited.n) == (14, 20) and pd.isna(unlimited.duration_ms)
+    assert unlimited.p_value == pytest.approx(expected["p_value"]) and unlimited.ci_low == pytest.approx(expected["ci_low"])
+    assert (unlimited.participants, unlimited.layouts) == (2, 5)
+    # identical workers: resampling workers cannot move the rate; resampling images can
+    assert unlimited.boot_workers_low == unlimited.boot_workers_high == pytest.approx(0.7)
+    assert unlimited.boot_images_low < 0.7 < unlimited.boot_images_high
+    timed = summary.loc[("real", "crn")]  # real first (Fig. 3's "Real > CRN")
+    assert (timed.duration_ms, timed.wins, timed.n) == (125, 6, 8)
+
+
+def test_end_to_end_from_mturk_results(tmp_path, tiny_raw, prepared_tiny):
+    params = fake_pipeline(tmp_path / "run", tiny_raw, prepared_tiny[1].paths.prepared)
+    make_study(params, design="timed")
+    study = params.study.dir
+    with pytest.raises(CrnError, match="no responses yet"):
+        analyze_study(study)
+    paths = export_mturk(study, tmp_path / "mturk", "https://example.org/s")
+    results = simulate_results(study, paths["batch_input"], tmp_path / "results.csv", participants=10, seed=0,
+                               careless_fraction=0.3)
+    out = analyze_study(study, [results], num_resamples=50)
+    assert set(out["paths"]) == {"responses", "exclusions", "judgments", "summary", "time_curves"}
+    assert all(p.is_file() for p in out["paths"].values())
+    excluded = out["exclusions"].set_index("participant").excluded
+    assert excluded.sum() >= 2  # 3 careless workers answer at random: most miss a sentinel
+    curves = pd.read_csv(out["paths"]["time_curves"])
+    assert set(curves.duration_ms) == {125, 1000} and {("real", "crn"), ("crn", "pix2pix")} == set(zip(curves["first"], curves["second"]))
+    assert pd.read_csv(out["paths"]["judgments"]).participant.str.startswith("mturk:").all()
+
+
+def test_evaluate_bootstraps_only_what_the_judgments_name():
+    from crn_repro.evaluate import judgment_summary, time_curves
+
+    plain = pd.DataFrame({"model_a": ["crn"] * 4, "model_b": ["pix2pix"] * 4, "winner": ["crn", "crn", "crn", "pix2pix"]})
+    row = judgment_summary(plain, "crn", num_resamples=50)
+    assert (row["wins"], row["n"]) == (3, 4) and pd.isna(row["boot_workers_low"]) and pd.isna(row["boot_images_low"])
+    named = plain.assign(participant=["a", "a", "b", "b"], layout=["x", "y", "x", "y"], duration_ms=[125, 125, 125, 125])
+    curves = time_curves(named.assign(model_a="pix2pix", model_b="real", winner=["real"] * 3 + ["pix2pix"]), 50)
+    assert list(curves[["first", "second", "wins", "n"]].iloc[0]) == ["real", "pix2pix", 3, 4]
+    assert curves.boot_workers_low[0] == 0.5 and curves.boot_workers_high[0] == 1.0  # workers: 2/2 and 1/2 right

@@ -1,0 +1,112 @@
+"""`crn-repro study ...` end to end on a tiny trained pipeline (paper Sec. 5.1): make a study, let
+simulated participants answer it through the web app and through the MTurk CSV path, analyse it,
+and see the human judgments in the report's Table 1 and Fig. 3."""
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crn_repro.cli import app
+
+runner = CliRunner()
+
+
+def _run(params, *command):
+    result = runner.invoke(app, ["--params", str(params), *map(str, command)])
+    assert result.exit_code == 0, (command, result.output)
+    return result.output
+
+
+@pytest.mark.parametrize("command", [["study"], ["study", "make"], ["study", "serve"], ["study", "export-mturk"],
+                                     ["study", "analyze"], ["study", "power"], ["study", "simulate"]])
+def test_help(command):
+    result = runner.invoke(app, command + ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_errors_are_one_line(tmp_path, tiny_raw):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_raw))
+    result = runner.invoke(app, ["--params", str(params), "study", "analyze", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "error:" in result.output and "build one with `crn-repro study make`" in result.output
+    result = runner.invoke(app, ["--params", str(params), "study", "make"])  # tiny params: models [crn]
+    assert result.exit_code == 1 and "no model besides the reference model" in result.output
+    tiny_raw["models"] = ["crn", "image-space"]
+    params.write_text(yaml.safe_dump(tiny_raw))
+    result = runner.invoke(app, ["--params", str(params), "study", "make"])
+    assert result.exit_code == 1 and "run `crn-repro prepare`" in result.output
+
+
+def test_study_end_to_end(tmp_path, tiny_raw):
+    raw = tiny_raw
+    raw["models"] = ["crn", "image-space"]
+    raw["image-space"]["network"]["widths"] = [8, 8, 8]
+    raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
+    raw["evaluate"]["bootstrap_resamples"] = 20
+    study = tmp_path / "studies" / "demo"
+    raw["study"].update(dir=str(study), jobs=2, image_size_wh=[64, 32], bootstrap_resamples=50)
+    raw["study"]["unlimited"].update(test_pairs_per_job=4, sentinels_per_job=2)
+    raw["study"]["timed"].update(durations_ms=[125, 1000], pairs=[["real", "crn"], ["crn", "image-space"]],
+                                 test_pairs_per_job=8, sentinels_per_job=2)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    for command in (["prepare"], ["train", "-m", "segmenter"], ["train", "-m", "crn"], ["synthesize", "-m", "crn"],
+                    ["train", "-m", "image-space"], ["synthesize", "-m", "image-space"], ["evaluate"]):
+        _run(params, *command)
+
+    # Table 1: unlimited time, answered through the web app and on (simulated) MTurk
+    assert "2 jobs" in _run(params, "study", "make")
+    _run(params, "study", "export-mturk", study, study / "mturk", "--base-url", "https://example.org/demo")
+    _run(params, "study", "simulate", study, "--participants", 5, "--via", "mturk", "--careless-fraction", 0.2)
+    _run(params, "study", "simulate", study, "--participants", 3, "--via", "web", "--careless-fraction", 0)
+    out = _run(params, "study", "analyze", study, "--mturk", study / "mturk" / "simulated_results.csv")
+    assert f"evaluate.human_judgments={study}/analysis/judgments.csv" in out
+    summary = pd.read_csv(study / "analysis" / "summary.csv")
+    assert list(zip(summary["first"], summary["second"])) == [("crn", "image-space")]
+    responses = pd.read_csv(study / "analysis" / "responses.csv")
+    assert set(responses.source) == {"web", "mturk"} and len(responses) == 8 * 6
+    web = responses[responses.source == "web"]
+    assert web.measured_ms.isna().all() and web.duration_ms.isna().all()
+    exclusions = pd.read_csv(study / "analysis" / "exclusions.csv")
+    excluded = int(exclusions.excluded.sum())
+    assert excluded <= 1  # the one careless MTurk worker, unless it guessed both sentinels
+
+    human = dict(raw, evaluate=dict(raw["evaluate"], human_judgments=str(study / "analysis" / "judgments.csv")))
+    params.write_text(yaml.safe_dump(human))
+    _run(params, "evaluate")
+    _run(params, "report")
+    table = pd.read_csv(tmp_path / "reports" / "preference.csv")
+    assert table.source[0] == f"human judgments ({8 - excluded} participants, {excluded} excluded)"
+    assert table.n[0] == 4 * (8 - excluded) and table.boot_workers_low[0] <= table.rate[0] <= table.boot_workers_high[0]
+    report = (tmp_path / "reports" / "report.md").read_text()
+    assert f"Source: **human judgments ({8 - excluded} participants" in report
+    assert "| baseline | preferred | 95% Wilson | 95% bootstrap, workers | 95% bootstrap, images | p | n |" in report
+    assert "automatic proxy judgments" not in report
+
+    # Fig. 3: the time-limited design, on MTurk
+    timed = tmp_path / "studies" / "timed"
+    _run(params, "study", "make", "--design", "timed", "--out", timed)
+    _run(params, "study", "export-mturk", timed, timed / "mturk", "--base-url", "https://example.org/timed")
+    _run(params, "study", "simulate", timed, "-n", 4, "--via", "mturk", "--careless-fraction", 0)
+    _run(params, "study", "analyze", timed, "--mturk", timed / "mturk" / "simulated_results.csv")
+    # both designs in one report: Table 1 from the unlimited study, Fig. 3 from the timed one
+    human["evaluate"]["human_judgments"] = [str(study / "analysis" / "judgments.csv"), str(timed / "analysis" / "judgments.csv")]
+    params.write_text(yaml.safe_dump(human))
+    _run(params, "evaluate")
+    _run(params, "report")
+    both = pd.read_csv(tmp_path / "reports" / "preference.csv")
+    assert both.n[0] == table.n[0] and both.wins[0] == table.wins[0]  # timed answers stay out of Table 1
+    people = set(pd.read_csv(study / "analysis" / "judgments.csv").participant) | set(
+        pd.read_csv(timed / "analysis" / "judgments.csv").participant
+    )  # distinct people over both studies (the simulated MTurk workers reuse their ids)
+    assert both.source[0] == f"human judgments ({len(people)} participants, {excluded} excluded)"
+    curves = pd.read_csv(tmp_path / "reports" / "time_curves.csv")
+    assert set(zip(curves["first"], curves["second"])) == {("real", "crn"), ("crn", "image-space")}
+    assert set(curves.duration_ms) == {125, 1000} and curves.n.sum() == 4 * 8
+    assert (tmp_path / "reports" / "figures" / "time_curves.png").stat().st_size > 1000
+    assert "### Time-limited judgments (paper Fig. 3)" in (tmp_path / "reports" / "report.md").read_text()
+
+    # a study holding answers is not rebuilt by accident
+    result = runner.invoke(app, ["--params", str(params), "study", "make"])
+    assert result.exit_code == 1 and "already holds responses; pass --force" in result.output

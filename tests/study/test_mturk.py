@@ -1,0 +1,184 @@
+"""The MTurk round trip (paper Sec. 5.1): HIT template and batch input out, batch results in, and
+every malformed results file refused with a one-line error."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from study_data import fake_pipeline
+
+from crn_repro.errors import CrnError
+from crn_repro.study.make import make_study
+from crn_repro.study.manifest import load_manifest
+from crn_repro.study.mturk import (
+    HIT_VARIABLES,
+    RESULT_COLUMNS_BEFORE_INPUT,
+    decode_trials,
+    encode_trials,
+    export_mturk,
+    import_results,
+    simulate_results,
+)
+from crn_repro.study.records import RESPONSE_COLUMNS, check_responses
+
+
+@pytest.fixture
+def exported(tmp_path, tiny_raw, prepared_tiny):
+    params = fake_pipeline(tmp_path / "run", tiny_raw, prepared_tiny[1].paths.prepared)
+    make_study(params, design="timed")
+    study = params.study.dir
+    paths = export_mturk(study, tmp_path / "mturk", "https://example.org/study/")
+    results = simulate_results(study, paths["batch_input"], tmp_path / "results.csv", participants=5, seed=1)
+    return study, paths, results
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), quoting=csv.QUOTE_ALL)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_template_variables_match_the_batch_input(exported):
+    study, paths, _ = exported
+    html = paths["hit"].read_text()
+    assert set(re.findall(r"\$\{([^}]*)\}", html)) == set(HIT_VARIABLES)
+    assert "crowd-form" in html and "requestAnimationFrame" in html and 'name="responses"' in html
+    rows = _rows(paths["batch_input"])
+    manifest = load_manifest(study)
+    assert [r["job"] for r in rows] == [j["job"] for j in manifest["jobs"]]
+    assert rows[0]["image_base_url"] == "https://example.org/study/images/"
+    assert rows[0]["mask_url"] == "https://example.org/study/images/mask.png"
+    decoded = decode_trials(rows[0]["trials"])
+    job = manifest["jobs"][0]
+    assert len(decoded) == len(job["trials"]) and encode_trials(job) == rows[0]["trials"]
+    index, duration, left, right = decoded[0]
+    assert (index, duration, "images/" + left, "images/" + right) == (
+        0, job["trials"][0]["duration_ms"], job["trials"][0]["left"]["image"], job["trials"][0]["right"]["image"])
+
+
+def test_bad_base_url_is_refused(exported, tmp_path):
+    with pytest.raises(CrnError, match="--base-url"):
+        export_mturk(exported[0], tmp_path / "x", "javascript:alert(1)")
+
+
+def test_simulated_results_have_mturks_columns(exported):
+    _, _, results = exported
+    with open(results, newline="") as f:
+        header = next(csv.reader(f))
+    assert header == (list(RESULT_COLUMNS_BEFORE_INPUT) + [f"Input.{v}" for v in HIT_VARIABLES]
+                      + ["Answer.responses", "Approve", "Reject"])
+    assert results.read_text().startswith('"HITId","HITTypeId"')  # MTurk quotes every field
+    rows = _rows(results)
+    assert len(rows) == 5 and len({r["WorkerId"] for r in rows}) == 5
+    assert [r["Input.job"] for r in rows] == ["job-000", "job-001", "job-002", "job-000", "job-001"]
+
+
+def test_import_gives_canonical_records(exported):
+    study, _, results = exported
+    records = check_responses(import_results(study, [results]), "imported")
+    manifest = load_manifest(study)
+    per_job = {j["job"]: len(j["trials"]) for j in manifest["jobs"]}
+    assert list(records.columns) == list(RESPONSE_COLUMNS)
+    assert len(records) == 2 * per_job["job-000"] + 2 * per_job["job-001"] + per_job["job-002"]
+    assert set(records.source) == {"mturk"} and records.participant.nunique() == 5
+    assert (records.measured_ms == records.duration_ms).all() and records.answered_utc.str.endswith("Z").all()
+    first = records.iloc[0]
+    trial = manifest["jobs"][0]["trials"][first.trial]
+    assert (first.layout, first.left_model, first.kind) == (trial["layout"], trial["left"]["model"], trial["kind"])
+
+
+def test_rejected_assignments_are_skipped_and_crowd_form_answers_read(exported, tmp_path):
+    study, _, results = exported
+    rows = _rows(results)
+    rows[0]["AssignmentStatus"] = "Rejected"
+    for row in rows:  # crowd-form's JSON answer column instead of a plain field
+        row["Answer.taskAnswers"] = json.dumps([{"responses": row.pop("Answer.responses")}])
+    records = import_results(study, [_write(tmp_path / "crowd.csv", rows)])
+    assert records.participant.nunique() == 4
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda rows: [r.pop("WorkerId") for r in rows], "missing columns WorkerId"),
+        (lambda rows: rows[1].update({"Input.job": "job-999"}), "Input.job 'job-999' is not a job"),
+        (lambda rows: rows[1].update({"Input.trials": rows[2]["Input.trials"]}), "trials differ from job-001"),
+        (lambda rows: rows[0].update({"Answer.responses": '[[999, "left", null, 800]]'}), "trial 999 is not in job-000"),
+        (lambda rows: rows[0].update({"Answer.responses": '[[0, "up", null, 800]]'}), "answer 'up' is not left or right"),
+        (lambda rows: rows[0].update({"Answer.responses": '[[0, "<script>", null, 800]]'}), "is not left or right"),
+        (lambda rows: rows[0].update({"Answer.responses": '[[0, "left", 125, 800], [0, "right", 125, 900]]'}),
+         "answered job-000 trial 0 twice"),
+        (lambda rows: rows[3].update({"WorkerId": rows[0]["WorkerId"]}), "answered job-000 trial"),
+        (lambda rows: rows[0].update({"Answer.responses": "not json"}), "is not JSON"),
+        (lambda rows: rows[0].update({"Answer.responses": '[[0, "left", -5, 800]]'}), "is not a duration in ms"),
+        (lambda rows: rows[0].update({"WorkerId": "<b>x</b>"}), "is not an MTurk worker id"),
+    ],
+)
+def test_bad_results_are_refused(exported, tmp_path, change, needle):
+    study, _, results = exported
+    rows = _rows(results)
+    change(rows)
+    with pytest.raises(CrnError) as error:
+        import_results(study, [_write(tmp_path / "bad.csv", rows)])
+    assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_simulation_needs_an_export(exported, tmp_path):
+    with pytest.raises(CrnError, match="run `crn-repro study export-mturk"):
+        simulate_results(exported[0], tmp_path / "nothing.csv", tmp_path / "out.csv", participants=1)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the Debian package chromium")
+def test_hit_page_runs_a_timed_job_in_a_browser(tmp_path, tiny_raw, prepared_tiny):
+    """The exported HIT, with MTurk's substitution done by hand, in headless Chromium: every pair is
+    answered by key, the hidden `responses` field fills, and the measured durations are near target."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    tiny_raw["study"]["timed"].update(sentinel_duration_ms=250)
+    params = fake_pipeline(tmp_path / "run", tiny_raw, prepared_tiny[1].paths.prepared)
+    make_study(params, design="timed")
+    study = Path(params.study.dir)
+    paths = export_mturk(study, tmp_path / "mturk", "https://example.org/s")
+    row = _rows(paths["batch_input"])[0]
+    row.update(image_base_url=(study / "images").as_uri() + "/", mask_url=(study / "images/mask.png").as_uri())
+    html = paths["hit"].read_text()
+    for key, value in row.items():
+        html = html.replace("${" + key + "}", value)
+    page_path = tmp_path / "hit.html"
+    page_path.write_text("<!doctype html><html><body>" + html + "</body></html>")
+    targets = {index: duration for index, duration, _, _ in decode_trials(row["trials"])}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_path.as_uri())
+        page.wait_for_function("document.getElementById('crn-loading').textContent === ''", timeout=20000)
+        page.check("#crn-consent")
+        page.click("#crn-start")
+        for i in range(len(targets)):
+            page.wait_for_function("document.getElementById('crn-prompt').textContent.indexOf('Which') === 0", timeout=20000)
+            page.keyboard.press("f" if i % 2 else "j")
+            page.wait_for_function(f"JSON.parse(document.getElementById('crn-responses').value).length === {i + 1}")
+        answers = json.loads(page.eval_on_selector("#crn-responses", "e => e.value"))
+        browser.close()
+    assert not errors
+    assert [a[0] for a in answers] == list(range(len(targets))) and [a[1] for a in answers][:2] == ["right", "left"]
+    for index, _, measured, response in answers:
+        assert abs(measured - targets[index]) <= 17 + 1e-6  # within one 60 Hz frame of the target
+        assert response >= measured
+    records = import_results(study, [_write(tmp_path / "browser.csv", [{
+        "HITId": "H1", "WorkerId": "ABROWSER", "AssignmentId": "X1", "AssignmentStatus": "Submitted",
+        "Input.job": row["job"], "Input.trials": row["trials"], "Answer.responses": json.dumps(answers)}])])
+    assert len(records) == len(targets) and records.measured_ms.notna().all()

@@ -1,0 +1,69 @@
+"""The release's progressive schedule (crn-facts §3): initialise a higher-resolution CRN from a
+lower-resolution model file, optionally training only the last modules."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from crn_repro.checkpoint import load_model_file
+from crn_repro.errors import CrnError
+from crn_repro.params import parse_params
+from crn_repro.prepare import prepare
+from crn_repro.trainer import train
+
+
+def _run(raw, tmp_path, name, size_hw, widths, **train_overrides):
+    raw = copy.deepcopy(raw)
+    raw["paths"] = {k: str(tmp_path / name / k) for k in raw["paths"]}
+    raw["data"]["image_size_hw"] = list(size_hw)
+    raw["crn"]["network"]["widths"] = widths
+    raw["crn"]["train"] = train_overrides
+    params = parse_params(raw)
+    prepare(params)
+    return params
+
+
+def test_512p_from_256p_then_last_modules_only(tmp_path, tiny_raw):
+    low = _run(tiny_raw, tmp_path, "low", (16, 32), [8, 8, 6])
+    train(low, "crn")
+    low_file = tmp_path / "low/runs/crn/model.pt"
+    low_state = load_model_file(low_file)[0]["G"].state_dict()
+
+    # 32x64: one more module. Every module but the new one and the output layer come from 16x32;
+    # with train_last_modules = 1 only the new module and the output layer train.
+    frozen = _run(tiny_raw, tmp_path, "frozen", (32, 64), [8, 8, 6, 4], init_from=str(low_file), train_last_modules=1)
+    summary = train(frozen, "crn")
+    assert summary["init_from"] == str(low_file)
+    nets, data = load_model_file(tmp_path / "frozen/runs/crn/model.pt")
+    state = nets["G"].state_dict()
+    for key, value in low_state.items():
+        if key.startswith(("cascade.0.", "cascade.1.", "cascade.2.")):
+            assert torch.equal(state[key], value), key  # copied, then frozen: unchanged by training
+    assert state["cascade.3.conv1.weight"].shape[0] == 4
+    trainable = data["facts"]["parameters"]["G"]
+    assert trainable == sum(v.numel() for k, v in state.items() if k.startswith(("cascade.3.", "to_rgb.")))
+
+
+def test_init_from_and_freezing_errors(tmp_path, tiny_raw):
+    params = _run(tiny_raw, tmp_path, "a", (16, 32), [8, 8, 8], init_from=str(tmp_path / "none.pt"))
+    with pytest.raises(CrnError, match="none.pt: crn.train.init_from file not found"):
+        train(params, "crn")
+    params = _run(tiny_raw, tmp_path, "b", (16, 32), [8, 8, 8], train_last_modules=4)
+    with pytest.raises(CrnError, match="train_last_modules must be in 1..3"):
+        train(params, "crn")
+    raw = copy.deepcopy(tiny_raw)
+    raw["pix2pix"]["train"] = {"train_last_modules": 1}
+    raw["pix2pix"]["network"].update(num_downs=5, ngf=4, ndf=4)
+    raw["data"]["image_size_hw"] = [32, 64]
+    params = parse_params(raw)
+    prepare(params)
+    with pytest.raises(CrnError, match="only CRN-architecture models have refinement modules"):
+        train(params, "pix2pix")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"format": "not-ours"}, foreign)
+    params = _run(tiny_raw, tmp_path, "c", (16, 32), [8, 8, 8], init_from=str(foreign))
+    with pytest.raises(CrnError, match="foreign.pt: not a crn-repro model file"):
+        train(params, "crn")
