@@ -170,7 +170,7 @@ StudyDir = typer.Argument(..., help="study folder written by `crn-repro study ma
 def study_make(
     design: Optional[Design] = typer.Option(None, help="default: study.design"),
     out: Optional[Path] = typer.Option(None, help="study folder to write; default: study.dir"),
-    force: bool = typer.Option(False, "--force", help="replace a study that already holds responses (they are lost)"),
+    force: bool = typer.Option(False, "--force", help="replace a study that already holds responses or an MTurk export (they are lost)"),
 ) -> None:
     """Build a study folder (manifest.json + 400x200 stimuli) from the synthesized validation sets."""
     from crn_repro.study.make import make_study
@@ -226,7 +226,10 @@ def study_analyze(
     sp = _params().study
     result = analyze_study(study, mturk, not no_web, sp.min_sentinel_accuracy, sp.bootstrap_resamples, sp.seed)
     ex = result["exclusions"]
-    console.print(f"{len(result['responses'])} answers from {len(ex)} participants; {int(ex.excluded.sum())} excluded "
+    if result["note"]:
+        console.print(result["note"], highlight=False, markup=False, soft_wrap=True)
+    who = "simulated participants" if result["simulated"] else "participants"
+    console.print(f"{len(result['analysed'])} answers from {len(ex)} {who}; {int(ex.excluded.sum())} excluded "
                   f"(sentinel accuracy < {sp.min_sentinel_accuracy:.0%})")
     for r in ex[ex.excluded].itertuples():
         console.print(f"  excluded {r.source}:{r.participant}: {r.reason}", highlight=False, markup=False)
@@ -282,7 +285,8 @@ def study_simulate(
     mturk_input: Optional[Path] = typer.Option(None, help="batch_input.csv (default: STUDY/mturk/batch_input.csv)"),
     out: Optional[Path] = typer.Option(None, help="results CSV to write (default: STUDY/mturk/simulated_results.csv)"),
 ) -> None:
-    """Simulated participants (a seeded observer model) answer the study end to end, for tests and planning."""
+    """Simulated participants (a seeded observer model) answer the study end to end, for tests and planning.
+    Their answers are marked simulated and never count as human judgments."""
     from crn_repro.study.observer import observer_factory
 
     if participants < 1 or not 0.0 <= careless_fraction <= 1.0:
@@ -292,20 +296,20 @@ def study_simulate(
         from crn_repro.study.client import simulate_web_participants
         from crn_repro.study.server import make_server
 
-        server = make_server(study, "127.0.0.1", 0).start()
+        server = make_server(study, "127.0.0.1", 0, simulated=True).start()  # records them as simulated
         try:
             ids = simulate_web_participants(server.url, factory, participants, study)
         finally:
             server.stop()
-        console.print(f"{len(ids)} simulated participants answered through the web app -> {study}/responses.sqlite; "
-                      f"next: `crn-repro study analyze {study}`", soft_wrap=True)
+        console.print(f"{len(ids)} simulated participants answered through the web app -> {study}/responses.sqlite, "
+                      f"marked simulated (ids sim-...); next: `crn-repro study analyze {study}`", soft_wrap=True)
     else:
         from crn_repro.study.mturk import simulate_results
 
         path = simulate_results(study, mturk_input or study / "mturk" / "batch_input.csv",
                                 out or study / "mturk" / "simulated_results.csv", participants, seed, careless_fraction)
-        console.print(f"{participants} simulated MTurk workers -> {path}; next: `crn-repro study analyze {study} --mturk {path}`",
-                      soft_wrap=True)
+        console.print(f"{participants} simulated MTurk workers -> {path}, marked simulated; "
+                      f"next: `crn-repro study analyze {study} --mturk {path}`", soft_wrap=True)
 
 
 def main() -> None:

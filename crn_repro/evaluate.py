@@ -37,7 +37,7 @@ from crn_repro.synthesize import output_names
 
 SEG_PROTOCOL = (
     "segmenter S (this pipeline's, trained on the real training images) run on the synthesized image at the "
-    "prepared resolution {h}x{w}; target = the input layout's channel ids; void pixels (channel 19) excluded "
+    "prepared resolution {h}x{w}; target = the input layout's channel ids; void pixels (channel {void}, the last) excluded "
     "from the target, a non-void pixel predicted void counts as an error; pixel accuracy over non-void pixels, "
     "mIoU over the classes present. Note: gan-semseg was trained against this same segmenter (unless "
     "gan-semseg.objective.segmenter names another), which favours it on this score"
@@ -93,6 +93,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     ep: EvaluateParams = params.evaluate
     if ep.reference_model not in params.models:
         raise CrnError(f"evaluate.reference_model: {ep.reference_model!r} is not in `models` ({', '.join(params.models)})")
+    table_baselines(params)  # a wrong name fails before the long work
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     val = PreparedSplit(Path(params.paths.prepared), "val")
     h, w = val.size_hw
@@ -184,7 +185,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 return segmentation_scores(torch.from_numpy(conf[idx].sum(0)), val.label_space.void_channel)[key]
 
             every = np.arange(len(conf))
-            protocol = SEG_PROTOCOL.format(h=h, w=w)
+            protocol = SEG_PROTOCOL.format(h=h, w=w, void=val.label_space.void_channel)
             entry = {
                 name: _interval(
                     seg_score(every, key),
@@ -311,23 +312,47 @@ PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "c
 
 
 def _human_source(judgments: pd.DataFrame, paths: list[Path]) -> str:
-    """"human judgments", with participants counted where the study analysis says who they were."""
-    if "participant" not in judgments.columns:
-        return "human judgments"
-    included = judgments.participant.nunique()
-    excluded = 0
+    """"human judgments", with participants counted where the study analysis says who they were; or
+    "simulated participants (N, M excluded), not human judgments" when the study's ``source`` column
+    says every judgment came from simulated participants (`crn-repro study simulate`)."""
+
+    def simulated(sources: pd.Series) -> pd.Series:  # study sources "simulated-web", "simulated-mturk"
+        return sources.astype(str).str.startswith("simulated-")
+
+    tables = []  # exclusions.csv, written next to judgments.csv by `crn-repro study analyze`
     for path in paths:
-        exclusions = path.parent / "exclusions.csv"  # written next to judgments.csv by `crn-repro study analyze`
         try:
-            excluded += int(pd.read_csv(exclusions)["excluded"].astype(bool).sum())
-        except (OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            return f"human judgments ({included} participants)"  # who was excluded is not known here
+            table = pd.read_csv(path.parent / "exclusions.csv")
+            table["excluded"] = table["excluded"].astype(bool)
+            tables.append(table)
+        except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            tables = None  # who was excluded is not known here
+            break
+    if "source" in judgments.columns and len(judgments):
+        is_simulated = bool(simulated(judgments.source).all())
+    else:  # no judgment left (all excluded, say): the exclusions say who answered
+        sources = [t.source for t in tables or () if "source" in t.columns and len(t)]
+        is_simulated = bool(sources) and all(simulated(s).all() for s in sources)
+
+    if "participant" not in judgments.columns:
+        return "simulated participants, not human judgments" if is_simulated else "human judgments"
+    included = judgments.participant.nunique()
+    excluded = None if tables is None else sum(
+        int((t.excluded & (simulated(t.source) == is_simulated)).sum()) if "source" in t.columns else int(t.excluded.sum())
+        for t in tables
+    )
+    if is_simulated:
+        counts = f"{included}" if excluded is None else f"{included}, {excluded} excluded"
+        return f"simulated participants ({counts}), not human judgments"
+    if excluded is None:
+        return f"human judgments ({included} participants)"
     return f"human judgments ({included} participants, {excluded} excluded)"
 
 
 def read_judgments(paths: list[Path]) -> pd.DataFrame:
     """The human judgment CSVs, concatenated (columns model_a, model_b, winner, and optionally
-    duration_ms, participant, layout); one-line errors name the file."""
+    duration_ms, participant, layout, source); one-line errors name the file. Judgments of simulated
+    participants (source "simulated-...") are dropped where real ones exist."""
     frames = []
     for path in paths:
         if not path.is_file():
@@ -340,14 +365,32 @@ def read_judgments(paths: list[Path]) -> pd.DataFrame:
         if not required <= set(judgments.columns):
             raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
         frames.append(judgments)
-    return pd.concat(frames, ignore_index=True)
+    judgments = pd.concat(frames, ignore_index=True)
+    if "source" in judgments.columns:  # `crn-repro study analyze`'s: simulated participants never pass as people
+        simulated = judgments.source.astype(str).str.startswith("simulated-")
+        if simulated.any() and not simulated.all():  # real judgments exist: use only them
+            judgments = judgments[~simulated].reset_index(drop=True)
+    return judgments
+
+
+def table_baselines(params: Params) -> list[str]:
+    """The models Table 1 compares the reference model with (``evaluate.baselines``, default every other model)."""
+    ep = params.evaluate
+    chosen = list(ep.baselines) if ep.baselines is not None else [m for m in params.models if m != ep.reference_model]
+    for model in chosen:
+        if model not in params.models or model == ep.reference_model:
+            raise CrnError(
+                f"evaluate.baselines: {model!r} is not one of the other models in `models` ({', '.join(params.models)})"
+            )
+    return chosen
 
 
 def preference_table(params: Params, realism: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
-    """Table 1: the reference model against each other model. From human judgments if given, else
+    """Table 1: the reference model against each of ``table_baselines``. From human judgments if given, else
     from the automatic judge (higher realism score wins; ties are dropped)."""
     ep = params.evaluate
     ref = ep.reference_model
+    baselines = table_baselines(params)
     rows = []
     curves = pd.DataFrame(columns=TIME_CURVE_COLUMNS)
     atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
@@ -357,18 +400,14 @@ def preference_table(params: Params, realism: dict[str, np.ndarray], names: list
         if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
             curves = time_curves(judgments, ep.bootstrap_resamples, ep.seed)
         source = _human_source(judgments, paths)
-        for other in params.models:
-            if other == ref:
-                continue
+        for other in baselines:
             pair = judgments[((judgments.model_a == ref) & (judgments.model_b == other)) | ((judgments.model_a == other) & (judgments.model_b == ref))]
             if "duration_ms" in pair.columns:  # Table 1 is the unlimited-time experiment
                 pair = pair[pair.duration_ms.isna()]
             rows.append(dict(reference=ref, baseline=other, source=source, **judgment_summary(pair, ref, ep.bootstrap_resamples, ep.seed)))
         atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
         return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
-    for other in params.models:
-        if other == ref:
-            continue
+    for other in baselines:
         a, b = realism[ref], realism[other]
         decided = a != b
         wins, n = int((a[decided] > b[decided]).sum()), int(decided.sum())

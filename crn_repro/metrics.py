@@ -292,7 +292,7 @@ def class_colour_distance(
     """Colour fidelity per class, a score only the synthetic city allows (its classes have known
     colour distributions): {class id: Fréchet distance between the RGB colour Gaussians of that
     class's pixels in real and synthesized images of the same layouts}, in (0..255 units)^2.
-    Class 19 is void. For many images, accumulate ``colour_moments`` per batch and call
+    The last class is void. For many images, accumulate ``colour_moments`` per batch and call
     ``colour_moment_distance``."""
     return colour_moment_distance(
         colour_moments(real_images, layouts, num_classes), colour_moments(fake_images, layouts, num_classes), min_pixels

@@ -26,7 +26,7 @@ class PathsParams:
     runs: str = doc("training runs, one folder per model: model file, training state, logs")
     synth: str = doc("synthesized validation images, one folder per model")
     reports: str = doc("report.md and figures")
-    raw: str = doc("raw datasets, a DVC dependency of `prepare`: put (or `dvc add`) Cityscapes and NYU here")
+    raw: str = doc("this experiment's raw dataset folder, a DVC dependency of `prepare` (data/raw/cityscapes, data/raw/nyu)")
     studies: str = doc("human studies (`crn-repro study`), a DVC dependency of `evaluate`: keep study folders here")
 
 
@@ -144,6 +144,9 @@ class EvaluateParams:
     """params.yaml ``evaluate``."""
 
     reference_model: str = doc("the model every other one is compared against in the preference table (paper: crn)")
+    baselines: tuple[str, ...] | None = doc(
+        "the models Table 1 compares it with (paper: image-space, gan-semseg, pix2pix, unet, fullres); null = every other model"
+    )
     segmenter: str | None = doc("segmenter model file for the segmentation score; null = the pipeline's own")
     inception: Literal["none", "pytorch-fid", "torchvision"] = doc(
         "Inception weights for FID/KID: pytorch-fid (the published FID protocol), torchvision, or none"
@@ -287,6 +290,11 @@ def parse_params(raw: Any, source: str = "params") -> Params:
             problems.append(f"models: unknown model {name!r} (valid: {', '.join(GENERATORS)})")
         elif name not in raw:
             problems.append(f"{name}: missing section for listed model")
+    global_train = raw.get("train")
+    if isinstance(global_train, dict):
+        for key in ("init_from", "train_last_modules"):
+            if global_train.get(key) is not None:
+                problems.append(f"train.{key}: set it per model (e.g. crn.train.{key}); every model, the segmenter too, reads `train`")
     model_sections = {}
     for name in MODELS:
         if name in raw:

@@ -140,7 +140,8 @@ def training_curves(curves: dict[str, pd.DataFrame]) -> Figure:
 
 def paper_scale_memory() -> list[dict]:
     """Activation memory (batch 1, fp32) of the paper's CRN presets and the full-resolution network
-    with 10 layers x 256 maps (Sec. 4) at the same resolutions, sized on the meta device."""
+    with 10 layers x 256 maps (Sec. 4) at the same resolutions, sized on the meta device, for
+    Cityscapes' c = 20 layout channels (the paper's scale, whatever this run's dataset)."""
     from baselines.fullres import FullResNetworkParams, FullResolutionNetwork, fullres_kwargs
     from crn_repro.crn import CRN, PRESETS, CRNNetworkParams, crn_kwargs
     from crn_repro.memory import activation_bytes
@@ -285,7 +286,11 @@ def write_report(params: Params) -> Path:
     for model, s in summaries.items():
         objective = s["objective"]
         loss = ", ".join(f"{k}={v}" for k, v in objective.items())
-        params_count = ", ".join(f"{name} {n:,}" for name, n in s["parameters"].items())
+        trainable = s.get("trainable_parameters", s["parameters"])
+        params_count = ", ".join(
+            f"{name} {n:,}" + ("" if trainable.get(name, n) == n else f" ({trainable[name]:,} trained)")
+            for name, n in s["parameters"].items()
+        )
         lines.append(
             f"| {model} | {params_count} | {s['steps']}{'' if s['steps'] >= s['total_steps'] else ' (unfinished)'} | {s['batch_size']} | "
             f"{_fmt_time(s['wall_time_s'])} | {s['device']} | {s['precision']} | {s['vgg']} | {s['vgg_pooling']} | {loss} |"
@@ -415,7 +420,16 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
             "",
         ]
     human = source.startswith("human judgments")
-    if human:
+    simulated = source.startswith("simulated participants")  # `crn-repro study simulate`'s observer models
+    if simulated:
+        lines += [
+            "> These are **simulated participants, not human judgments**: seeded observer models "
+            "(`crn-repro study simulate`) that choose by the realism score plus noise. They test the study "
+            "machinery and help plan a study; they are not evidence, and only a study with people reproduces "
+            "the paper's Table 1 and Fig. 3.",
+            "",
+        ]
+    if human or simulated:
         lines += [
             "Unlimited viewing time (paper Table 1). Participants whose sentinel answers fell "
             "below `study.min_sentinel_accuracy` are excluded (`crn-repro study analyze`). The bootstrap intervals "
@@ -424,7 +438,7 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
         ]
     lines += _preference_rows(preference, ("baseline",))
     curves_path = reports / "time_curves.csv"
-    if human and curves_path.is_file():
+    if (human or simulated) and curves_path.is_file():
         curves = pd.read_csv(curves_path)
         if len(curves):
             _save(time_curve_figure(curves), figures / "time_curves.png")

@@ -92,24 +92,18 @@ def setup_runtime(tp: TrainParams) -> Runtime:
     return Runtime(device, rank, world_size, torch.bfloat16 if use_bf16 else None, channels_last)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_identity: dict) -> str:
     """Hash of every setting that makes a saved state incompatible with the current params: the
-    networks, objective, optimizers, the training data (the prepared cache's description: dataset,
-    size, label space, counts, class frequencies), seed and batch size, the initialisation and
-    frozen modules, and what the objective itself depends on (e.g. the VGG weights, a frozen
-    segmenter's file). Paths, validation-only settings and step counts are left out, so changing
-    them resumes instead of starting over."""
+    networks, objective, optimizers, the training data (the prepared cache's dataset, size, label
+    space, how labels were read, and its training split's count and class frequencies), seed and
+    batch size, the initialisation file and frozen modules, and what the objective itself depends
+    on (e.g. the VGG weights, a frozen segmenter's file). Other paths, validation-only settings
+    and step counts are left out, so changing them resumes instead of starting over. (The
+    initialisation file only matters at step 0: a resumed run neither rereads nor needs it.)"""
     mp = params.model(model)
     data = params.data
-    meta = {k: v for k, v in read_prepared_meta(Path(params.paths.prepared)).items() if k != "source"}
+    meta = read_prepared_meta(Path(params.paths.prepared))
+    meta = {k: v for k, v in meta.items() if k not in ("source", "splits")} | {"train": meta["splits"]["train"]}
     identity = {
         "model": model,
         "network_kwargs": network_kwargs,
@@ -120,7 +114,7 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_
         "prepared": meta,
         "seed": mp.train.seed,
         "batch_size": mp.train.batch_size,
-        "init_from": _file_sha256(Path(mp.train.init_from)) if mp.train.init_from else None,
+        "init_from": mp.train.init_from,
         "train_last_modules": mp.train.train_last_modules,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -149,8 +143,6 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         tuple(params.data.image_size_hw), space.num_classes, params.vgg, steps_per_epoch, Path(params.paths.runs),
         space.colors,
     )
-    if tp.init_from and not Path(tp.init_from).is_file():
-        raise CrnError(f"{tp.init_from}: {model}.train.init_from file not found; train the lower-resolution run first")
 
     network_kwargs = {}
     for name, (_, resolve) in spec.networks.items():
@@ -204,15 +196,8 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             last_losses = dict(state.get("last_losses", {}))
             if rt.is_main:
                 console.print(f"resuming {model} from {state_path} at step {start_step}")
-    if start_step == 0 and tp.init_from:
-        copied = init_from_model_file(Path(tp.init_from), nets)
-        if rt.is_main:
-            for name, r in copied.items():
-                fresh = sorted({k.rsplit(".", 1)[0] for k in r["fresh"]})
-                console.print(
-                    f"{model}.{name}: initialised {len(r['copied'])} tensors from {tp.init_from}; "
-                    f"fresh: {', '.join(fresh) or 'none'}"
-                )
+    if start_step == 0:
+        _initialise(model, nets, tp, console if rt.is_main else None)
 
     if rt.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -236,7 +221,8 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         "vgg": getattr(getattr(getattr(objective, "loss", None), "vgg", None), "source_description", "not used"),
         "vgg_pooling": params.vgg.pooling,
         "objective": to_dict(mp.objective),
-        "parameters": {name: count_parameters(unwrap(net)) for name, net in nets.items()},  # trainable
+        "parameters": {name: sum(p.numel() for p in unwrap(net).parameters()) for name, net in nets.items()},
+        "trainable_parameters": {name: count_parameters(unwrap(net)) for name, net in nets.items()},
         "init_from": tp.init_from,
         "num_classes": space.num_classes,
         "device": str(rt.device) + (f" x{rt.world_size}" if rt.world_size > 1 else ""),
@@ -339,6 +325,35 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     if rt.is_main:
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _initialise(model: str, nets: dict, tp: TrainParams, console: Console | None) -> None:
+    """A fresh run's start: copy what fits from ``train.init_from`` (the progressive schedule), and
+    make sure no module frozen by ``train.train_last_modules`` keeps its random initialisation."""
+    if not tp.init_from:
+        if tp.train_last_modules is not None:
+            raise CrnError(
+                f"{model}.train.train_last_modules: the frozen modules would keep random weights; "
+                f"set {model}.train.init_from to the lower-resolution model file"
+            )
+        return
+    if not Path(tp.init_from).is_file():
+        raise CrnError(f"{tp.init_from}: {model}.train.init_from file not found; train the lower-resolution run first")
+    copied = init_from_model_file(Path(tp.init_from), nets)
+    for name, net in nets.items():
+        frozen = {key for key, p in net.named_parameters() if not p.requires_grad}
+        missing = sorted(frozen - set(copied[name]["copied"]))
+        if missing:
+            raise CrnError(
+                f"{tp.init_from}: does not initialise the frozen {', '.join(sorted({k.rsplit('.', 2)[0] for k in missing}))} "
+                f"of {model}.{name} (shapes differ); raise {model}.train.train_last_modules or use a matching model file"
+            )
+    if console is not None:
+        for name, r in copied.items():
+            fresh = sorted({k.rsplit(".", 1)[0] for k in r["fresh"]})
+            console.print(
+                f"{model}.{name}: initialised {len(r['copied'])} tensors from {tp.init_from}; fresh: {', '.join(fresh) or 'none'}"
+            )
 
 
 def _open_live(run_dir: Path, resume: bool, start_step: int):

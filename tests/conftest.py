@@ -22,6 +22,8 @@ def tiny_raw_params(root: Path) -> dict:
     raw["synthetic"].update(num_train=6, num_val=5, image_size_hw=[32, 64])
     raw["train"].update(total_steps=4, batch_size=2, checkpoint_every_steps=2)
     raw["models"] = ["crn"]
+    raw["evaluate"]["baselines"] = None  # every other listed model
+    raw["study"]["unlimited"]["models"] = None
     raw["crn"]["network"]["widths"] = [8, 8, 8]
     raw["crn"]["objective"]["lambda_rescale_after_epochs"] = 1
     raw["report"]["figure_rows"] = 2

@@ -118,3 +118,16 @@ def test_timed_judgments_give_fig3_curves(tiny_run, tmp_path):
     table = pd.read_csv(root / "reports/preference.csv")
     assert (table.wins[0], table.n[0]) == (3, 3)  # Table 1 counts the unlimited-time judgments only
     assert (root / "reports/figures/time_curves.png").stat().st_size > 1000
+
+
+def test_table_baselines_are_chosen_and_checked(tiny_run, tmp_path):
+    from crn_repro.errors import CrnError
+    from crn_repro.evaluate import table_baselines
+    from crn_repro.params import parse_params
+
+    _, raw = tiny_run
+    raw = dict(raw, evaluate=dict(raw["evaluate"], baselines=[]))
+    assert table_baselines(parse_params(raw)) == []  # e.g. crn alone at 1024p: no Table 1
+    raw["evaluate"]["baselines"] = ["pix2pix"]  # a paper baseline this run did not train
+    with pytest.raises(CrnError, match="evaluate.baselines: 'pix2pix' is not one of the other models"):
+        table_baselines(parse_params(raw))

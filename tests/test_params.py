@@ -76,3 +76,12 @@ def test_model_train_overrides_merge_with_global(tiny_raw):
     params = parse_params(tiny_raw)
     assert params.model("crn").train.total_steps == 7
     assert params.model("crn").train.batch_size == params.train.batch_size
+
+
+def test_progressive_keys_are_per_model(tiny_raw):
+    tiny_raw["train"]["train_last_modules"] = 2
+    with pytest.raises(CrnError, match=r"train.train_last_modules: set it per model \(e.g. crn.train.train_last_modules\)"):
+        parse_params(tiny_raw)
+    tiny_raw["train"]["train_last_modules"] = None
+    tiny_raw["crn"]["train"] = {"train_last_modules": 2, "init_from": "runs/low/crn/model.pt"}
+    assert parse_params(tiny_raw).model("crn").train.train_last_modules == 2

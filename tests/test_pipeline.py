@@ -22,8 +22,8 @@ def test_dvc_repro_tiny(tmp_path):
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
         else:
             shutil.copy(src, work / name)
-    (work / "data/raw").mkdir(parents=True)  # the raw-dataset folder prepare depends on (tracked in git)
-    shutil.copy(REPO / "data/raw/README.md", work / "data/raw/README.md")
+    (work / "data/raw/synthetic").mkdir(parents=True)  # the demo's raw-data folder prepare depends on (in git)
+    shutil.copy(REPO / "data/raw/synthetic/README.md", work / "data/raw/synthetic/README.md")
     (work / "studies").mkdir()  # the human-study folder evaluate depends on (tracked in git)
     shutil.copy(REPO / "studies/README.md", work / "studies/README.md")
     raw = tiny_raw_params(Path("."))
@@ -45,8 +45,12 @@ def test_dvc_repro_tiny(tmp_path):
     assert "up to date" in again.stdout, again.stdout
     metrics = subprocess.run(["dvc", "metrics", "show"], cwd=work, env=env, capture_output=True, text=True)
     assert "summary.json" in metrics.stdout and "metrics.json" in metrics.stdout
-    # The raw datasets are a dependency of prepare: a changed dataset reruns it (and what depends on it).
+    # The experiment's raw dataset is a dependency of prepare: another dataset arriving changes nothing,
+    # a change to this one reruns prepare (and what depends on it).
     (work / "data/raw/cityscapes").mkdir()
-    (work / "data/raw/cityscapes/new_file.png").write_bytes(b"changed")
+    (work / "data/raw/cityscapes/new_file.png").write_bytes(b"another dataset")
+    same = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
+    assert "up to date" in same.stdout, same.stdout
+    (work / "data/raw/synthetic/new_file.png").write_bytes(b"changed")
     changed = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
-    assert "prepare" in changed.stdout and "data/raw" in changed.stdout, changed.stdout
+    assert "prepare" in changed.stdout and "data/raw/synthetic" in changed.stdout, changed.stdout

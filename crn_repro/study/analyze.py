@@ -2,6 +2,10 @@
 web participants and MTurk workers to the numbers the paper reports.
 
 1. Gather canonical records from ``<study>/responses.sqlite`` (the web app) and MTurk batch results.
+   Simulated participants (sources "simulated-web", "simulated-mturk") never pass as people: where
+   any real answers exist the simulated ones are dropped (and the CLI says so); where only simulated
+   answers exist they are analysed, and ``judgments.csv``'s ``source`` column says so, which
+   ``evaluate`` turns into the label "simulated participants (...), not human judgments".
 2. Exclude inattentive participants: a participant (per source) whose fraction of sentinels right
    is below ``study.min_sentinel_accuracy`` (default 1.0: all of them), or who answered no
    sentinel, is excluded with all their answers.
@@ -9,7 +13,8 @@ web participants and MTurk workers to the numbers the paper reports.
    first model (``evaluate.pair_order``: real, then crn), its Wilson interval, the exact binomial
    p against 50%, and 95% cluster-bootstrap intervals resampling workers and resampling images.
 
-Writes ``<study>/analysis/``: ``responses.csv`` (every record), ``exclusions.csv``, ``judgments.csv``
+Writes ``<study>/analysis/``: ``responses.csv`` (every record, simulated ones included and labelled by
+their source), ``exclusions.csv``, ``judgments.csv``
 (test trials of included participants, the input of ``evaluate.human_judgments``), ``summary.csv``
 and ``time_curves.csv`` (the timed rows).
 """
@@ -30,6 +35,7 @@ from crn_repro.study.params import REAL
 from crn_repro.study.records import (
     RESPONSE_COLUMNS,
     check_responses,
+    is_simulated,
     write_responses_csv,
 )
 
@@ -54,6 +60,21 @@ def gather_responses(study_dir: Path, mturk_csvs: list[Path] = (), include_web: 
     if not frames:
         raise CrnError(f"{study_dir}: no responses yet; collect some with `crn-repro study serve` or pass --mturk results.csv")
     return check_responses(pd.concat(frames, ignore_index=True), str(study_dir))
+
+
+def real_or_simulated(responses: pd.DataFrame) -> tuple[pd.DataFrame, bool, str]:
+    """The records to analyse: the real participants' where there are any (simulated ones dropped),
+    else the simulated ones. Returns them, whether they are simulated, and a one-line note (or "")."""
+    simulated = is_simulated(responses.source)
+    if not simulated.any():
+        return responses, False, ""
+    sim = responses[simulated]
+    who = f"{len(sim)} answers of {sim[['source', 'participant']].drop_duplicates().shape[0]} simulated participants"
+    if simulated.all():
+        return responses, True, (f"only simulated participants answered ({who}): analysed as simulated, "
+                                 "labelled so in judgments.csv, never as human judgments")
+    return (responses[~simulated].reset_index(drop=True), False,
+            f"dropped {who} (`study simulate`): real participants answered, and only their answers are analysed")
 
 
 def sentinel_exclusions(responses: pd.DataFrame, min_accuracy: float) -> pd.DataFrame:
@@ -109,11 +130,14 @@ def analyze_study(
     study_dir: Path, mturk_csvs: list[Path] = (), include_web: bool = True, min_accuracy: float = 1.0,
     num_resamples: int = 1000, seed: int = 0,
 ) -> dict:
-    """Run the analysis and write ``<study>/analysis/*.csv``; returns the tables and paths."""
+    """Run the analysis and write ``<study>/analysis/*.csv``; returns the tables and paths, the analysed
+    records (``analysed``: real participants' if any, else simulated ones), ``simulated`` (whether
+    they are simulated) and ``note`` (a line saying what happened to simulated answers, or "")."""
     study_dir = Path(study_dir)
     responses = gather_responses(study_dir, mturk_csvs, include_web)
-    exclusions = sentinel_exclusions(responses, min_accuracy)
-    judgments = to_judgments(responses, exclusions)
+    analysed, simulated, note = real_or_simulated(responses)
+    exclusions = sentinel_exclusions(analysed, min_accuracy)
+    judgments = to_judgments(analysed, exclusions)
     summary = summarize(judgments, num_resamples, seed)
     out = study_dir / "analysis"
     paths = {name: out / f"{name}.csv" for name in ("responses", "exclusions", "judgments", "summary", "time_curves")}
@@ -122,4 +146,5 @@ def analyze_study(
     _write_csv(judgments, paths["judgments"])
     _write_csv(summary, paths["summary"])
     _write_csv(summary.dropna(subset=["duration_ms"]).drop(columns=["participants", "layouts"]), paths["time_curves"])
-    return {"responses": responses, "exclusions": exclusions, "judgments": judgments, "summary": summary, "paths": paths}
+    return {"responses": responses, "analysed": analysed, "simulated": simulated, "note": note,
+            "exclusions": exclusions, "judgments": judgments, "summary": summary, "paths": paths}

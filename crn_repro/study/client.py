@@ -1,7 +1,8 @@
 """Simulated participants over plain HTTP (paper Sec. 5.1, crn-facts §6): they join, read each trial and
 answer through exactly the JSON API the browser page uses (see `crn_repro.study.server`), so the
 server's validation and storage are exercised end to end. `crn-repro study simulate --via web` runs
-them against a server started with `make_server`.
+them against its own in-process server made with ``make_server(..., simulated=True)``, which records
+them as simulated participants; they refuse to answer a server that would record them as people.
 """
 
 from __future__ import annotations
@@ -53,15 +54,20 @@ def simulate_web_participants(
 ) -> list[str]:
     """Run ``n`` simulated participants to completion; returns their participant ids.
 
-    Participant ``i`` is ``observer_factory(i)`` (a `Chooser`, e.g. `crn_repro.study.observer.Observer`).
+    The server must be a simulated one (``make_server(..., simulated=True)``), so the answers are
+    stored as simulated. Participant ``i`` is ``observer_factory(i)`` (a `Chooser`, e.g. `crn_repro.study.observer.Observer`).
     The server never reveals models or realism scores, so the observer looks each trial up in
     ``study_dir``'s manifest by the job and index the server assigned.
     Each timed trial is reported as shown for exactly its target duration; the response time is that
     duration plus the observer's ``response_ms()``.
     """
     manifest = load_manifest(Path(study_dir))
-    if _call(base_url, "GET", "/api/study")["study_id"] != manifest["study_id"]:
+    info = _call(base_url, "GET", "/api/study")
+    if info["study_id"] != manifest["study_id"]:
         raise CrnError(f"{base_url} serves a different study than {study_dir}; point both at the same folder")
+    if info.get("simulated") is not True:
+        raise CrnError(f"{base_url} records its participants as people; simulated ones only answer a server made with "
+                       "make_server(..., simulated=True), as `crn-repro study simulate --via web` does")
     trials = trials_by_key(manifest)
     participants = []
     for i in track(range(n), description="simulated participants", console=Console(stderr=True), transient=True):

@@ -8,8 +8,13 @@ Each image carries a realism score (Kynkäänniemi et al. 2019) from the evaluat
 images are the reference of that score, which does not rank them among themselves.
 
 The folder is built next to its destination and renamed into place, byte-identical for a seed
-(except ``created_utc``, which honours SOURCE_DATE_EPOCH). A study that already holds responses is
-never replaced unless forced.
+(except ``created_utc``, which honours SOURCE_DATE_EPOCH). A study that already holds responses, or
+an MTurk export (``mturk/batch_input.csv``, whose HITs name this build's images), is never replaced
+unless forced.
+
+The instructions name what the pairs show, from the prepared data's ``meta.json`` dataset
+(``SCENES``: street scenes for Cityscapes and the synthetic street-like demo, indoor rooms for NYU);
+the manifest keeps it as ``scenes``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from crn_repro.checkpoint import atomic_replace_dir, atomic_write_json
-from crn_repro.datasets import PreparedSplit
+from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError, one_line
 from crn_repro.params import Params
 from crn_repro.study.design import Design, build_jobs, study_design
@@ -42,15 +47,18 @@ REAL_SCORE_MARGIN = 1.0
 QUESTION = "Which image is more realistic?"
 MASK_BLOCK_PX = 10
 
-INSTRUCTIONS = {
+# what the study's images show, by the prepared dataset (meta.json "dataset"); others: "images"
+SCENES = {"synthetic": "street scenes", "cityscapes": "street scenes", "nyu": "indoor rooms"}
+EXPORT = Path("mturk") / "batch_input.csv"  # where the README puts `study export-mturk`'s output
+INSTRUCTIONS = {  # str.format templates: {scenes}
     "unlimited": (
-        "<p>You will see pairs of street scenes. Each time, choose the image that looks <b>more realistic</b>, "
+        "<p>You will see pairs of {scenes}. Each time, choose the image that looks <b>more realistic</b>, "
         "that is, more like a real photograph. Take as long as you need.</p>"
         "<p>Answer with the <b>F</b> key (left image) or the <b>J</b> key (right image), or click an image.</p>"
         "<p>Some pairs check attention; please look at every pair carefully.</p>"
     ),
     "timed": (
-        "<p>You will see pairs of street scenes for a short time, from 1/8 of a second to 8 seconds; then a "
+        "<p>You will see pairs of {scenes} for a short time, from 1/8 of a second to 8 seconds; then a "
         "pattern replaces them. Choose the image that looked <b>more realistic</b>, that is, more like a real "
         "photograph. If unsure, make your best guess.</p>"
         "<p>Answer with the <b>F</b> key (left image) or the <b>J</b> key (right image), or click a side.</p>"
@@ -63,6 +71,16 @@ def has_responses(study_dir: Path) -> bool:
     """Whether a study folder holds collected answers (web database or analysed imports)."""
     study_dir = Path(study_dir)
     return (study_dir / "responses.sqlite").exists() or (study_dir / "analysis" / "responses.csv").exists()
+
+
+def has_mturk_export(study_dir: Path) -> bool:
+    """Whether a study folder holds an MTurk export (published HITs name this build's trials and images)."""
+    return (Path(study_dir) / EXPORT).exists()
+
+
+def scenes_of(prepared: Path) -> str:
+    """What the pairs show, in words for the instructions, from the prepared data's meta.json."""
+    return SCENES.get(read_prepared_meta(Path(prepared)).get("dataset"), "images")
 
 
 def _slug(name: str) -> str:
@@ -131,7 +149,11 @@ def make_study(
             raise CrnError(f"{out}: exists and is not a study folder; choose another study.dir or --out")
         if has_responses(out) and not force:
             raise CrnError(f"{out}: the study already holds responses; pass --force to replace it (they are lost) or use another --out")
+        if has_mturk_export(out) and not force:
+            raise CrnError(f"{out}: the study has an MTurk export ({EXPORT.as_posix()}) whose HITs name its images; "
+                           "pass --force to replace it (a published batch would then no longer match) or use another --out")
     plan = study_design(sp, design_name, params.models)
+    scenes = scenes_of(Path(params.paths.prepared))
     val = PreparedSplit(Path(params.paths.prepared), "val")
     names = list(val.names)
     jobs = build_jobs(plan, names, sp.jobs, sp.seed)
@@ -192,7 +214,8 @@ def make_study(
         "created_utc": _created_utc(),
         "image_size_wh": list(size),
         "question": QUESTION,
-        "instructions_html": INSTRUCTIONS[design_name],
+        "instructions_html": INSTRUCTIONS[design_name].format(scenes=scenes),
+        "scenes": scenes,
         "mask": mask,
         "sentinel_rule": _sentinel_rule(plan),
         "jobs": jobs,

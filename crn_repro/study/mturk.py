@@ -8,14 +8,19 @@ the user hosts the study folder's ``images/``. One HIT per trial would need ~110
 and lose the job's sentinel check; one variable per trial would need hundreds of columns.
 
 - ``export_mturk`` writes ``hit.html`` (an HTMLQuestion body with crowd-form; the page presents the
-  trials, timed by requestAnimationFrame and masked as in the web app, and submits one hidden field
-  ``responses``: a JSON list of ``[trial index, "left"|"right", measured_ms, response_ms]``) and
-  ``batch_input.csv`` (header = the template's variables, one row per job).
+  trials as the web app does: fixation, freshly decoded images swapped in on a requestAnimationFrame,
+  the mask swapped in on the frame where the target is reached, the on-screen time measured from rAF
+  timestamps; it submits one hidden field ``responses``: a JSON list of ``[trial index,
+  "left"|"right", measured_ms, response_ms]``) and ``batch_input.csv`` (header = the template's
+  variables, one row per job).
 - ``import_results`` reads MTurk batch results CSVs (HITId, WorkerId, AssignmentId, AssignmentStatus,
   ..., Input.<var>, Answer.<field>, Approve, Reject) into canonical records (source "mturk");
   rejected assignments are skipped. ``Answer.responses`` is read, or the crowd-form JSON in
   ``Answer.taskAnswers``.
-- ``simulate_results`` writes a batch results CSV as MTurk would, answered by simulated observers.
+- ``simulate_results`` writes a batch results CSV as MTurk would, answered by simulated observers,
+  and marks it as a real MTurk export never is: its ``Keywords`` are ``SIMULATED_KEYWORDS`` and its
+  WorkerIds start with ``SIM-`` (real ones are upper-case letters and digits). ``import_results``
+  gives a row with either mark the source "simulated-mturk", so simulated answers never pass as people's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ RESULT_COLUMNS_BEFORE_INPUT = (
     "SubmitTime", "AutoApprovalTime", "ApprovalTime", "RejectionTime", "RequesterFeedback", "WorkTimeInSeconds",
     "LifetimeApprovalRate", "Last30DaysApprovalRate", "Last7DaysApprovalRate",
 )
+SIMULATED_KEYWORDS = "crn-repro-simulated"  # the Keywords of a simulated results CSV's HITs
+SIMULATED_WORKER_PREFIX = "SIM-"  # never in a real WorkerId (upper-case letters and digits)
 _TZ_HOURS = {"UTC": 0, "GMT": 0, "PST": -8, "PDT": -7}
 _MTURK_TIME = "%a %b %d %H:%M:%S %Y"
 
@@ -136,6 +143,12 @@ def _answers(row: dict, where: str) -> list:
     return answers
 
 
+def is_simulated_row(row: dict) -> bool:
+    """Whether a results row comes from `simulate_results` (its Keywords or its WorkerId says so)."""
+    keywords = {k.strip() for k in (row.get("Keywords") or "").split(",")}
+    return SIMULATED_KEYWORDS in keywords or (row.get("WorkerId") or "").startswith(SIMULATED_WORKER_PREFIX)
+
+
 def _number(value) -> float | None:
     if value is None or value == "":
         return None
@@ -145,7 +158,8 @@ def _number(value) -> float | None:
 
 
 def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
-    """Canonical records (source "mturk") from MTurk batch results CSVs of this study's HITs.
+    """Canonical records (source "mturk", or "simulated-mturk" for `simulate_results` rows) from MTurk
+    batch results CSVs of this study's HITs.
 
     One-line CrnError on: missing columns, a job or trial the study does not have, a HIT made from
     another export of the study, an answer other than left/right, the same (worker, job, trial) twice.
@@ -184,6 +198,7 @@ def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", worker or ""):
                 raise CrnError(f"{where}: WorkerId {worker!r} is not an MTurk worker id")
             answered = _utc(row.get("SubmitTime", ""))
+            source = "simulated-mturk" if is_simulated_row(row) else "mturk"
             for answer in _answers(row, where):
                 index, side, measured, response = answer
                 if not isinstance(index, int) or isinstance(index, bool) or (job, index) not in trials:
@@ -200,7 +215,7 @@ def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
                 seen[key] = where
                 t = trials[(job, index)]
                 records.append({
-                    "source": "mturk", "participant": worker, "job": job, "trial": index, "kind": t["kind"],
+                    "source": source, "participant": worker, "job": job, "trial": index, "kind": t["kind"],
                     "layout": t["layout"], "left_model": t["left"]["model"], "right_model": t["right"]["model"],
                     "chosen_side": side, "chosen_model": t[side]["model"], "duration_ms": t["duration_ms"],
                     "measured_ms": measured, "response_ms": response, "answered_utc": answered,
@@ -221,7 +236,8 @@ def simulate_results(
 ) -> Path:
     """Answer the HITs of ``batch_input.csv`` with simulated observers (``observer.observer_factory``)
     and write the batch results CSV MTurk would give: participant i takes HIT i mod (number of HITs),
-    so each HIT gets its assignments from distinct workers."""
+    so each HIT gets its assignments from distinct workers. Marked simulated (``Keywords`` =
+    ``SIMULATED_KEYWORDS``, WorkerIds ``SIM-...``), so it imports as source "simulated-mturk"."""
     if participants < 1:
         raise CrnError("--participants: must be >= 1")
     manifest = load_manifest(study_dir)
@@ -252,13 +268,14 @@ def simulate_results(
         submit = accept + dt.timedelta(milliseconds=elapsed_ms)
         meta = {
             "HITId": _id("hit", hit["study_id"], hit["job"]), "HITTypeId": _id("type", hit["study_id"]),
-            "Title": "Which image is more realistic?", "Description": "Compare pairs of street scenes",
-            "Keywords": "image, realism, comparison", "Reward": "$2.00", "CreationTime": _mturk_time(start),
+            "Title": "[simulated] " + manifest["question"],
+            "Description": f"Simulated participants (crn-repro study simulate) compare pairs of {manifest.get('scenes', 'images')}",
+            "Keywords": SIMULATED_KEYWORDS, "Reward": "$0.00", "CreationTime": _mturk_time(start),
             "MaxAssignments": str(-(-participants // len(hits))), "RequesterAnnotation": "BatchId:0;",
             "AssignmentDurationInSeconds": "3600", "AutoApprovalDelayInSeconds": "259200",
             "Expiration": _mturk_time(start + dt.timedelta(days=7)), "NumberOfSimilarHITs": "",
             "LifetimeInSeconds": "", "AssignmentId": _id("assignment", hit["study_id"], hit["job"], p),
-            "WorkerId": "A" + _id("worker", seed, p, length=13), "AssignmentStatus": "Submitted",
+            "WorkerId": SIMULATED_WORKER_PREFIX + _id("worker", seed, p, length=13), "AssignmentStatus": "Submitted",
             "AcceptTime": _mturk_time(accept), "SubmitTime": _mturk_time(submit),
             "AutoApprovalTime": _mturk_time(submit + dt.timedelta(days=3)), "ApprovalTime": "", "RejectionTime": "",
             "RequesterFeedback": "", "WorkTimeInSeconds": str(round(elapsed_ms / 1000)),
@@ -271,17 +288,31 @@ def simulate_results(
 
 
 # The HIT page. MTurk substitutes ${variables} everywhere in it, so its script never writes "${".
+# Presentation as in the web app (crn_repro/study/static/app.js): every image is fetched before the first
+# trial; each trial decodes fresh <img> elements, puts them in place hidden during a 0.5 s fixation cross
+# (which also measures the display's frame interval from rAF timestamps), reveals them in a
+# requestAnimationFrame callback (onset = that frame's timestamp) and, for timed trials, swaps in the
+# decoded mask in the callback of the first frame at or after target - half a frame; measured_ms is the
+# difference of the two frame timestamps. #crn's data-phase/-trial/-measured/-frame attributes let people
+# (and the browser tests) follow it.
 _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT = one job. Variables: ${study_id} ${job} -->
 <script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
 <style>
   #crn { font-family: system-ui, sans-serif; max-width: 900px; margin: 1em auto; }
-  #crn-stage { display: none; gap: 16px; justify-content: center; background: #808080; padding: 16px; }
-  #crn-stage img { width: @@W@@px; height: @@H@@px; cursor: pointer; }
+  #crn [hidden] { display: none !important; }
+  #crn-stage { display: none; position: relative; gap: 16px; justify-content: center; background: #808080; padding: 16px; }
+  #crn-stage.crn-running { display: flex; }
+  .crn-panel { width: @@W@@px; height: @@H@@px; background: #808080; cursor: pointer; }
+  .crn-panel img, .crn-panel .crn-blank-mask { display: block; width: @@W@@px; height: @@H@@px; }
+  #crn-stage.crn-blank .crn-panel { visibility: hidden; }
+  #crn-fixation { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
+    font-size: 40px; color: #000; pointer-events: none; }
   #crn-bar { height: 8px; background: #ddd; margin: 8px 0; } #crn-fill { height: 8px; width: 0; background: #4c72b0; }
-  #crn-prompt { text-align: center; font-size: 1.2em; min-height: 1.5em; }
+  #crn-progress, #crn-prompt { text-align: center; min-height: 1.4em; }
+  #crn-prompt { font-size: 1.2em; }
 </style>
 <crowd-form>
-  <div id="crn" data-trials="${trials}" data-base="${image_base_url}" data-mask="${mask_url}">
+  <div id="crn" data-phase="intro" data-trials="${trials}" data-base="${image_base_url}" data-mask="${mask_url}">
     <h2>@@QUESTION@@</h2>
     <div id="crn-intro">
       @@INSTRUCTIONS@@
@@ -290,87 +321,144 @@ _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT
       <p><button type="button" id="crn-start" disabled>Start</button> <span id="crn-loading">Loading images...</span></p>
     </div>
     <div id="crn-bar"><div id="crn-fill"></div></div>
-    <div id="crn-stage"><img id="crn-left" alt="left image"><img id="crn-right" alt="right image"></div>
+    <p id="crn-progress"></p>
+    <div id="crn-stage" class="crn-blank">
+      <div id="crn-left" class="crn-panel" data-side="left"></div>
+      <div id="crn-right" class="crn-panel" data-side="right"></div>
+      <div id="crn-fixation" hidden>+</div>
+    </div>
     <p id="crn-prompt"></p>
     <input type="hidden" name="responses" id="crn-responses" value="[]">
   </div>
 </crowd-form>
 <script>
 (function () {
-  var root = document.getElementById("crn");
+  "use strict";
+  var FIXATION_MS = 500, W = @@W@@, H = @@H@@;
+  var KEYS = { f: "left", F: "left", ArrowLeft: "left", j: "right", J: "right", ArrowRight: "right" };
+  function $(id) { return document.getElementById(id); }
+  function nextFrame() { return new Promise(function (resolve) { requestAnimationFrame(resolve); }); }
+  var root = $("crn"), stage = $("crn-stage"), prompt = $("crn-prompt");
   var trials = root.dataset.trials.split(";").map(function (part) {
     var f = part.split("|");
     return { index: parseInt(f[0], 10), duration: f[1] === "" ? null : parseInt(f[1], 10),
              left: root.dataset.base + f[2], right: root.dataset.base + f[3] };
   });
   var mask = root.dataset.mask;
-  var left = document.getElementById("crn-left"), right = document.getElementById("crn-right");
-  var stage = document.getElementById("crn-stage"), prompt = document.getElementById("crn-prompt");
-  var answers = [], current = 0, onset = null, measured = null, accepting = false;
-  var cache = {};
-  function load(url) {  // every image is fetched and decoded once, before the first trial
-    if (!cache[url]) { cache[url] = new Image(); cache[url].src = url; }
-    return cache[url];
+  var answers = [], loaded = false, finished = false, preloaded = [];
+
+  function setPhase(phase, extra) { Object.assign(root.dataset, extra || {}, { phase: phase }); }
+  function fail(text) { prompt.textContent = text; setPhase("error"); }
+
+  // A fully decoded, fresh image, so showing it costs no fetch or decode on the onset frame.
+  function decoded(url) {
+    var img = new Image(W, H);
+    img.alt = "";
+    img.src = url;
+    return img.decode().then(function () { return img; });
   }
+  function maskElement() {
+    if (mask) { return decoded(mask); }
+    var blank = document.createElement("div");
+    blank.className = "crn-blank-mask";
+    return Promise.resolve(blank);
+  }
+  function median(values) {
+    var sorted = values.slice().sort(function (a, b) { return a - b; });
+    return sorted[Math.floor(sorted.length / 2)];
+  }
+  // Fixation cross for FIXATION_MS, measuring the display's frame interval from rAF timestamps meanwhile.
+  async function fixation() {
+    var deltas = [], previous = await nextFrame(), start = previous;
+    while (previous - start < FIXATION_MS || deltas.length < 3) {
+      var now = await nextFrame();
+      deltas.push(now - previous);
+      previous = now;
+    }
+    return median(deltas);
+  }
+  // Show the pair on a frame boundary; for timed trials replace it by the mask on the first frame where
+  // elapsed >= target - half a frame. measured = rAF timestamp of that frame - timestamp of the onset frame.
+  async function present(t) {
+    var pair = await Promise.all([decoded(t.left), decoded(t.right)]);
+    var masks = t.duration === null ? null : await Promise.all([maskElement(), maskElement()]);
+    stage.classList.add("crn-blank");
+    $("crn-left").replaceChildren(pair[0]);
+    $("crn-right").replaceChildren(pair[1]);
+    $("crn-fixation").hidden = false;
+    setPhase("fixation");
+    var frameMs = await fixation();
+    var onset = await nextFrame();
+    $("crn-fixation").hidden = true;
+    stage.classList.remove("crn-blank");
+    setPhase("stimulus");
+    if (masks === null) { return { onset: onset, measured: null, frameMs: frameMs }; }
+    var now = onset;
+    while (now - onset < t.duration - frameMs / 2) { now = await nextFrame(); }
+    $("crn-left").replaceChildren(masks[0]);
+    $("crn-right").replaceChildren(masks[1]);
+    return { onset: onset, measured: now - onset, frameMs: frameMs };
+  }
+  function awaitAnswer() {
+    return new Promise(function (resolve) {
+      var panels = [$("crn-left"), $("crn-right")];
+      function finish(side) {
+        document.removeEventListener("keydown", onKey);
+        panels.forEach(function (panel) { panel.onclick = null; });
+        resolve({ side: side, at: performance.now() });
+      }
+      function onKey(e) {
+        if (e.repeat || e.ctrlKey || e.metaKey || e.altKey || !(e.key in KEYS)) { return; }
+        e.preventDefault();
+        finish(KEYS[e.key]);
+      }
+      document.addEventListener("keydown", onKey);
+      panels.forEach(function (panel) { panel.onclick = function () { finish(panel.dataset.side); }; });
+    });
+  }
+  async function run() {
+    $("crn-intro").hidden = true;
+    stage.classList.add("crn-running");
+    for (var i = 0; i < trials.length; i++) {
+      var t = trials[i];
+      $("crn-progress").textContent = "Pair " + (i + 1) + " of " + trials.length;
+      prompt.textContent = "";
+      setPhase("loading", { trial: String(t.index) });
+      var shown = await present(t);
+      setPhase("answer", { measured: shown.measured === null ? "" : shown.measured.toFixed(1), frame: shown.frameMs.toFixed(2) });
+      prompt.textContent = (t.duration === null ? "Which image is more realistic?" : "Which image was more realistic?")
+        + " Left: F or \\u2190, right: J or \\u2192 (or click a side)";
+      var answer = await awaitAnswer();
+      answers.push([t.index, answer.side, shown.measured === null ? null : Math.round(shown.measured * 10) / 10,
+                    Math.round((answer.at - shown.onset) * 10) / 10]);
+      $("crn-responses").value = JSON.stringify(answers);
+      $("crn-fill").style.width = (100 * answers.length / trials.length) + "%";
+    }
+    finished = true;
+    stage.classList.remove("crn-running");
+    $("crn-progress").textContent = "";
+    prompt.textContent = "Done, thank you! Please submit.";
+    setPhase("done");
+  }
+  function updateStart() { $("crn-start").disabled = !loaded || !$("crn-consent").checked; }
   var urls = [];
   trials.forEach(function (t) { urls.push(t.left, t.right); });
   if (mask) { urls.push(mask); }
-  Promise.all(urls.map(function (u) { return load(u).decode(); })).then(function () {
-    document.getElementById("crn-loading").textContent = "";
-    document.getElementById("crn-start").disabled = !document.getElementById("crn-consent").checked;
+  Promise.all(urls.map(decoded)).then(function (images) {  // fetch every image once, before the first trial
+    preloaded = images;
+    loaded = true;
+    $("crn-loading").textContent = "";
+    updateStart();
   }, function () {
-    document.getElementById("crn-loading").textContent = "An image failed to load; please return this HIT.";
+    $("crn-loading").textContent = "An image failed to load; please return this HIT.";
   });
-  document.getElementById("crn-consent").addEventListener("change", function (e) {
-    document.getElementById("crn-start").disabled = !e.target.checked || document.getElementById("crn-loading").textContent !== "";
-  });
-  document.getElementById("crn-start").addEventListener("click", function () {
-    document.getElementById("crn-intro").style.display = "none";
-    stage.style.display = "flex";
-    show();
-  });
-  function show() {
-    var t = trials[current];
-    prompt.textContent = "";
-    left.src = load(t.left).src; right.src = load(t.right).src;
-    onset = null; measured = null; accepting = t.duration === null;
-    var last = null;
-    requestAnimationFrame(function frame(now) {
-      if (onset === null) { onset = now; }  // the first frame that paints the pair
-      var interval = last === null ? 1000 / 60 : now - last;
-      last = now;
-      if (t.duration === null) { return; }
-      // Mask on this frame if the next one would overshoot the target by more than this one falls short.
-      if (now - onset + interval / 2 >= t.duration) {
-        left.src = load(mask).src; right.src = load(mask).src;
-        measured = now - onset;
-        accepting = true;
-        prompt.textContent = "Which image was more realistic? F = left, J = right";
-        return;
-      }
-      requestAnimationFrame(frame);
-    });
-  }
-  function answer(side) {
-    if (!accepting || current >= trials.length) { return; }
-    accepting = false;
-    prompt.textContent = "";
-    var t = trials[current];
-    answers.push([t.index, side, measured === null ? null : Math.round(measured * 10) / 10, Math.round(performance.now() - onset)]);
-    document.getElementById("crn-responses").value = JSON.stringify(answers);
-    current += 1;
-    document.getElementById("crn-fill").style.width = (100 * current / trials.length) + "%";
-    if (current < trials.length) { setTimeout(show, 300); }
-    else { stage.style.display = "none"; prompt.textContent = "Done, thank you! Please submit."; }
-  }
-  document.addEventListener("keydown", function (e) {
-    if (e.key === "f" || e.key === "F") { answer("left"); }
-    if (e.key === "j" || e.key === "J") { answer("right"); }
-  });
-  left.addEventListener("click", function () { answer("left"); });
-  right.addEventListener("click", function () { answer("right"); });
+  $("crn-consent").addEventListener("change", updateStart);
+  $("crn-start").addEventListener("click", function () {
+    $("crn-start").disabled = true;
+    run().catch(function (error) { fail("Something went wrong (" + error.message + "); please return this HIT."); });
+  }, { once: true });
   document.querySelector("crowd-form").addEventListener("submit", function (e) {
-    if (current < trials.length) { e.preventDefault(); alert("Please answer every pair first."); }
+    if (!finished) { e.preventDefault(); prompt.textContent = "Please answer every pair first, then submit."; }
   });
 })();
 </script>

@@ -14,6 +14,8 @@ from crn_repro.config import doc
 from crn_repro.registry import GENERATORS
 
 REAL = "real"  # the model name of the dataset's own images in a study
+SENTINELS_NEEDED = ("must be >= 1: `study analyze` excludes participants by their sentinel answers, "
+                    "and one who answered no sentinel is excluded")
 
 
 def _known(name: str) -> bool:
@@ -26,7 +28,7 @@ class UnlimitedDesignParams:
 
     models: tuple[str, ...] | None = doc("models compared with the reference model (null = every model of `models`)")
     test_pairs_per_job: int = doc("test pairs per job, spread evenly over the comparisons (paper: 100)")
-    sentinels_per_job: int = doc("sentinel pairs per job: a real image against `sentinel_model` (paper: 10)")
+    sentinels_per_job: int = doc("sentinel pairs per job, >= 1: a real image against `sentinel_model` (paper: 10)")
     sentinel_model: str = doc("the weakest baseline, shown against real images as sentinels (paper: image-space)")
 
     def validate(self):
@@ -35,8 +37,8 @@ class UnlimitedDesignParams:
                 yield "models", f"unknown model {name!r} (valid: {', '.join(GENERATORS)})"
         if self.test_pairs_per_job < 1:
             yield "test_pairs_per_job", "must be >= 1"
-        if self.sentinels_per_job < 0:
-            yield "sentinels_per_job", "must be >= 0"
+        if self.sentinels_per_job < 1:
+            yield "sentinels_per_job", SENTINELS_NEEDED
         if self.sentinel_model not in GENERATORS:
             yield "sentinel_model", f"unknown model {self.sentinel_model!r} (valid: {', '.join(GENERATORS)})"
 
@@ -48,7 +50,7 @@ class TimedDesignParams:
     durations_ms: tuple[int, ...] = doc("presentation times (paper: 125, 250, 500, 1000, 2000, 4000, 8000)")
     pairs: tuple[tuple[str, str], ...] = doc("pair types, model names or `real` (paper: real/crn, real/pix2pix, crn/pix2pix)")
     test_pairs_per_job: int = doc("test pairs per job, spread evenly over pair types x durations (paper: 105)")
-    sentinels_per_job: int = doc("sentinel pairs per job: a real image against `sentinel_model` (paper: 5)")
+    sentinels_per_job: int = doc("sentinel pairs per job, >= 1: a real image against `sentinel_model` (paper: 5)")
     sentinel_model: str = doc("model shown against real images as sentinels (paper: image-space)")
     sentinel_duration_ms: int = doc("presentation time of the sentinels (paper: 4000)")
 
@@ -67,8 +69,8 @@ class TimedDesignParams:
             yield "pairs", "lists a pair type twice"
         if self.test_pairs_per_job < 1:
             yield "test_pairs_per_job", "must be >= 1"
-        if self.sentinels_per_job < 0:
-            yield "sentinels_per_job", "must be >= 0"
+        if self.sentinels_per_job < 1:
+            yield "sentinels_per_job", SENTINELS_NEEDED
         if self.sentinel_model not in GENERATORS:
             yield "sentinel_model", f"unknown model {self.sentinel_model!r} (valid: {', '.join(GENERATORS)})"
         if self.sentinel_duration_ms <= 0:

@@ -2,6 +2,10 @@
 
 Both sources, the web app and MTurk, produce exactly these columns, one row per answered trial, so
 one analysis reads them all. CSV on disk, written atomically.
+
+Answers of simulated participants (`crn-repro study simulate`) carry their own sources,
+"simulated-web" and "simulated-mturk", and never pass as a person's: `study analyze` drops them
+where real answers exist and otherwise labels everything it writes as simulated.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from crn_repro.checkpoint import atomic_write_text
 from crn_repro.errors import CrnError, one_line
 
 RESPONSE_COLUMNS: tuple[str, ...] = (
-    "source",  # "web" | "mturk"
-    "participant",  # web participant id or MTurk WorkerId
+    "source",  # "web" | "mturk" (people) | "simulated-web" | "simulated-mturk" (observer models)
+    "participant",  # web participant id ("sim-..." when simulated) or MTurk WorkerId
     "job",
     "trial",  # index in the job
     "kind",  # "test" | "sentinel"
@@ -30,8 +34,15 @@ RESPONSE_COLUMNS: tuple[str, ...] = (
     "response_ms",  # stimulus onset to answer, where known
     "answered_utc",
 )
-SOURCES = ("web", "mturk")
+HUMAN_SOURCES = ("web", "mturk")
+SIMULATED_SOURCES = ("simulated-web", "simulated-mturk")
+SOURCES = HUMAN_SOURCES + SIMULATED_SOURCES
 SIDES = ("left", "right")
+
+
+def is_simulated(source: pd.Series) -> pd.Series:
+    """Which records come from simulated participants (by their ``source``)."""
+    return source.astype(str).isin(SIMULATED_SOURCES)
 
 
 def empty_responses() -> pd.DataFrame:

@@ -11,8 +11,9 @@ restart resumes the participant at their first unanswered trial.
 JSON API (the page and `crn_repro.study.client` use exactly this; bodies are JSON objects of at most
 4 KiB, POSTs need ``Content-Type: application/json``; every error is a 4xx ``{"error": "..."}``):
 
-- ``GET /api/study`` -> ``{study_id, design, question, instructions_html, mask}``: what the consent
-  page needs (``mask``: an image URL or null).
+- ``GET /api/study`` -> ``{study_id, design, question, instructions_html, mask, simulated}``: what the
+  consent page needs (``mask``: an image URL or null; ``simulated``: whether this server records its
+  participants as simulated, see below).
 - ``POST /api/join`` ``{"consent": true}`` -> 201 ``{participant, token, state}``: a new participant
   with a server-made id and secret token, on the least-used job. Keep both (the page keeps them in
   localStorage) to resume.
@@ -26,6 +27,11 @@ JSON API (the page and `crn_repro.study.client` use exactly this; bodies are JSO
   (or null); ``frame_ms`` the display's frame interval the page measured (optional).
 - ``GET /``, ``/static/app.js``, ``/static/style.css``: the page; ``GET /images/...``: only the image
   files the manifest names, checked to lie inside the study folder.
+
+Simulated participants: `make_server(..., simulated=True)` (used only by `crn-repro study simulate
+--via web`, which runs its own in-process server) records everyone who joins as simulated (ids
+``sim-...``, see `crn_repro.study.store`). Whether a server is simulated is fixed when it is made; no
+request can set or change it, and `crn-repro study serve` never makes one.
 
 Refused with 4xx: unknown ids or wrong tokens (403), trials out of range (400) or out of turn (409),
 strings holding markup or control characters, non-numeric or absurd times, unknown keys, oversized
@@ -62,7 +68,7 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 4096
 MAX_MEASURED_MS = 60_000.0  # a timed trial never lasts a minute; more means a hidden tab or a forged value
 MAX_RESPONSE_MS = 3_600_000.0
-PARTICIPANT_RE = re.compile(r"p-[0-9a-f]{16}")
+PARTICIPANT_RE = re.compile(r"(?:p|sim)-[0-9a-f]{16}")  # sim-: a simulated participant (see ResponseStore)
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 UNSAFE_RE = re.compile(r"[<>\x00-\x1f\x7f]")
 STATIC = {
@@ -92,7 +98,7 @@ class ApiError(Exception):
 class Study:
     """What the server needs from a study folder, checked once at start-up."""
 
-    def __init__(self, study_dir: Path):
+    def __init__(self, study_dir: Path, simulated: bool = False):
         self.dir = Path(study_dir).resolve()
         manifest = load_manifest(self.dir)
         self.manifest = manifest
@@ -107,6 +113,7 @@ class Study:
             "question": manifest["question"],
             "instructions_html": manifest["instructions_html"],
             "mask": "/" + manifest["mask"] if manifest["mask"] else None,
+            "simulated": bool(simulated),
         }
 
 
@@ -116,12 +123,13 @@ class StudyServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False):
-        self.study = Study(study_dir)
+    def __init__(self, study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False,
+                 simulated: bool = False):
+        self.study = Study(study_dir, simulated)
         self.quiet = quiet
         self.static = {route: (resources.files("crn_repro.study").joinpath("static", name).read_bytes(), ctype)
                        for route, (name, ctype) in STATIC.items()}
-        self.store = ResponseStore(self.study.dir, self.study.manifest)
+        self.store = ResponseStore(self.study.dir, self.study.manifest, simulated=simulated)
         try:
             super().__init__((host, port), _Handler)
         except OSError as e:
@@ -201,10 +209,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_server(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = True) -> StudyServer:
+def make_server(
+    study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = True, simulated: bool = False
+) -> StudyServer:
     """A study server bound to ``host:port`` (port 0 = a free one), not yet running: call `.start()`
-    (background thread) or `.serve_forever()`, and `.stop()` when done; ``.url`` is its base URL."""
-    return StudyServer(Path(study_dir), host, port, quiet=quiet)
+    (background thread) or `.serve_forever()`, and `.stop()` when done; ``.url`` is its base URL.
+    ``simulated=True``: everyone who joins is recorded as a simulated participant (`study simulate`)."""
+    return StudyServer(Path(study_dir), host, port, quiet=quiet, simulated=simulated)
 
 
 def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False) -> None:

@@ -6,6 +6,11 @@ makes a double submission impossible. Participants get a server-made random id a
 its SHA-256 is stored). The database remembers the SHA-1 of the manifest it was recorded against and
 refuses to mix answers from two different studies. `read_responses` turns the stored answers into the
 canonical response records (`crn_repro.study.records.RESPONSE_COLUMNS`, source="web").
+
+A store opened with ``simulated=True`` (only by `crn-repro study simulate --via web`, through
+`crn_repro.study.server.make_server`; no HTTP request can ask for it) records every participant who
+joins as simulated: id ``sim-...`` and ``participants.simulated = 1``; `read_responses` gives their
+answers source="simulated-web", so they never pass as a person's.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ CREATE TABLE IF NOT EXISTS participants (
     participant TEXT PRIMARY KEY,
     token_sha256 TEXT NOT NULL,
     job TEXT NOT NULL,
-    joined_utc TEXT NOT NULL
+    joined_utc TEXT NOT NULL,
+    simulated INTEGER NOT NULL DEFAULT 0 CHECK (simulated IN (0, 1))
 );
 CREATE TABLE IF NOT EXISTS answers (
     participant TEXT NOT NULL REFERENCES participants(participant),
@@ -64,6 +70,10 @@ def manifest_sha1(study_dir: Path) -> str:
     return hashlib.sha1((Path(study_dir) / "manifest.json").read_bytes()).hexdigest()
 
 
+def _columns(con: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         con = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -71,16 +81,20 @@ def _connect(path: Path) -> sqlite3.Connection:
         con.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a committed answer survives a power cut
         con.execute("PRAGMA foreign_keys=ON")
         con.executescript(_SCHEMA)
+        if "simulated" not in _columns(con, "participants"):  # a database from before simulated participants
+            con.execute("ALTER TABLE participants ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0 CHECK (simulated IN (0, 1))")
     except sqlite3.Error as e:
         raise CrnError(f"{path}: cannot open the responses database ({one_line(e)}); check the file and its folder") from e
     return con
 
 
 class ResponseStore:
-    """The responses database of one study folder; thread-safe (one connection behind a lock)."""
+    """The responses database of one study folder; thread-safe (one connection behind a lock).
+    With ``simulated=True`` every participant who joins is recorded as simulated."""
 
-    def __init__(self, study_dir: Path, manifest: dict):
+    def __init__(self, study_dir: Path, manifest: dict, *, simulated: bool = False):
         self.path = Path(study_dir) / DB_NAME
+        self.simulated = bool(simulated)
         self.jobs = [job["job"] for job in manifest["jobs"]]
         self._lock = threading.Lock()
         self._con = _connect(self.path)
@@ -104,14 +118,17 @@ class ResponseStore:
             self._con.close()
 
     def join(self) -> tuple[str, str, str]:
-        """A new participant (random id, secret token) on the least-used job (ties: manifest order)."""
-        participant, token = "p-" + secrets.token_hex(8), secrets.token_urlsafe(24)
+        """A new participant (random id, secret token) on the least-used job (ties: manifest order);
+        simulated (id ``sim-...``) when the store was opened with ``simulated=True``."""
+        prefix = "sim-" if self.simulated else "p-"
+        participant, token = prefix + secrets.token_hex(8), secrets.token_urlsafe(24)
         with self._lock, self._con:
             self._con.execute("BEGIN IMMEDIATE")
             used = dict(self._con.execute("SELECT job, COUNT(*) FROM participants GROUP BY job"))
             job = min(self.jobs, key=lambda j: used.get(j, 0))
             self._con.execute(
-                "INSERT INTO participants VALUES (?, ?, ?, ?)", (participant, _token_hash(token), job, utc_now())
+                "INSERT INTO participants (participant, token_sha256, job, joined_utc, simulated) VALUES (?, ?, ?, ?, ?)",
+                (participant, _token_hash(token), job, utc_now(), int(self.simulated)),
             )
         return participant, token, job
 
@@ -157,8 +174,9 @@ class ResponseStore:
 
 
 def read_responses(study_dir: Path) -> pd.DataFrame:
-    """The web answers of a study as canonical response records (RESPONSE_COLUMNS, source="web"),
-    one row per answered trial, ordered by participant then trial; empty if nobody answered yet."""
+    """The web answers of a study as canonical response records (RESPONSE_COLUMNS, source="web", or
+    "simulated-web" for simulated participants), one row per answered trial, ordered by participant
+    then trial; empty if nobody answered yet."""
     study_dir = Path(study_dir)
     manifest = load_manifest(study_dir)
     path = study_dir / DB_NAME
@@ -168,8 +186,10 @@ def read_responses(study_dir: Path) -> pd.DataFrame:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             meta = dict(con.execute("SELECT key, value FROM meta"))
+            # a database from before simulated participants has no such column: all its participants were people
+            simulated = "p.simulated" if "simulated" in _columns(con, "participants") else "0"
             rows = con.execute(
-                "SELECT a.participant, p.job, a.trial, a.chosen_side, a.measured_ms, a.response_ms, a.answered_utc "
+                f"SELECT a.participant, p.job, a.trial, a.chosen_side, a.measured_ms, a.response_ms, a.answered_utc, {simulated} "
                 "FROM answers a JOIN participants p USING (participant) ORDER BY p.joined_utc, a.participant, a.trial"
             ).fetchall()
         finally:
@@ -180,13 +200,14 @@ def read_responses(study_dir: Path) -> pd.DataFrame:
         raise CrnError(f"{path}: recorded against a different manifest.json; restore the manifest it was made with")
     trials = {job["job"]: job["trials"] for job in manifest["jobs"]}
     records = []
-    for participant, job, index, side, measured_ms, response_ms, answered_utc in rows:
+    for participant, job, index, side, measured_ms, response_ms, answered_utc, simulated in rows:
         if job not in trials or not 0 <= index < len(trials[job]):
             raise CrnError(f"{path}: answer to {job} trial {index} which manifest.json does not have")
+        simulated = bool(simulated) or participant.startswith("sim-")  # either mark makes it simulated
         trial = trials[job][index]
         records.append(
             {
-                "source": "web",
+                "source": "simulated-web" if simulated else "web",
                 "participant": participant,
                 "job": job,
                 "trial": index,

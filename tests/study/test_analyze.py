@@ -86,7 +86,9 @@ def test_end_to_end_from_mturk_results(tmp_path, tiny_raw, prepared_tiny):
     assert excluded.sum() >= 2  # 3 careless workers answer at random: most miss a sentinel
     curves = pd.read_csv(out["paths"]["time_curves"])
     assert set(curves.duration_ms) == {125, 1000} and {("real", "crn"), ("crn", "pix2pix")} == set(zip(curves["first"], curves["second"]))
-    assert pd.read_csv(out["paths"]["judgments"]).participant.str.startswith("mturk:").all()
+    judgments = pd.read_csv(out["paths"]["judgments"])
+    assert judgments.participant.str.startswith("simulated-mturk:").all() and set(judgments.source) == {"simulated-mturk"}
+    assert out["simulated"] and out["note"].startswith("only simulated participants answered")
 
 
 def test_evaluate_bootstraps_only_what_the_judgments_name():
@@ -99,3 +101,54 @@ def test_evaluate_bootstraps_only_what_the_judgments_name():
     curves = time_curves(named.assign(model_a="pix2pix", model_b="real", winner=["real"] * 3 + ["pix2pix"]), 50)
     assert list(curves[["first", "second", "wins", "n"]].iloc[0]) == ["real", "pix2pix", 3, 4]
     assert curves.boot_workers_low[0] == 0.5 and curves.boot_workers_high[0] == 1.0  # workers: 2/2 and 1/2 right
+
+
+def _simulated_copy(responses, prefix="sim-"):
+    """The same answers as if given by simulated participants (web and MTurk)."""
+    return responses.assign(source="simulated-" + responses.source, participant=prefix + responses.participant)
+
+
+def test_simulated_answers_are_dropped_where_real_ones_exist(responses, tmp_path, monkeypatch):
+    import crn_repro.study.analyze as analyze
+
+    both = check_responses(pd.concat([responses, _simulated_copy(responses)], ignore_index=True), "both")
+    monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: both)
+    out = analyze_study(tmp_path, num_resamples=20)
+    assert not out["simulated"] and len(out["analysed"]) == len(responses)
+    assert out["note"] == ("dropped 62 answers of 4 simulated participants (`study simulate`): "
+                           "real participants answered, and only their answers are analysed")
+    assert "\n" not in out["note"]
+    judgments = pd.read_csv(out["paths"]["judgments"])
+    assert set(judgments.source) == {"web"} and set(out["exclusions"].source) == {"web", "mturk"}
+    assert set(pd.read_csv(out["paths"]["responses"]).source) == {"web", "mturk", "simulated-web", "simulated-mturk"}
+
+
+def test_only_simulated_answers_are_analysed_and_labelled_so(responses, tmp_path, monkeypatch):
+    import crn_repro.study.analyze as analyze
+    from crn_repro.evaluate import _human_source, read_judgments
+
+    monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: _simulated_copy(responses))
+    out = analyze_study(tmp_path, num_resamples=20)
+    assert out["simulated"] and out["note"].startswith("only simulated participants answered (62 answers of 4 simulated")
+    path = out["paths"]["judgments"]
+    judgments = read_judgments([path])
+    assert set(judgments.source) == {"simulated-web"} and len(judgments) == 2 * 14
+    assert _human_source(judgments, [path]) == "simulated participants (2, 2 excluded), not human judgments"
+
+    # a real study beside it: the simulated judgments are dropped, and only real exclusions are counted
+    real_dir = tmp_path / "real"
+    monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: responses)
+    real = analyze_study(real_dir, num_resamples=20)["paths"]["judgments"]
+    mixed = read_judgments([real, path])
+    assert set(mixed.source) == {"web"} and len(mixed) == 2 * 14
+    assert _human_source(mixed, [real, path]) == "human judgments (2 participants, 2 excluded)"
+    assert _human_source(read_judgments([real]), [real]) == "human judgments (2 participants, 2 excluded)"
+
+
+def test_an_all_excluded_simulated_study_is_still_not_human(responses, tmp_path, monkeypatch):
+    import crn_repro.study.analyze as analyze
+    from crn_repro.evaluate import _human_source, read_judgments
+
+    monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: _simulated_copy(responses[responses.kind == "test"]))
+    path = analyze_study(tmp_path, num_resamples=20)["paths"]["judgments"]  # nobody answered a sentinel
+    assert _human_source(read_judgments([path]), [path]) == "simulated participants (0, 4 excluded), not human judgments"

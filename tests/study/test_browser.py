@@ -2,21 +2,26 @@
 
 Checks the frame-accurate timed presentation (measured on-screen time within one frame of the target),
 resuming after a server restart, that markup from the manifest or a forged participant id never runs as
-HTML, and a simulated observer completing a study through the page. Skipped when chromium or Playwright
+HTML, and a simulated observer completing a study through the page; and the exported MTurk HIT page
+(``hit.html``): its timing at 125 ms and that its submission carries the ``responses`` field. Skipped when chromium or Playwright
 is missing, unless CRN_REQUIRE_BROWSER=1 (set by .ci/run), which turns that into a failure.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import os
 import shutil
 import sqlite3
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from study_web import write_study
 
 from crn_repro.study.manifest import load_manifest
+from crn_repro.study.mturk import decode_trials, export_mturk, import_results
 from crn_repro.study.observer import Observer
 from crn_repro.study.server import make_server
 from crn_repro.study.store import read_responses
@@ -155,7 +160,7 @@ def test_simulated_observer_completes_the_study_in_the_browser(page, tmp_path):
     trials = load_manifest(study)["jobs"][0]["trials"]
     observer = Observer(seed=7)
     chosen = []
-    with make_server(study, port=0) as server:
+    with make_server(study, port=0, simulated=True) as server:  # the observer is no person: stored as simulated
         agree(page, server.url)
         for i, trial in enumerate(trials):
             wait_phase(page, "answer", i)
@@ -169,4 +174,125 @@ def test_simulated_observer_completes_the_study_in_the_browser(page, tmp_path):
         wait_phase(page, "done")
     df = read_responses(study)
     assert df.chosen_side.tolist() == chosen and (df.kind == "sentinel").sum() == 1
+    assert set(df.source) == {"simulated-web"} and df.participant.str.startswith("sim-").all()
     assert df.chosen_model.tolist() == [t[side]["model"] for t, side in zip(trials, chosen)]
+
+
+HIT_ORIGIN = "https://hit.test"  # served by page.route below: nothing leaves the machine
+CROWD_ELEMENTS = "https://assets.crowd.aws/crowd-html-elements.js"
+# crowd-html-elements.js cannot be fetched here. This stand-in gives <crowd-form> what the HIT relies on: a
+# Submit button that fires a cancelable "submit" event on the element and, unless the page cancels it, posts
+# the named fields inside it as a form (as MTurk records them: Answer.<name>).
+CROWD_FORM_STUB = """
+customElements.define("crowd-form", class extends HTMLElement {
+  connectedCallback() {
+    if (this.querySelector("#crowd-submit")) return;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.id = "crowd-submit";
+    button.textContent = "Submit";
+    button.addEventListener("click", () => {
+      if (!this.dispatchEvent(new Event("submit", { cancelable: true }))) return;
+      const form = document.createElement("form");
+      form.method = "post";
+      form.action = "https://hit.test/submit";
+      for (const field of this.querySelectorAll("input[name]")) {
+        const copy = document.createElement("input");
+        copy.type = "hidden";
+        copy.name = field.name;
+        copy.value = field.value;
+        form.append(copy);
+      }
+      document.body.append(form);
+      form.submit();
+    });
+    this.append(button);
+  }
+});
+"""
+
+
+def hit_phase(page, phase: str, trial: int | None = None) -> None:
+    selector = f'#crn[data-phase="{phase}"]' + ("" if trial is None else f'[data-trial="{trial}"]')
+    page.wait_for_selector(selector, state="attached", timeout=PHASE_TIMEOUT_MS)
+
+
+def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page, tmp_path):
+    """hit.html from `study export-mturk`, with MTurk's ${...} substitution done as MTurk does: the pairs
+    are masked within one frame of 125 ms (measured from rAF timestamps), and the submission carries the
+    `responses` field, which imports as canonical records."""
+    study = write_study(tmp_path / "hit", jobs=1, tests_per_job=3, sentinels_per_job=1, durations=(125,), sentinel_ms=250)
+    paths = export_mturk(study, tmp_path / "mturk", HIT_ORIGIN)
+    with open(paths["batch_input"], newline="") as f:
+        row = next(csv.DictReader(f))
+    html = paths["hit"].read_text()
+    for key, value in row.items():
+        html = html.replace("${" + key + "}", value)
+    assert "${" not in html
+    document = f"<!doctype html><html><head><meta charset='utf-8'></head><body>{html}</body></html>"
+    submitted, errors = [], []
+
+    def serve(route, request):
+        path = urlsplit(request.url).path
+        if request.url == CROWD_ELEMENTS:
+            route.fulfill(body=CROWD_FORM_STUB, content_type="text/javascript")
+        elif request.url == HIT_ORIGIN + "/hit.html":
+            route.fulfill(body=document, content_type="text/html; charset=utf-8")
+        elif request.url.startswith(HIT_ORIGIN + "/images/") and (study / path.lstrip("/")).is_file():
+            route.fulfill(path=study / path.lstrip("/"), content_type="image/png")
+        elif request.url == HIT_ORIGIN + "/submit" and request.method == "POST":
+            submitted.append(request.post_data)
+            route.fulfill(body="<p id='thanks'>submitted</p>", content_type="text/html")
+        else:
+            route.abort()
+
+    page.route("**/*", serve)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(HIT_ORIGIN + "/hit.html")
+    page.wait_for_function("document.getElementById('crn-loading').textContent === ''", timeout=PHASE_TIMEOUT_MS)
+    page.click("#crowd-submit")  # too early: the page cancels the submission
+    assert "answer every pair first" in page.inner_text("#crn-prompt") and not submitted
+    page.check("#crn-consent")
+    page.click("#crn-start")
+
+    targets = {index: duration for index, duration, _, _ in decode_trials(row["trials"])}
+    assert sorted(set(targets.values())) == [125, 250]
+    shown = []
+    for i in range(len(targets)):
+        hit_phase(page, "answer", i)
+        assert page.get_attribute("#crn-left img", "src") == row["mask_url"]  # the mask replaced the pair
+        shown.append((float(page.get_attribute("#crn", "data-measured")), float(page.get_attribute("#crn", "data-frame"))))
+        if i == 3:
+            page.click("#crn-right")
+        else:
+            page.keyboard.press(["f", "ArrowRight", "j"][i])
+    hit_phase(page, "done")
+    in_page = json.loads(page.eval_on_selector("#crn-responses", "e => e.value"))
+    with page.expect_request(HIT_ORIGIN + "/submit"):
+        page.click("#crowd-submit")
+    page.wait_for_selector("#thanks", timeout=PHASE_TIMEOUT_MS)
+    assert not errors
+
+    assert len(submitted) == 1
+    answers = json.loads(parse_qs(submitted[0])["responses"][0])  # the field MTurk records as Answer.responses
+    assert answers == in_page
+    assert [a[0] for a in answers] == list(range(4)) and [a[1] for a in answers] == ["left", "right", "right", "right"]
+    for (index, _, measured, response), (page_measured, frame_ms) in zip(answers, shown):
+        # masked on the first frame at or after target - half a frame: within one measured frame of the target
+        assert 4.0 <= frame_ms <= 50.0, f"implausible frame interval {frame_ms} ms"
+        assert abs(measured - targets[index]) <= frame_ms + TIMESTAMP_SLACK_MS, (index, targets[index], measured, frame_ms)
+        assert abs(measured - page_measured) <= 0.1 and response > measured
+    assert [a[2] for a in answers if targets[a[0]] == 125], "no 125 ms trial measured"
+    records = import_results(study, [_results_csv(tmp_path / "results.csv", row, answers)])
+    assert len(records) == 4 and set(records.source) == {"mturk"} and records.measured_ms.notna().all()
+
+
+def _results_csv(path, row, answers):
+    """A minimal MTurk batch results CSV with this one assignment."""
+    fields = {"HITId": "H1", "WorkerId": "ABROWSER1", "AssignmentId": "X1", "AssignmentStatus": "Submitted",
+              **{f"Input.{k}": v for k, v in row.items()}, "Answer.responses": json.dumps(answers)}
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), quoting=csv.QUOTE_ALL)
+        writer.writeheader()
+        writer.writerow(fields)
+    return path

@@ -1,6 +1,6 @@
 """`crn-repro study ...` end to end on a tiny trained pipeline (paper Sec. 5.1): make a study, let
 simulated participants answer it through the web app and through the MTurk CSV path, analyse it,
-and see the human judgments in the report's Table 1 and Fig. 3."""
+and see their judgments in the report's Table 1 and Fig. 3, labelled as simulated, never as human."""
 
 import pandas as pd
 import pytest
@@ -62,11 +62,12 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     _run(params, "study", "simulate", study, "--participants", 3, "--via", "web", "--careless-fraction", 0)
     out = _run(params, "study", "analyze", study, "--mturk", study / "mturk" / "simulated_results.csv")
     assert f"evaluate.human_judgments={study}/analysis/judgments.csv" in out
+    assert "only simulated participants answered (48 answers of 8 simulated participants)" in out
     summary = pd.read_csv(study / "analysis" / "summary.csv")
     assert list(zip(summary["first"], summary["second"])) == [("crn", "image-space")]
     responses = pd.read_csv(study / "analysis" / "responses.csv")
-    assert set(responses.source) == {"web", "mturk"} and len(responses) == 8 * 6
-    web = responses[responses.source == "web"]
+    assert set(responses.source) == {"simulated-web", "simulated-mturk"} and len(responses) == 8 * 6
+    web = responses[responses.source == "simulated-web"]
     assert web.measured_ms.isna().all() and web.duration_ms.isna().all()
     exclusions = pd.read_csv(study / "analysis" / "exclusions.csv")
     excluded = int(exclusions.excluded.sum())
@@ -77,10 +78,11 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     _run(params, "evaluate")
     _run(params, "report")
     table = pd.read_csv(tmp_path / "reports" / "preference.csv")
-    assert table.source[0] == f"human judgments ({8 - excluded} participants, {excluded} excluded)"
+    assert table.source[0] == f"simulated participants ({8 - excluded}, {excluded} excluded), not human judgments"
     assert table.n[0] == 4 * (8 - excluded) and table.boot_workers_low[0] <= table.rate[0] <= table.boot_workers_high[0]
     report = (tmp_path / "reports" / "report.md").read_text()
-    assert f"Source: **human judgments ({8 - excluded} participants" in report
+    assert f"Source: **simulated participants ({8 - excluded}, {excluded} excluded), not human judgments**" in report
+    assert "> These are **simulated participants, not human judgments**" in report and "human judgments (" not in report
     assert "| baseline | preferred | 95% Wilson | 95% bootstrap, workers | 95% bootstrap, images | p | n |" in report
     assert "automatic proxy judgments" not in report
 
@@ -100,7 +102,7 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     people = set(pd.read_csv(study / "analysis" / "judgments.csv").participant) | set(
         pd.read_csv(timed / "analysis" / "judgments.csv").participant
     )  # distinct people over both studies (the simulated MTurk workers reuse their ids)
-    assert both.source[0] == f"human judgments ({len(people)} participants, {excluded} excluded)"
+    assert both.source[0] == f"simulated participants ({len(people)}, {excluded} excluded), not human judgments"
     curves = pd.read_csv(tmp_path / "reports" / "time_curves.csv")
     assert set(zip(curves["first"], curves["second"])) == {("real", "crn"), ("crn", "image-space")}
     assert set(curves.duration_ms) == {125, 1000} and curves.n.sum() == 4 * 8
@@ -110,3 +112,44 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     # a study holding answers is not rebuilt by accident
     result = runner.invoke(app, ["--params", str(params), "study", "make"])
     assert result.exit_code == 1 and "already holds responses; pass --force" in result.output
+
+
+def test_analyze_drops_simulated_answers_where_people_answered(tmp_path, tiny_raw):
+    """`study simulate --via web` stores its participants as simulated in the same database as the lab's;
+    once a person has answered, `study analyze` leaves the simulated ones out and says so in one line."""
+    import json
+    import urllib.request
+
+    from study_web import write_study
+
+    from crn_repro.study.server import make_server
+
+    study = write_study(tmp_path / "lab", design="unlimited", jobs=1, tests_per_job=3, sentinels_per_job=1)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_raw))
+    assert "marked simulated" in _run(params, "study", "simulate", study, "-n", 2, "--via", "web", "--careless-fraction", 0)
+    out = _run(params, "study", "analyze", study)
+    assert "only simulated participants answered (8 answers of 2 simulated participants)" in out
+    assert "4 answers from 2 simulated participants" not in out and "8 answers from 2 simulated participants" in out
+
+    def post(url, body):
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    manifest = json.loads((study / "manifest.json").read_text())
+    with make_server(study, port=0) as server:  # a person in the lab, who gets the sentinel right
+        joined = post(server.url + "/api/join", {"consent": True})
+        creds, state = {"participant": joined["participant"], "token": joined["token"]}, joined["state"]
+        for trial in manifest["jobs"][0]["trials"]:
+            side = trial["correct"] or "left"
+            state = post(server.url + "/api/answer", {**creds, "trial": trial["index"], "chosen_side": side,
+                                                      "measured_ms": None, "response_ms": 900.0})
+        assert state["status"] == "done"
+    out = _run(params, "study", "analyze", study)
+    dropped = [line for line in out.splitlines() if line.startswith("dropped ")]
+    assert dropped == ["dropped 8 answers of 2 simulated participants (`study simulate`): real participants answered, "
+                       "and only their answers are analysed"]
+    assert "4 answers from 1 participants; 0 excluded" in out
+    judgments = pd.read_csv(study / "analysis" / "judgments.csv")
+    assert set(judgments.source) == {"web"} and judgments.participant.str.startswith("web:p-").all()

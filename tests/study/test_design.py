@@ -96,6 +96,10 @@ def test_counts_per_cell_balance_and_rotate(total, cells):
         (lambda s: s.update(design="fast"), "study.design: 'fast' is not one of"),
         (lambda s: s.update(min_sentinel_accuracy=1.5), "study.min_sentinel_accuracy: must lie in [0, 1]"),
         (lambda s: s.pop("jobs"), "study.jobs: missing key"),
+        # the exclusion rule depends on sentinels: without them `study analyze` would exclude everyone
+        (lambda s: s["unlimited"].update(sentinels_per_job=0), "study.unlimited.sentinels_per_job: must be >= 1: "
+         "`study analyze` excludes participants by their sentinel answers"),
+        (lambda s: s["timed"].update(sentinels_per_job=0), "study.timed.sentinels_per_job: must be >= 1"),
     ],
 )
 def test_bad_study_params_name_the_key(tiny_raw, mutate, needle):

@@ -94,6 +94,32 @@ def test_responses_are_never_replaced_silently(params, tmp_path):
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_an_mturk_export_is_never_replaced_silently(params, tmp_path):
+    from crn_repro.study.mturk import export_mturk
+
+    make_study(params)
+    study = Path(params.study.dir)
+    export_mturk(study, study / "mturk", "https://example.org/demo")
+    with pytest.raises(CrnError) as error:
+        make_study(params)
+    assert "has an MTurk export (mturk/batch_input.csv)" in str(error.value) and "pass --force" in str(error.value)
+    assert "\n" not in str(error.value) and (study / "mturk" / "batch_input.csv").is_file()
+    make_study(params, force=True)
+    assert not (study / "mturk").exists()
+
+
+@pytest.mark.parametrize("dataset,scenes", [("synthetic", "street scenes"), ("cityscapes", "street scenes"),
+                                            ("nyu", "indoor rooms")])
+@pytest.mark.parametrize("design", ["unlimited", "timed"])
+def test_instructions_name_what_the_dataset_shows(params, dataset, scenes, design):
+    meta_path = Path(params.paths.prepared) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta, dataset=dataset)))
+    manifest = make_study(params, design=design)
+    assert f"pairs of {scenes}" in manifest["instructions_html"] and manifest["scenes"] == scenes
+    assert ("street" in manifest["instructions_html"]) == (scenes == "street scenes")
+
+
 def test_missing_scores_say_to_run_evaluate(params):
     shutil.rmtree(f"{params.paths.reports}/per_image")
     with pytest.raises(CrnError, match="run `crn-repro evaluate` first"):

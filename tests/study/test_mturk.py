@@ -15,6 +15,7 @@ from crn_repro.study.manifest import load_manifest
 from crn_repro.study.mturk import (
     HIT_VARIABLES,
     RESULT_COLUMNS_BEFORE_INPUT,
+    SIMULATED_KEYWORDS,
     decode_trials,
     encode_trials,
     export_mturk,
@@ -89,11 +90,33 @@ def test_import_gives_canonical_records(exported):
     per_job = {j["job"]: len(j["trials"]) for j in manifest["jobs"]}
     assert list(records.columns) == list(RESPONSE_COLUMNS)
     assert len(records) == 2 * per_job["job-000"] + 2 * per_job["job-001"] + per_job["job-002"]
-    assert set(records.source) == {"mturk"} and records.participant.nunique() == 5
+    assert set(records.source) == {"simulated-mturk"} and records.participant.nunique() == 5
     assert (records.measured_ms == records.duration_ms).all() and records.answered_utc.str.endswith("Z").all()
     first = records.iloc[0]
     trial = manifest["jobs"][0]["trials"][first.trial]
     assert (first.layout, first.left_model, first.kind) == (trial["layout"], trial["left"]["model"], trial["kind"])
+
+
+def _as_real_export(rows):
+    """The simulated rows with the marks a real MTurk export never has replaced by real-looking values."""
+    for i, row in enumerate(rows):
+        row.update(Keywords="image, realism, comparison", WorkerId=f"A1B2C3D4E5F6G{i}")
+    return rows
+
+
+def test_simulated_results_are_marked_and_real_ones_import_as_mturk(exported, tmp_path):
+    study, _, results = exported
+    rows = _rows(results)
+    assert {r["Keywords"] for r in rows} == {SIMULATED_KEYWORDS} and all(r["WorkerId"].startswith("SIM-") for r in rows)
+    real = import_results(study, [_write(tmp_path / "real.csv", _as_real_export(_rows(results)))])
+    assert set(real.source) == {"mturk"} and real.participant.nunique() == 5
+    for keep, erase in (("Keywords", "WorkerId"), ("WorkerId", "Keywords")):  # either mark alone says simulated
+        rows = _rows(results)
+        for row, real_row in zip(rows, _as_real_export(_rows(results))):
+            row[erase] = real_row[erase]
+        assert set(import_results(study, [_write(tmp_path / f"{keep}.csv", rows)]).source) == {"simulated-mturk"}
+    mixed = import_results(study, [results, tmp_path / "real.csv"])
+    assert mixed.groupby("source").participant.nunique().to_dict() == {"mturk": 5, "simulated-mturk": 5}
 
 
 def test_rejected_assignments_are_skipped_and_crowd_form_answers_read(exported, tmp_path):
@@ -137,48 +160,14 @@ def test_simulation_needs_an_export(exported, tmp_path):
         simulate_results(exported[0], tmp_path / "nothing.csv", tmp_path / "out.csv", participants=1)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
 
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the Debian package chromium")
-def test_hit_page_runs_a_timed_job_in_a_browser(tmp_path, tiny_raw, prepared_tiny):
-    """The exported HIT, with MTurk's substitution done by hand, in headless Chromium: every pair is
-    answered by key, the hidden `responses` field fills, and the measured durations are near target."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    tiny_raw["study"]["timed"].update(sentinel_duration_ms=250)
+def test_an_nyu_study_speaks_of_indoor_rooms_on_mturk(tmp_path, tiny_raw, prepared_tiny):
     params = fake_pipeline(tmp_path / "run", tiny_raw, prepared_tiny[1].paths.prepared)
+    meta_path = Path(params.paths.prepared) / "meta.json"
+    meta_path.write_text(json.dumps(dict(json.loads(meta_path.read_text()), dataset="nyu")))
     make_study(params, design="timed")
-    study = Path(params.study.dir)
-    paths = export_mturk(study, tmp_path / "mturk", "https://example.org/s")
-    row = _rows(paths["batch_input"])[0]
-    row.update(image_base_url=(study / "images").as_uri() + "/", mask_url=(study / "images/mask.png").as_uri())
+    paths = export_mturk(params.study.dir, tmp_path / "mturk", "https://example.org/s")
     html = paths["hit"].read_text()
-    for key, value in row.items():
-        html = html.replace("${" + key + "}", value)
-    page_path = tmp_path / "hit.html"
-    page_path.write_text("<!doctype html><html><body>" + html + "</body></html>")
-    targets = {index: duration for index, duration, _, _ in decode_trials(row["trials"])}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(page_path.as_uri())
-        page.wait_for_function("document.getElementById('crn-loading').textContent === ''", timeout=20000)
-        page.check("#crn-consent")
-        page.click("#crn-start")
-        for i in range(len(targets)):
-            page.wait_for_function("document.getElementById('crn-prompt').textContent.indexOf('Which') === 0", timeout=20000)
-            page.keyboard.press("f" if i % 2 else "j")
-            page.wait_for_function(f"JSON.parse(document.getElementById('crn-responses').value).length === {i + 1}")
-        answers = json.loads(page.eval_on_selector("#crn-responses", "e => e.value"))
-        browser.close()
-    assert not errors
-    assert [a[0] for a in answers] == list(range(len(targets))) and [a[1] for a in answers][:2] == ["right", "left"]
-    for index, _, measured, response in answers:
-        assert abs(measured - targets[index]) <= 17 + 1e-6  # within one 60 Hz frame of the target
-        assert response >= measured
-    records = import_results(study, [_write(tmp_path / "browser.csv", [{
-        "HITId": "H1", "WorkerId": "ABROWSER", "AssignmentId": "X1", "AssignmentStatus": "Submitted",
-        "Input.job": row["job"], "Input.trials": row["trials"], "Answer.responses": json.dumps(answers)}])])
-    assert len(records) == len(targets) and records.measured_ms.notna().all()
+    assert "pairs of indoor rooms" in html and "street" not in html
+    results = simulate_results(params.study.dir, paths["batch_input"], tmp_path / "results.csv", participants=1)
+    assert "street" not in results.read_text() and "indoor rooms" in _rows(results)[0]["Description"]

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -145,7 +146,7 @@ def test_unlimited_trials_take_no_measured_time(unlimited_study):
 
 
 def test_simulated_participants_over_http(timed_study, tmp_path):
-    with make_server(timed_study, port=0) as server:
+    with make_server(timed_study, port=0, simulated=True) as server:
         ids = simulate_web_participants(server.url, lambda i: HigherScore(), 3, timed_study)
         other = write_study(tmp_path / "other", design="unlimited")
         with pytest.raises(CrnError, match="different study"):
@@ -154,12 +155,40 @@ def test_simulated_participants_over_http(timed_study, tmp_path):
         simulate_web_participants(server.url, lambda i: HigherScore(), 1, timed_study)  # stopped
     df = read_responses(timed_study)
     assert sorted(df.participant.unique()) == sorted(ids) and len(df) == 18
+    assert set(df.source) == {"simulated-web"} and all(i.startswith("sim-") for i in ids)  # never stored as people
     assert (df.chosen_model == "real").sum() == (df.left_model.eq("real") | df.right_model.eq("real")).sum()
     assert (df.measured_ms == df.duration_ms).all() and (df.response_ms == df.duration_ms + 800.0).all()
     sentinels = df[df.kind == "sentinel"]
     manifest = load_manifest(timed_study)
     correct = {(j["job"], t["index"]): t["correct"] for j in manifest["jobs"] for t in j["trials"]}
     assert len(sentinels) == 3 and all(correct[(r.job, r.trial)] == r.chosen_side for r in sentinels.itertuples())
+
+
+def test_simulated_participants_never_pass_as_people(timed_study):
+    """Only a server made with simulated=True records simulated participants; no request can ask for it,
+    and simulated participants refuse to answer a server that would store them as people."""
+    with make_server(timed_study, port=0) as lab:
+        assert api(lab, "GET", "/api/study")[1]["simulated"] is False
+        with pytest.raises(CrnError, match="records its participants as people"):
+            simulate_web_participants(lab.url, lambda i: HigherScore(), 1, timed_study)
+        refused(lab, "POST", "/api/join", {"consent": True, "simulated": True}, status=400)
+        person, state = join(lab)
+        assert person["participant"].startswith("p-")
+        assert api(lab, "POST", "/api/answer", answer(person, state))[0] == 200
+    with make_server(timed_study, port=0, simulated=True) as sim:
+        assert api(sim, "GET", "/api/study")[1]["simulated"] is True
+        ids = simulate_web_participants(sim.url, lambda i: HigherScore(), 1, timed_study)
+        joined, joined_state = join(sim)  # e.g. a browser on a simulated server
+        assert joined["participant"].startswith("sim-")
+    with make_server(timed_study, port=0) as lab:  # a simulated participant stays simulated on a lab server
+        assert api(lab, "POST", "/api/answer", answer(joined, joined_state))[0] == 200
+    df = read_responses(timed_study)
+    sources = df.groupby("participant").source.first()
+    assert sources[person["participant"]] == "web"
+    assert sources[ids[0]] == sources[joined["participant"]] == "simulated-web"
+    with sqlite3.connect(timed_study / "responses.sqlite") as con:
+        assert dict(con.execute("SELECT participant, simulated FROM participants")) == {
+            person["participant"]: 0, ids[0]: 1, joined["participant"]: 1}
 
 
 def test_forged_or_foreign_credentials_are_refused(server):

@@ -135,3 +135,34 @@ def test_a_changed_manifest_is_refused(timed_study):
         open_store(timed_study)
     with pytest.raises(CrnError, match="different manifest.json"):
         read_responses(timed_study)
+
+
+def test_simulated_store_marks_its_participants(timed_study):
+    sim = ResponseStore(timed_study, load_manifest(timed_study), simulated=True)
+    bot, token, _ = sim.join()
+    sim.record(bot, 0, "left", 125.0, 900.0, 16.7)
+    sim.close()
+    store = open_store(timed_study)
+    person, _, _ = store.join()
+    store.record(person, 0, "right", 125.0, 900.0, 16.7)
+    assert store.authenticate(bot, token) is not None  # the same database, whichever store opened it
+    store.close()
+    df = read_responses(timed_study).set_index("participant")
+    assert bot.startswith("sim-") and person.startswith("p-")
+    assert (df.loc[bot, "source"], df.loc[person, "source"]) == ("simulated-web", "web")
+
+
+def test_a_database_from_before_simulated_participants_reads_and_upgrades(timed_study):
+    """Its participants were all people: read as "web"; opening it for serving adds the column."""
+    store = open_store(timed_study)
+    person, _, _ = store.join()
+    store.record(person, 0, "left", 125.0, 900.0, 16.7)
+    store.close()
+    with sqlite3.connect(timed_study / store_module.DB_NAME) as con:  # back to the old schema
+        con.execute("ALTER TABLE participants DROP COLUMN simulated")
+    assert read_responses(timed_study).source.tolist() == ["web"]
+    sim = ResponseStore(timed_study, load_manifest(timed_study), simulated=True)
+    bot, _, _ = sim.join()
+    sim.record(bot, 0, "left", 125.0, 900.0, 16.7)
+    sim.close()
+    assert read_responses(timed_study).set_index("participant").source.to_dict() == {person: "web", bot: "simulated-web"}
