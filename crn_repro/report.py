@@ -95,10 +95,13 @@ def metric_chart(table: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def time_curve_figure(curves: pd.DataFrame) -> Figure:
+def time_curve_figure(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Paper Fig. 3: preference rate against exposure time (log scale), one line per pair type,
-    with 95% Wilson intervals; ``curves`` as written by ``evaluate.time_curves``."""
+    with 95% Wilson intervals; ``curves`` as written by ``evaluate.time_curves``; ``title`` says
+    whose judgments they are."""
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    if title:
+        ax.set_title(title, fontsize=8)
     for (first, second), g in curves.groupby(["first", "second"]):
         g = g.sort_values("duration_ms")
         ax.errorbar(
@@ -441,7 +444,7 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
     if (human or simulated) and curves_path.is_file():
         curves = pd.read_csv(curves_path)
         if len(curves):
-            _save(time_curve_figure(curves), figures / "time_curves.png")
+            _save(time_curve_figure(curves, source), figures / "time_curves.png")
             lines += [
                 "",
                 "### Time-limited judgments (paper Fig. 3)",
