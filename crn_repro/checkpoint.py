@@ -66,6 +66,24 @@ def atomic_replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def read_table(path: Path, required: tuple[str, ...] = (), missing: str = "not found", fix: str = "", **read_csv_kwargs):
+    """A CSV as a pandas DataFrame, with one-line errors that name the file: missing (``missing``
+    says what to do), unreadable, or lacking one of the ``required`` columns (``fix`` says what to do)."""
+    import pandas as pd
+
+    path = Path(path)
+    then = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise CrnError(f"{path}: {missing}")
+    try:
+        table = pd.read_csv(path, **read_csv_kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise CrnError(f"{path}: not a readable CSV ({one_line(error)}){then}") from None
+    if not set(required) <= set(table.columns):
+        raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}{then}")
+    return table
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers, so state_dict keys carry no prefixes."""
     while True:

@@ -27,9 +27,9 @@ from rich.progress import Progress
 
 from crn_repro import metrics as M
 from crn_repro import stats
-from crn_repro.checkpoint import atomic_write_json, atomic_write_text
+from crn_repro.checkpoint import atomic_write_json, atomic_write_text, read_table
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
-from crn_repro.errors import CrnError, one_line
+from crn_repro.errors import CrnError
 from crn_repro.params import EvaluateParams, Params
 from crn_repro.segmentation import confusion_matrix, load_segmenter, predict, segmentation_scores
 from crn_repro.synthesize import output_names
@@ -355,15 +355,10 @@ def read_judgments(paths: list[Path]) -> pd.DataFrame:
     participants (source "simulated-...") are dropped where real ones exist."""
     frames = []
     for path in paths:
-        if not path.is_file():
-            raise CrnError(f"{path}: evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null")
-        try:
-            judgments = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise CrnError(f"{path}: not a readable CSV ({one_line(error)})") from None
-        required = {"model_a", "model_b", "winner"}
-        if not required <= set(judgments.columns):
-            raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}")
+        judgments = read_table(
+            path, ("model_a", "model_b", "winner"),
+            missing="evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null",
+        )
         frames.append(judgments)
     judgments = pd.concat(frames, ignore_index=True)
     if "source" in judgments.columns:  # `crn-repro study analyze`'s: simulated participants never pass as people

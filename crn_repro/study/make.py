@@ -29,14 +29,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from crn_repro.checkpoint import atomic_replace_dir, atomic_write_json
+from crn_repro.checkpoint import atomic_replace_dir, atomic_write_json, read_table
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
-from crn_repro.errors import CrnError, one_line
+from crn_repro.errors import CrnError
 from crn_repro.params import Params
 from crn_repro.study.design import Design, build_jobs, study_design
 from crn_repro.study.manifest import FORMAT, MANIFEST, validate_manifest
@@ -113,14 +112,10 @@ def mask_image(size_wh: tuple[int, int], seed: int) -> np.ndarray:
 def read_scores(reports: Path, model: str, names: list[str]) -> dict[str, float]:
     """Per-layout realism score of a model's first output, from ``reports/per_image/<model>.csv``."""
     path = Path(reports) / "per_image" / f"{model}.csv"
-    if not path.is_file():
-        raise CrnError(f"{path}: missing; the study's realism scores come from the evaluate stage: run `crn-repro evaluate` first")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise CrnError(f"{path}: not a readable CSV ({one_line(error)}); run `crn-repro evaluate` again") from None
-    if not {"image", "realism_score"} <= set(table.columns):
-        raise CrnError(f"{path}: needs columns image, realism_score; run `crn-repro evaluate` again")
+    table = read_table(
+        path, ("image", "realism_score"), fix="run `crn-repro evaluate` again",
+        missing="missing; the study's realism scores come from the evaluate stage: run `crn-repro evaluate` first",
+    )
     scores = dict(zip(table["image"].astype(str), table["realism_score"].astype(float)))
     missing = [name for name in names if name not in scores]
     if missing:

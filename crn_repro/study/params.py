@@ -35,12 +35,17 @@ class UnlimitedDesignParams:
         for name in self.models or ():
             if name not in GENERATORS:
                 yield "models", f"unknown model {name!r} (valid: {', '.join(GENERATORS)})"
-        if self.test_pairs_per_job < 1:
-            yield "test_pairs_per_job", "must be >= 1"
-        if self.sentinels_per_job < 1:
-            yield "sentinels_per_job", SENTINELS_NEEDED
-        if self.sentinel_model not in GENERATORS:
-            yield "sentinel_model", f"unknown model {self.sentinel_model!r} (valid: {', '.join(GENERATORS)})"
+        yield from _pairs_and_sentinels(self)
+
+
+def _pairs_and_sentinels(design):
+    """The checks both designs share: test pairs and sentinels per job, and the sentinel model."""
+    if design.test_pairs_per_job < 1:
+        yield "test_pairs_per_job", "must be >= 1"
+    if design.sentinels_per_job < 1:
+        yield "sentinels_per_job", SENTINELS_NEEDED
+    if design.sentinel_model not in GENERATORS:
+        yield "sentinel_model", f"unknown model {design.sentinel_model!r} (valid: {', '.join(GENERATORS)})"
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,7 @@ class TimedDesignParams:
                 yield "pairs", f"a pair needs two different models, got {a!r} twice"
         if len({frozenset(p) for p in self.pairs}) != len(self.pairs):
             yield "pairs", "lists a pair type twice"
-        if self.test_pairs_per_job < 1:
-            yield "test_pairs_per_job", "must be >= 1"
-        if self.sentinels_per_job < 1:
-            yield "sentinels_per_job", SENTINELS_NEEDED
-        if self.sentinel_model not in GENERATORS:
-            yield "sentinel_model", f"unknown model {self.sentinel_model!r} (valid: {', '.join(GENERATORS)})"
+        yield from _pairs_and_sentinels(self)
         if self.sentinel_duration_ms <= 0:
             yield "sentinel_duration_ms", "must be > 0"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from crn_repro.checkpoint import atomic_write_text
-from crn_repro.errors import CrnError, one_line
+from crn_repro.checkpoint import atomic_write_text, read_table
+from crn_repro.errors import CrnError
 
 RESPONSE_COLUMNS: tuple[str, ...] = (
     "source",  # "web" | "mturk" (people) | "simulated-web" | "simulated-mturk" (observer models)
@@ -74,13 +74,7 @@ def check_responses(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def read_responses_csv(path: Path) -> pd.DataFrame:
     """Canonical records from a CSV (e.g. ``<study>/analysis/responses.csv``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrnError(f"{path}: responses file not found")
-    try:
-        df = pd.read_csv(path, dtype={"participant": str, "job": str, "layout": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise CrnError(f"{path}: not a readable CSV ({one_line(error)})") from None
+    df = read_table(path, missing="responses file not found", dtype={"participant": str, "job": str, "layout": str})
     return check_responses(df, str(path))
 
 
