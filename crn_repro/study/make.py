@@ -49,18 +49,20 @@ MASK_BLOCK_PX = 10
 # what the study's images show, by the prepared dataset (meta.json "dataset"); others: "images"
 SCENES = {"synthetic": "street scenes", "cityscapes": "street scenes", "nyu": "indoor rooms"}
 EXPORT = Path("mturk") / "batch_input.csv"  # where the README puts `study export-mturk`'s output
-INSTRUCTIONS = {  # str.format templates: {scenes}
+INSTRUCTIONS = {  # str.format templates: {scenes}; timed also {shortest}, {longest} (seconds)
     "unlimited": (
         "<p>You will see pairs of {scenes}. Each time, choose the image that looks <b>more realistic</b>, "
         "that is, more like a real photograph. Take as long as you need.</p>"
-        "<p>Answer with the <b>F</b> key (left image) or the <b>J</b> key (right image), or click an image.</p>"
+        "<p>Answer with the <b>F</b> or <b>&larr;</b> key (left image) or the <b>J</b> or <b>&rarr;</b> key "
+        "(right image), or click an image.</p>"
         "<p>Some pairs check attention; please look at every pair carefully.</p>"
     ),
     "timed": (
-        "<p>You will see pairs of {scenes} for a short time, from 1/8 of a second to 8 seconds; then a "
+        "<p>You will see pairs of {scenes} for a short time, from {shortest} to {longest} seconds; then a "
         "pattern replaces them. Choose the image that looked <b>more realistic</b>, that is, more like a real "
         "photograph. If unsure, make your best guess.</p>"
-        "<p>Answer with the <b>F</b> key (left image) or the <b>J</b> key (right image), or click a side.</p>"
+        "<p>Answer with the <b>F</b> or <b>&larr;</b> key (left image) or the <b>J</b> or <b>&rarr;</b> key "
+        "(right image), or click a side.</p>"
         "<p>Some pairs check attention; please keep your eyes on the screen.</p>"
     ),
 }
@@ -209,7 +211,9 @@ def make_study(
         "created_utc": _created_utc(),
         "image_size_wh": list(size),
         "question": QUESTION,
-        "instructions_html": INSTRUCTIONS[design_name].format(scenes=scenes),
+        "instructions_html": INSTRUCTIONS[design_name].format(
+            scenes=scenes, shortest=f"{min(sp.timed.durations_ms) / 1000:g}", longest=f"{max(sp.timed.durations_ms) / 1000:g}"
+        ),
         "scenes": scenes,
         "mask": mask,
         "sentinel_rule": _sentinel_rule(plan),

@@ -118,6 +118,9 @@ def test_instructions_name_what_the_dataset_shows(params, dataset, scenes, desig
     manifest = make_study(params, design=design)
     assert f"pairs of {scenes}" in manifest["instructions_html"] and manifest["scenes"] == scenes
     assert ("street" in manifest["instructions_html"]) == (scenes == "street scenes")
+    if design == "timed":  # the exposure range the participant is told is the design's own
+        durations = params.study.timed.durations_ms
+        assert f"from {min(durations) / 1000:g} to {max(durations) / 1000:g} seconds" in manifest["instructions_html"]
 
 
 def test_missing_scores_say_to_run_evaluate(params):
