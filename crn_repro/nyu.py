@@ -43,6 +43,7 @@ import scipy.io
 from PIL import Image
 
 from crn_repro.errors import CrnError, check_choice, one_line
+from crn_repro.labels import LabelSpace
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -226,12 +227,9 @@ class NyuLabelSet:
     lut: np.ndarray
 
     @property
-    def num_channels(self) -> int:
-        return len(self.channel_names)
-
-    @property
-    def void_channel(self) -> int:
-        return len(self.channel_names) - 1
+    def label_space(self) -> LabelSpace:
+        """The layout channels this set makes (names, colours, c, void), as the prepared cache records them."""
+        return LabelSpace(self.channel_names, tuple(tuple(int(v) for v in c) for c in self.colors))
 
     def to_channels(self, raw: np.ndarray) -> np.ndarray:
         """Raw labels -> uint8 layout channels; ids outside the table raise a one-line ValueError listing them."""
@@ -392,7 +390,7 @@ def load_frame(
     except ValueError as error:
         raise CrnError(f"{nyu.path}: frame {frame_name(i)}: {error}") from None
     h, w = size_hw
-    image, channels = fit_to_aspect(image, channels, fit, label_set.void_channel, aspect_hw=(h, w))
+    image, channels = fit_to_aspect(image, channels, fit, label_set.label_space.void_channel, aspect_hw=(h, w))
     if channels.shape != (h, w):
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
         channels = np.asarray(Image.fromarray(channels).resize((w, h), Image.NEAREST))

@@ -69,20 +69,20 @@ def _nyu_source(params: Params, stack: contextlib.ExitStack, progress: Progress)
     indices = {split: nyu.split_indices(frames.num_frames, split, cfg.num_train) for split in SPLITS}
     if cfg.class_mapping:
         label_set = nyu.label_set_from_mapping(Path(cfg.class_mapping), frames.raw_class_names)
-        if len(label_set.channel_names) - 1 != cfg.num_classes:
+        found = label_set.label_space.num_classes - 1
+        if found != cfg.num_classes:
             raise CrnError(
-                f"{cfg.class_mapping}: maps to {len(label_set.channel_names) - 1} classes, but nyu.num_classes is "
-                f"{cfg.num_classes}; set nyu.num_classes to {len(label_set.channel_names) - 1}"
+                f"{cfg.class_mapping}: maps to {found} classes, but nyu.num_classes is "
+                f"{cfg.num_classes}; set nyu.num_classes to {found}"
             )
     else:
         task = progress.add_task("count NYU classes (train split)", total=len(indices["train"]))
         label_set = nyu.label_set_most_frequent(
             frames, indices["train"], cfg.num_classes, progress=lambda n=1: progress.advance(task, n)
         )
-    space = LabelSpace(tuple(label_set.channel_names), tuple(tuple(int(v) for v in c) for c in label_set.colors))
     size = tuple(params.data.image_size_hw)
     return Source(
-        space,
+        label_set.label_space,
         {split: [nyu.frame_name(i) for i in indices[split]] for split in SPLITS},
         {
             split: (lambda j, idx=indices[split]: nyu.load_frame(frames, idx[j], label_set, size, cfg.fit))

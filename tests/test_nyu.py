@@ -118,7 +118,7 @@ def test_mapping_sends_every_raw_id_where_mapclass_says(tmp_path, version):
     path = tmp_path / "classMapping40.mat"
     write_class_mapping(path, map_class, names40, version=version, all_class_names=raw)
     labels = label_set_from_mapping(path, raw)
-    assert labels.channel_names == (*names40, "void") and labels.num_channels == 41 and labels.void_channel == 40
+    assert labels.channel_names == (*names40, "void") and labels.label_space.num_classes == 41 and labels.label_space.void_channel == 40
     every_id = np.arange(895).reshape(5, 179)
     channels = labels.to_channels(every_id).ravel()
     assert channels.dtype == np.uint8 and channels[0] == 40
@@ -248,7 +248,7 @@ def test_load_frame_fits_then_resizes_bicubic_and_nearest(mini, tmp_path):
     np.testing.assert_array_equal(out, channels[8:40])
     # pad to 48x96, then down to 16x32
     image, out = load_frame(nyu, 2, labels, (16, 32), "pad")
-    padded_image, padded = fit_to_aspect(data["images"][2], channels, "pad", labels.void_channel)
+    padded_image, padded = fit_to_aspect(data["images"][2], channels, "pad", labels.label_space.void_channel)
     assert image.shape == (16, 32, 3) and image.dtype == np.uint8 and out.shape == (16, 32) and out.dtype == np.uint8
     np.testing.assert_array_equal(image, np.asarray(Image.fromarray(padded_image).resize((32, 16), Image.BICUBIC)))
     np.testing.assert_array_equal(out, np.asarray(Image.fromarray(padded).resize((32, 16), Image.NEAREST)))
@@ -348,7 +348,7 @@ def test_end_to_end_split_to_layout(tmp_path):
         label_set = label_set_most_frequent(nyu, split_indices(10, "train", 8), 6)
         val = [load_frame(nyu, i, label_set, (16, 32), "crop") for i in split_indices(10, "val", 8)]
     images = np.stack([image for image, _ in val])
-    layout = channels_to_layout(np.stack([channels for _, channels in val]), label_set.num_channels)
+    layout = channels_to_layout(np.stack([channels for _, channels in val]), label_set.label_space.num_classes)
     assert images.shape == (2, 16, 32, 3) and layout.shape == (2, 7, 16, 32)
     assert (layout.sum(1) == 1).all() and layout[:, -1].sum() > 0  # unlabeled and rarer classes are void
 
