@@ -9,8 +9,8 @@ images are the reference of that score, which does not rank them among themselve
 
 The folder is built next to its destination and renamed into place, byte-identical for a seed
 (except ``created_utc``, which honours SOURCE_DATE_EPOCH). A study that already holds responses, or
-an MTurk export (``mturk/batch_input.csv``, whose HITs name this build's images), is never replaced
-unless forced.
+an MTurk export (whose HITs name this build's images; `study export-mturk` logs every export, wherever
+its output goes, in ``mturk/exports.json``), is never replaced unless forced.
 
 The instructions name what the pairs show, from the prepared data's ``meta.json`` dataset
 (``SCENES``: street scenes for Cityscapes and the synthetic street-like demo, indoor rooms for NYU);
@@ -39,6 +39,7 @@ from crn_repro.errors import CrnError
 from crn_repro.params import Params
 from crn_repro.study.design import Design, build_jobs, study_design
 from crn_repro.study.manifest import FORMAT, MANIFEST, validate_manifest
+from crn_repro.study.mturk import mturk_exports
 from crn_repro.study.params import REAL
 from crn_repro.synthesize import output_names
 
@@ -48,7 +49,6 @@ MASK_BLOCK_PX = 10
 
 # what the study's images show, by the prepared dataset (meta.json "dataset"); others: "images"
 SCENES = {"synthetic": "street scenes", "cityscapes": "street scenes", "nyu": "indoor rooms"}
-EXPORT = Path("mturk") / "batch_input.csv"  # where the README puts `study export-mturk`'s output
 INSTRUCTIONS = {  # str.format templates: {scenes}; timed also {shortest}, {longest} (seconds)
     "unlimited": (
         "<p>You will see pairs of {scenes}. Each time, choose the image that looks <b>more realistic</b>, "
@@ -72,11 +72,6 @@ def has_responses(study_dir: Path) -> bool:
     """Whether a study folder holds collected answers (web database or analysed imports)."""
     study_dir = Path(study_dir)
     return (study_dir / "responses.sqlite").exists() or (study_dir / "analysis" / "responses.csv").exists()
-
-
-def has_mturk_export(study_dir: Path) -> bool:
-    """Whether a study folder holds an MTurk export (published HITs name this build's trials and images)."""
-    return (Path(study_dir) / EXPORT).exists()
 
 
 def scenes_of(prepared: Path) -> str:
@@ -146,8 +141,9 @@ def make_study(
             raise CrnError(f"{out}: exists and is not a study folder; choose another study.dir or --out")
         if has_responses(out) and not force:
             raise CrnError(f"{out}: the study already holds responses; pass --force to replace it (they are lost) or use another --out")
-        if has_mturk_export(out) and not force:
-            raise CrnError(f"{out}: the study has an MTurk export ({EXPORT.as_posix()}) whose HITs name its images; "
+        exports = mturk_exports(out) if not force else []
+        if exports:
+            raise CrnError(f"{out}: the study has an MTurk export ({', '.join(exports)}) whose HITs name its images; "
                            "pass --force to replace it (a published batch would then no longer match) or use another --out")
     plan = study_design(sp, design_name, params.models)
     scenes = scenes_of(Path(params.paths.prepared))

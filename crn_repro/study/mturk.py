@@ -13,6 +13,9 @@ and lose the job's sentinel check; one variable per trial would need hundreds of
   timestamps; it submits one hidden field ``responses``: a JSON list of ``[trial index,
   "left"|"right", measured_ms, response_ms]``) and ``batch_input.csv`` (header = the template's
   variables, one row per job).
+  Every export is logged in the study's ``mturk/exports.json`` (outside the evaluate stage's
+  dependencies, like all of ``mturk/``), so `study make` refuses to replace a study whose HITs may be
+  published, wherever the export was written.
 - ``import_results`` reads MTurk batch results CSVs (HITId, WorkerId, AssignmentId, AssignmentStatus,
   ..., Input.<var>, Answer.<field>, Approve, Reject) into canonical records (source "mturk");
   rejected assignments are skipped. ``Answer.responses`` is read, or the crowd-form JSON in
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crn_repro.checkpoint import atomic_write_text
+from crn_repro.checkpoint import atomic_write_json, atomic_write_text
 from crn_repro.errors import CrnError
 from crn_repro.study.manifest import load_manifest, trials_by_key
 from crn_repro.study.observer import observer_factory
@@ -54,6 +57,8 @@ RESULT_COLUMNS_BEFORE_INPUT = (
 )
 SIMULATED_KEYWORDS = "crn-repro-simulated"  # the Keywords of a simulated results CSV's HITs
 SIMULATED_WORKER_PREFIX = "SIM-"  # never in a real WorkerId (upper-case letters and digits)
+EXPORT = Path("mturk") / "batch_input.csv"  # where the README puts `study export-mturk`'s output
+EXPORT_LOG = Path("mturk") / "exports.json"  # every export of the study: where, when, for which base URL
 _TZ_HOURS = {"UTC": 0, "GMT": 0, "PST": -8, "PDT": -7}
 _MTURK_TIME = "%a %b %d %H:%M:%S %Y"
 
@@ -95,6 +100,30 @@ def hit_html(manifest: dict) -> str:
     )
 
 
+def mturk_exports(study_dir: Path) -> list[str]:
+    """Where this study's MTurk exports went (published HITs name its trials and images): the logged
+    destinations, and ``mturk/`` for an export there from before the log existed."""
+    study_dir = Path(study_dir)
+    places = [str(entry.get("batch_input", "?")) for entry in read_export_log(study_dir)]
+    if (study_dir / EXPORT).exists() and not places:
+        places.append(EXPORT.as_posix())
+    return places
+
+
+def read_export_log(study_dir: Path) -> list[dict]:
+    """The entries of ``mturk/exports.json`` (none if absent); a damaged log is an error, not silence."""
+    path = Path(study_dir) / EXPORT_LOG
+    if not path.exists():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CrnError(f"{path}: unreadable export log ({error}); restore it, or delete it if no batch was published") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise CrnError(f"{path}: expected a list of exports; restore it, or delete it if no batch was published")
+    return entries
+
+
 def export_mturk(study_dir: Path, out_dir: Path, base_url: str) -> dict[str, Path]:
     """Write ``hit.html`` and ``batch_input.csv`` into ``out_dir``; images are expected at
     ``<base_url>/images/``. Returns the written paths."""
@@ -109,8 +138,12 @@ def export_mturk(study_dir: Path, out_dir: Path, base_url: str) -> dict[str, Pat
     ]
     out_dir = Path(out_dir)
     paths = {"hit": out_dir / "hit.html", "batch_input": out_dir / "batch_input.csv"}
+    log = read_export_log(study_dir)  # read first: a damaged log stops the export before anything is written
     atomic_write_text(paths["hit"], hit_html(manifest))
     atomic_write_text(paths["batch_input"], _csv_text(list(HIT_VARIABLES), rows))
+    log.append({"batch_input": str(paths["batch_input"].resolve()), "base_url": base, "study_id": manifest["study_id"],
+                "utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")})
+    atomic_write_json(Path(study_dir) / EXPORT_LOG, log)
     return paths
 
 

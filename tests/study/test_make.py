@@ -102,10 +102,31 @@ def test_an_mturk_export_is_never_replaced_silently(params, tmp_path):
     export_mturk(study, study / "mturk", "https://example.org/demo")
     with pytest.raises(CrnError) as error:
         make_study(params)
-    assert "has an MTurk export (mturk/batch_input.csv)" in str(error.value) and "pass --force" in str(error.value)
+    assert f"has an MTurk export ({(study / 'mturk' / 'batch_input.csv').resolve()})" in str(error.value)
+    assert "pass --force" in str(error.value)
     assert "\n" not in str(error.value) and (study / "mturk" / "batch_input.csv").is_file()
     make_study(params, force=True)
     assert not (study / "mturk").exists()
+
+
+def test_an_mturk_export_elsewhere_is_logged_and_guards_the_study(params, tmp_path):
+    from crn_repro.study.mturk import export_mturk, mturk_exports
+
+    make_study(params)
+    study = Path(params.study.dir)
+    paths = export_mturk(study, tmp_path / "published", "https://example.org/demo")
+    assert mturk_exports(study) == [str(paths["batch_input"].resolve())]
+    manifest_before = (study / "manifest.json").read_bytes()
+    with pytest.raises(CrnError, match=r"has an MTurk export \(.*published/batch_input.csv\)"):
+        make_study(params)
+    assert (study / "manifest.json").read_bytes() == manifest_before
+
+    (study / "mturk" / "exports.json").write_text("{not json")
+    with pytest.raises(CrnError, match=r"exports.json: unreadable export log"):
+        make_study(params)
+    with pytest.raises(CrnError, match=r"exports.json: unreadable export log"):
+        export_mturk(study, tmp_path / "again", "https://example.org/demo")
+    assert not (tmp_path / "again").exists()
 
 
 @pytest.mark.parametrize("dataset,scenes", [("synthetic", "street scenes"), ("cityscapes", "street scenes"),
