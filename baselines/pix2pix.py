@@ -12,9 +12,17 @@ simply reach a 1x2 bottleneck instead of 1x1; the public release trained pix2pix
 256x256 (crn-facts §5). Smaller demo images use fewer downs (at least 5, the U-Net's fixed outer
 four levels plus the innermost one): 32x64 with ``num_downs`` 5 also reaches 1x2.
 
-Input. ``input: color`` feeds the official Cityscapes colour label map (void black), the
-release's Cityscapes setup, so the networks read 3 channels; ``input: layout`` feeds the one-hot
-layout L itself. Both are computed inside the networks from L and scaled to [-1, 1].
+Input. ``input: color`` is the public release's Cityscapes setup: the networks read 3 channels,
+the official colour label map (``gtFine_color``) as input A. Where the prepared data keeps the
+official labelIds (Cityscapes with ``cityscapes.keep_label_ids``), the data path colours them
+through the official 34-id table and the networks read exactly the gtFine_color image, resized
+nearest: void classes keep their own colours (dynamic, ground, parking, rail track, guard rail,
+bridge, tunnel, caravan, trailer; unlabeled, ego vehicle, static, ... black). On Cityscapes without
+kept ids that is an error (set the param, rerun prepare). Where no ids exist (the synthetic city,
+NYU), ``color`` falls back to the dataset palette over the layout channels (void black), computed
+inside the networks from L, and training says so in one line. The model file's kwargs record the
+source (``color_source``: ``label_ids`` or ``channels``), and synthesis reads the same.
+``input: layout`` feeds the one-hot layout L itself. Every input is scaled to [-1, 1].
 
 Test-time note: pix2pix keeps dropout (and batch statistics) on at test time (Isola et al.,
 Sec. 3.2); ``eval()`` here disables both, as for every other network in this project.
@@ -23,7 +31,7 @@ Sec. 3.2); ``eval()`` here disables both, as for every other network in this pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +42,7 @@ from crn_repro.config import doc
 from crn_repro.labels import CHANNEL_COLORS
 
 MIN_DOWNS = 5  # the U-Net's outermost four levels are fixed, plus the innermost one
+COLOR_SOURCES = ("label_ids", "channels")  # input 'color': the official map from labelIds | palette over L
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,8 @@ class Pix2PixNetworkParams:
     """params.yaml ``<model>.network`` for the pix2pix U-Net generator and PatchGAN discriminator."""
 
     input: Literal["layout", "color"] = doc(
-        "what the networks read: 'layout' (one-hot, c channels) or 'color' (the colour label map, as pix2pix's Cityscapes setup)"
+        "what the networks read: 'layout' (one-hot, c channels) or 'color' (pix2pix's Cityscapes setup: the official "
+        "gtFine_color map, which needs cityscapes.keep_label_ids; without Cityscapes ids, the dataset palette over the layout)"
     )
     num_downs: int = doc("U-Net levels; 8 = unet_256, H and W must be divisible by 2^num_downs")
     ngf: int = doc("generator width of the outermost level (64 in pix2pix); capped at 8 * ngf")
@@ -61,10 +71,13 @@ class Pix2PixNetworkParams:
 
 
 def pix2pix_kwargs(
-    net: Pix2PixNetworkParams, image_size_hw: tuple[int, int], num_classes: int, colors: list | None = None
+    net: Pix2PixNetworkParams, image_size_hw: tuple[int, int], num_classes: int, colors: list | None = None,
+    label_ids: bool = False, dataset: str | None = None, note: Callable[[str], None] | None = None,
 ) -> dict:
     """Resolve the network params of one run into ``{"G": kwargs, "D": kwargs}`` of the two networks.
-    ``colors`` is the dataset's palette (one RGB per channel), needed for input 'color'."""
+    For input 'color': ``label_ids`` says whether the prepared data keeps the official labelIds (then
+    the networks read the official colour label map), else ``colors``, the dataset's palette (one RGB
+    per channel), colours the layout; ``dataset`` and ``note`` serve the error and the fallback's message."""
     h, w = image_size_hw
     if h % 2**net.num_downs or w % 2**net.num_downs:
         raise ValueError(
@@ -72,11 +85,21 @@ def pix2pix_kwargs(
             f"but data.image_size_hw is {h}x{w}"
         )
     extra = {}
-    if net.input == "color":
+    if net.input == "color" and label_ids:
+        extra = {"color_source": "label_ids"}
+    elif net.input == "color":
+        if dataset == "cityscapes":
+            raise ValueError(
+                "input 'color' reads the official gtFine_color map, but the prepared Cityscapes data keeps no "
+                "label ids; set cityscapes.keep_label_ids: true and run `crn-repro prepare` again"
+            )
         colors = [list(c) for c in (colors if colors is not None else CHANNEL_COLORS.tolist())]
         if len(colors) != num_classes:
             raise ValueError(f"input 'color' needs one colour per layout channel: {len(colors)} colours, {num_classes} channels")
-        extra = {"colors": colors}
+        extra = {"color_source": "channels", "colors": colors}
+        if note is not None:
+            note(f"pix2pix: the prepared data ({dataset or 'unknown'}) keeps no official label ids, so input "
+                 "'color' colours the layout channels with the dataset palette (void black)")
     return {
         "G": {"num_classes": num_classes, "input": net.input, "num_downs": net.num_downs, "ngf": net.ngf,
               "dropout": net.dropout, **extra},
@@ -84,18 +107,28 @@ def pix2pix_kwargs(
     }
 
 
+def pix2pix_reads(network_kwargs: dict[str, dict]) -> str:
+    """What the data path hands the networks (``datasets.READS``): the official colour label map
+    ('label_colors') for input 'color' from label ids, else the one-hot layout."""
+    return "label_colors" if network_kwargs["G"].get("color_source") == "label_ids" else "layout"
+
+
 class ConditionInput(nn.Module):
     """The layout as pix2pix's networks read it, in [-1, 1]: the colour label map ('color', 3
-    channels; ``colors`` = the palette, default Cityscapes' with void black) or the one-hot layout
-    itself ('layout', 2L - 1)."""
+    channels) or the one-hot layout itself ('layout', 2L - 1). With ``color_source`` 'label_ids' the
+    input already is the official colour label map (N, 3, H, W) in 0..255, only rescaled; with
+    'channels' it is the layout, coloured by ``colors`` (the palette, default Cityscapes' with void black)."""
 
-    def __init__(self, num_classes: int, input: str, colors: list | None = None):
+    def __init__(self, num_classes: int, input: str, colors: list | None = None, color_source: str = "channels"):
         super().__init__()
         if input not in ("layout", "color"):
             raise ValueError(f"input must be 'layout' or 'color', got {input!r}")
+        if color_source not in COLOR_SOURCES:
+            raise ValueError(f"color_source must be one of {COLOR_SOURCES}, got {color_source!r}")
         self.input = input
+        self.from_label_ids = input == "color" and color_source == "label_ids"
         self.channels = 3 if input == "color" else num_classes
-        if input == "color":
+        if input == "color" and not self.from_label_ids:
             colors = colors if colors is not None else CHANNEL_COLORS.tolist()
             if len(colors) != num_classes:
                 raise ValueError(f"input 'color' needs one colour per layout channel: {len(colors)} colours, {num_classes} channels")
@@ -104,6 +137,8 @@ class ConditionInput(nn.Module):
             self.register_buffer("colors", palette, persistent=False)
 
     def forward(self, layout: torch.Tensor) -> torch.Tensor:
+        if self.from_label_ids:
+            return layout / 127.5 - 1.0
         if self.input == "color":
             return torch.einsum("nchw,cd->ndhw", layout, self.colors.to(layout.dtype))
         return layout * 2.0 - 1.0
@@ -111,7 +146,8 @@ class ConditionInput(nn.Module):
 
 class UnetGenerator(nn.Module):
     """pix2pix U-Net generator (Isola et al. 2017, Sec. 3.2.1; ``unet_256`` at num_downs 8;
-    crn-facts §5). Input: layout (N, c, H, W); output (N, 3, H, W) in 0..255.
+    crn-facts §5). Input: layout (N, c, H, W), or the colour label map (N, 3, H, W) in 0..255 with
+    ``color_source`` 'label_ids' (``ConditionInput``); output (N, 3, H, W) in 0..255.
 
     Level i (0 = outermost) halves the resolution to ``widths[i]`` channels and its decoder half
     doubles it back. As in the public implementation: 4x4 stride-2 convolutions; LeakyReLU(0.2)
@@ -122,11 +158,11 @@ class UnetGenerator(nn.Module):
     """
 
     def __init__(self, num_classes: int, input: str = "layout", num_downs: int = 8, ngf: int = 64,
-                 dropout: float = 0.5, colors: list | None = None):
+                 dropout: float = 0.5, colors: list | None = None, color_source: str = "channels"):
         super().__init__()
         if num_downs < MIN_DOWNS:
             raise ValueError(f"the U-Net needs num_downs >= {MIN_DOWNS}, got {num_downs}")
-        self.condition = ConditionInput(num_classes, input, colors)
+        self.condition = ConditionInput(num_classes, input, colors, color_source)
         widths = [ngf * min(2**i, 8) for i in range(num_downs)]
         innermost = num_downs - 1
         self.down = nn.ModuleList()
@@ -177,9 +213,9 @@ class PatchDiscriminator(nn.Module):
     """
 
     def __init__(self, num_classes: int, input: str = "layout", ndf: int = 64, n_layers: int = 3,
-                 colors: list | None = None):
+                 colors: list | None = None, color_source: str = "channels"):
         super().__init__()
-        self.condition = ConditionInput(num_classes, input, colors)
+        self.condition = ConditionInput(num_classes, input, colors, color_source)
         widths = [ndf * min(2**i, 8) for i in range(n_layers + 1)]
         layers = [nn.Conv2d(self.condition.channels + 3, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         for i in range(1, n_layers + 1):

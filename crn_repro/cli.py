@@ -123,7 +123,7 @@ def report() -> None:
 @_command
 def info(
     model: ModelName = typer.Option(..., "--model", "-m", help="model from the registry"),
-    preset: Optional[str] = typer.Option(None, help="named configuration, e.g. cityscapes-1024p (default: params.yaml)"),
+    preset: Optional[str] = typer.Option(None, help="named configuration, e.g. cityscapes-1024p (default: the --params file)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Parameter counts of a model's networks (exact trainable counts)."""
@@ -133,7 +133,7 @@ def info(
     if as_json:
         print(json.dumps(result))
     else:
-        console.print(f"[bold]{result['model']}[/] ({result['preset'] or 'params.yaml'}, {result['image_size_hw'][0]}x{result['image_size_hw'][1]})")
+        console.print(f"[bold]{result['model']}[/] ({result['preset'] or STATE['params']}, {result['image_size_hw'][0]}x{result['image_size_hw'][1]})")
         for name, count in result["networks"].items():
             console.print(f"  {name}: {count:,} parameters")
         console.print(f"  generator total: {result['parameters']:,}")
@@ -224,7 +224,8 @@ def study_analyze(
     from crn_repro.study.analyze import analyze_study
 
     sp = _params().study
-    result = analyze_study(study, mturk, not no_web, sp.min_sentinel_accuracy, sp.bootstrap_resamples, sp.seed)
+    result = analyze_study(study, mturk, not no_web, sp.min_sentinel_accuracy, sp.bootstrap_resamples, sp.seed,
+                           sp.timing_tolerance_ms)
     ex = result["exclusions"]
     if result["note"]:
         console.print(result["note"], highlight=False, markup=False, soft_wrap=True)
@@ -233,13 +234,23 @@ def study_analyze(
                   f"(sentinel accuracy < {sp.min_sentinel_accuracy:.0%})")
     for r in ex[ex.excluded].itertuples():
         console.print(f"  excluded {r.source}:{r.participant}: {r.reason}", highlight=False, markup=False)
+    mistimed = result["mistimed"]
+    if result["analysed"].duration_ms.notna().any():  # a timed design
+        console.print(f"{len(mistimed)} timed test answers left out: on screen more than {sp.timing_tolerance_ms:g} ms "
+                      f"from the target, or not measured ({int(mistimed.measured_ms.isna().sum())}) -> "
+                      f"{result['paths']['mistimed']}", highlight=False, markup=False, soft_wrap=True)
+
+    def interval(low, high):  # n/a: no judgments, or too few workers or images to bootstrap
+        return "n/a" if pd.isna(low) else f"{low:.0%}-{high:.0%}"
+
     table = Table("pair", "time", "rate", "Wilson 95%", "workers 95%", "images 95%", "p", "n",
                   title="preference of the first model (bootstrap intervals resample workers, images)")
     for r in result["summary"].itertuples():
         table.add_row(
             f"{r.first} > {r.second}", "-" if pd.isna(r.duration_ms) else f"{int(r.duration_ms)} ms",
-            f"{r.rate:.0%}", f"{r.ci_low:.0%}-{r.ci_high:.0%}", f"{r.boot_workers_low:.0%}-{r.boot_workers_high:.0%}",
-            f"{r.boot_images_low:.0%}-{r.boot_images_high:.0%}", f"{r.p_value:.1g}", str(r.n),
+            "n/a" if pd.isna(r.rate) else f"{r.rate:.0%}", interval(r.ci_low, r.ci_high),
+            interval(r.boot_workers_low, r.boot_workers_high), interval(r.boot_images_low, r.boot_images_high),
+            "n/a" if pd.isna(r.p_value) else f"{r.p_value:.1g}", str(r.n),
         )
     console.print(table)
     judgments = result["paths"]["judgments"]
@@ -249,30 +260,36 @@ def study_analyze(
 
 @_study_command("power")
 def study_power(
-    rate: Optional[float] = typer.Option(None, help="true preference rate (default: a table from 0.55 to 0.99)"),
+    rate: Optional[float] = typer.Option(None, help="true preference rate in (0, 1), not 0.5 (default: a table from 0.55 to 0.99)"),
     alpha: float = typer.Option(1e-3, help="significance level (paper: p < 1e-3)"),
     power: float = typer.Option(0.9, help="probability of reaching it"),
 ) -> None:
     """How many judgments a comparison needs for p < alpha at a given true preference rate."""
     from rich.table import Table
 
+    from crn_repro.stats import SUSTAINED_SEARCH_FACTOR
     from crn_repro.study.design import study_design
     from crn_repro.study.power import DEFAULT_RATES, jobs_needed, power_table
 
+    for name, value in (("--rate", rate), ("--alpha", alpha), ("--power", power)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise CrnError(f"study power: {name} {value:g} must lie strictly between 0 and 1")
     designs = {}
     if STATE["params"].is_file():  # jobs per design when run next to a params file
         params = _params()
         designs = {name: study_design(params.study, name, params.models) for name in ("unlimited", "timed")}
     try:
-        rows = power_table((rate,) if rate else DEFAULT_RATES, alpha, power)
+        rows = power_table((rate,) if rate is not None else DEFAULT_RATES, alpha, power)
     except ValueError as error:
         raise CrnError(f"study power: {error}") from None
-    table = Table("true rate", "judgments", "power there", *[f"jobs ({name})" for name in designs],
+    table = Table("true rate", "judgments", "power there", "first reached at", *[f"jobs ({name})" for name in designs],
                   title=f"judgments for p < {alpha:g} with power {power:g} (exact two-sided binomial test)")
     for row in rows:
         jobs = [str(jobs_needed(row["judgments"], d)) for d in designs.values()]
-        table.add_row(f"{row['rate']:.0%}", str(row["judgments"]), f"{row['power']:.3f}", *jobs)
+        table.add_row(f"{row['rate']:.0%}", str(row["judgments"]), f"{row['power']:.3f}", str(row["first"]), *jobs)
     console.print(table)
+    console.print(f"judgments: the smallest n from which every larger n keeps the power (checked up to {SUSTAINED_SEARCH_FACTOR}x "
+                  "'first reached at'); exact power is a sawtooth in n", soft_wrap=True)
 
 
 @_study_command("simulate")

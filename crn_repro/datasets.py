@@ -2,7 +2,10 @@
 Cityscapes and for the built-in synthetic city alike), the prepared cache that training reads, and
 the one normalise/denormalise pair that training, synthesis, evaluation and figures all use.
 
-Images live in the model's range: float RGB in 0..255, as the CRN output (x + 1) / 2 * 255.
+Images live in the model's range: float RGB in 0..255, as the CRN output (x + 1) / 2 * 255. What
+the networks read of a layout is either the one-hot layout L (every model) or, for pix2pix with
+input 'color' on Cityscapes prepared with ``cityscapes.keep_label_ids``, the official colour label
+map (``gtFine_color``) in the same 0..255 range, coloured from the kept labelIds.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from crn_repro.errors import CrnError, one_line
-from crn_repro.labels import NUM_LAYOUT_CHANNELS, LabelSpace, colors_to_channels, label_ids_to_channels
+from crn_repro.labels import ID_TO_CHANNEL, NUM_LAYOUT_CHANNELS, LabelSpace, colors_to_label_ids, label_ids_to_channels
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIXES = {"label_ids": "_gtFine_labelIds.png", "color": "_gtFine_color.png"}
 LABEL_SUFFIX = LABEL_SUFFIXES["label_ids"]
 SPLITS = ("train", "val")
+READS = ("layout", "label_colors")  # what a model's networks read of a layout (PreparedSplit.batch)
 
 
 # --- the normalise / denormalise pair -------------------------------------------------------------
@@ -43,6 +47,12 @@ def channels_to_layout(channels: np.ndarray | torch.Tensor, num_classes: int = N
     """Layout channel indices (N, H, W) -> one-hot semantic layout L (N, c, H, W), float32."""
     channels = torch.as_tensor(np.asarray(channels)) if not isinstance(channels, torch.Tensor) else channels
     return F.one_hot(channels.long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+def label_ids_to_color_map(label_ids: torch.Tensor, id_colors: torch.Tensor) -> torch.Tensor:
+    """labelIds (N, H, W) -> the official colour label map (N, 3, H, W), float32 in 0..255, through
+    ``id_colors`` (the colour of each id, uint8 (34, 3)): what gtFine_color holds at those pixels."""
+    return image_to_tensor(id_colors.to(label_ids.device)[label_ids.long()])
 
 
 # --- the official Cityscapes folder layout ---------------------------------------------------------
@@ -106,11 +116,14 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def load_pair(
-    pair: Pair, size_hw: tuple[int, int], label_format: str = "label_ids", frame_size_hw: tuple[int, int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    pair: Pair, size_hw: tuple[int, int], label_format: str = "label_ids", frame_size_hw: tuple[int, int] | None = None,
+    keep_label_ids: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Read one frame at ``size_hw``: image resized bicubic (uint8 HxWx3), labels resized nearest and
     mapped to layout channels (uint8 HxW, 0..19), as the release did (crn-facts §4). ``label_format``
-    says how the label file is read (label_ids or color); ``frame_size_hw`` checks the original size."""
+    says how the label file is read (label_ids or color); ``frame_size_hw`` checks the original size.
+    ``keep_label_ids`` adds a third array, the labelIds (uint8 HxW; read by colour: the canonical id
+    of each colour, ``labels.COLOR_TO_ID``)."""
     image = _open_image(pair.image_path).convert("RGB")
     label = _open_image(pair.label_path)
     if label_format == "label_ids" and label.mode not in ("L", "P", "I", "I;16"):
@@ -133,13 +146,17 @@ def load_pair(
     values = np.asarray(label)
     try:
         if label_format == "color":
-            channels = colors_to_channels(values)
+            label_ids = colors_to_label_ids(values)
+            channels = ID_TO_CHANNEL[label_ids]
         else:
             if values.max() > 255:
                 raise ValueError(f"label ids up to {int(values.max())} are not Cityscapes labelIds (valid: 0..33)")
             channels = label_ids_to_channels(values)
+            label_ids = values.astype(np.uint8)
     except ValueError as error:
         raise CrnError(f"{pair.label_path}: {error}") from None
+    if keep_label_ids:
+        return np.asarray(image, dtype=np.uint8), channels, label_ids
     return np.asarray(image, dtype=np.uint8), channels
 
 
@@ -149,18 +166,31 @@ def load_pair(
 class PreparedSplit:
     """A prepared split: ``images.npy`` (N, H, W, 3) uint8 and ``labels.npy`` (N, H, W) uint8 layout
     channels, memory-mapped so that large datasets stream from disk instead of filling memory.
-    ``label_space`` (from meta.json) names the channels; void is the last one."""
+    ``label_space`` (from meta.json) names the channels; void is the last one. Cityscapes prepared
+    with ``cityscapes.keep_label_ids`` also has ``label_ids.npy`` (N, H, W) uint8 official labelIds
+    and their colours in meta.json (``label_id_colors``); elsewhere ``label_ids`` is None."""
 
     def __init__(self, prepared_dir: Path, split: str):
         folder = Path(prepared_dir) / split
         if not (folder / "images.npy").is_file():
             raise CrnError(f"{folder}: no prepared data; run `crn-repro prepare` (or `dvc repro prepare`) first")
+        self.folder = folder
         self.label_space = read_label_space(prepared_dir)
+        meta = read_prepared_meta(prepared_dir)
+        self.dataset: str | None = meta.get("dataset")
         self.images = np.load(folder / "images.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy", mmap_mode="r")
         self.names: list[str] = json.loads((folder / "names.json").read_text())
         if not (len(self.images) == len(self.labels) == len(self.names)):
             raise CrnError(f"{folder}: images, labels and names disagree in length; run `crn-repro prepare` again")
+        self.label_ids = None
+        self.id_colors = None
+        if (folder / "label_ids.npy").is_file():
+            self.label_ids = np.load(folder / "label_ids.npy", mmap_mode="r")
+            colors = meta.get("label_id_colors")
+            if self.label_ids.shape != self.labels.shape or not colors:
+                raise CrnError(f"{folder}: label_ids.npy does not fit labels.npy and meta.json; run `crn-repro prepare` again")
+            self.id_colors = torch.tensor(colors, dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -169,11 +199,26 @@ class PreparedSplit:
     def size_hw(self) -> tuple[int, int]:
         return tuple(self.images.shape[1:3])
 
-    def batch(self, indices, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(layout one-hot (B, c, H, W), image (B, 3, H, W) in 0..255) for the given indices.
-        The uint8 arrays travel to the device first and are expanded there."""
+    def require(self, reads: str) -> None:
+        """Fail early, in one line, when this split cannot deliver what a model reads (``READS``)."""
+        if reads not in READS:
+            raise ValueError(f"reads must be one of {READS}, got {reads!r}")
+        if reads == "label_colors" and self.label_ids is None:
+            raise CrnError(
+                f"{self.folder}: no label_ids.npy, but this model reads the official colour label map (pix2pix, "
+                "input 'color'); set cityscapes.keep_label_ids: true and run `crn-repro prepare` again"
+            )
+
+    def batch(self, indices, device: torch.device | str = "cpu", reads: str = "layout") -> tuple[torch.Tensor, torch.Tensor]:
+        """(layout as the networks read it, image (B, 3, H, W) in 0..255) for the given indices: the
+        one-hot layout (B, c, H, W) for ``reads`` 'layout', the official colour label map (B, 3, H, W)
+        in 0..255 for 'label_colors'. The uint8 arrays travel to the device first and are expanded there."""
+        self.require(reads)
         indices = np.asarray(indices)
         images = torch.from_numpy(np.ascontiguousarray(self.images[indices])).to(device, non_blocking=True)
+        if reads == "label_colors":
+            ids = torch.from_numpy(np.ascontiguousarray(self.label_ids[indices])).to(device, non_blocking=True)
+            return label_ids_to_color_map(ids, self.id_colors), image_to_tensor(images)
         labels = torch.from_numpy(np.ascontiguousarray(self.labels[indices])).to(device, non_blocking=True)
         return channels_to_layout(labels, self.num_classes), image_to_tensor(images)
 

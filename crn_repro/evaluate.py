@@ -284,7 +284,10 @@ def pair_order(a: str, b: str) -> tuple[str, str]:
 def judgment_summary(group: pd.DataFrame, first: str, num_resamples: int = 1000, seed: int = 0) -> dict:
     """One comparison: how often ``first`` won (columns winner, and optionally participant, layout),
     with Wilson interval, exact binomial p and, where the columns exist, 95% cluster-bootstrap
-    intervals resampling whole participants (workers) and whole layouts (images); NaN otherwise."""
+    intervals resampling whole participants (workers) and whole layouts (images); NaN where a column
+    is missing or names fewer than ``stats.MIN_BOOTSTRAP_CLUSTERS`` workers (images). The two are
+    separate one-way bootstraps, not a crossed (two-way) one: each ignores the other source of
+    variation, so each is somewhat too narrow."""
     won = (group.winner == first).to_numpy(dtype=float)
     out = {"wins": int(won.sum()), **_summary(int(won.sum()), len(won))}
     for column, name in (("participant", "workers"), ("layout", "images")):
@@ -314,7 +317,9 @@ PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "c
 def _human_source(judgments: pd.DataFrame, paths: list[Path]) -> str:
     """"human judgments", with participants counted where the study analysis says who they were; or
     "simulated participants (N, M excluded), not human judgments" when the study's ``source`` column
-    says every judgment came from simulated participants (`crn-repro study simulate`)."""
+    says every judgment came from simulated participants (`crn-repro study simulate`). Where the
+    analysis left out mistimed trials (``mistimed.csv`` beside ``judgments.csv``), the counts end with
+    ", K mistimed trials left out"."""
 
     def simulated(sources: pd.Series) -> pd.Series:  # study sources "simulated-web", "simulated-mturk"
         return sources.astype(str).str.startswith("simulated-")
@@ -341,12 +346,27 @@ def _human_source(judgments: pd.DataFrame, paths: list[Path]) -> str:
         int((t.excluded & (simulated(t.source) == is_simulated)).sum()) if "source" in t.columns else int(t.excluded.sum())
         for t in tables
     )
+    mistimed = _mistimed_count(paths, simulated, is_simulated)
+    left_out = f", {mistimed} mistimed trials left out" if mistimed else ""
     if is_simulated:
         counts = f"{included}" if excluded is None else f"{included}, {excluded} excluded"
-        return f"simulated participants ({counts}), not human judgments"
+        return f"simulated participants ({counts}{left_out}), not human judgments"
     if excluded is None:
-        return f"human judgments ({included} participants)"
-    return f"human judgments ({included} participants, {excluded} excluded)"
+        return f"human judgments ({included} participants{left_out})"
+    return f"human judgments ({included} participants, {excluded} excluded{left_out})"
+
+
+def _mistimed_count(paths: list[Path], simulated, is_simulated: bool) -> int:
+    """Timed trials `crn-repro study analyze` left out for their measured on-screen time (its
+    ``mistimed.csv`` beside each ``judgments.csv``; 0 where there is none), of the sources analysed."""
+    count = 0
+    for path in paths:
+        try:
+            table = pd.read_csv(path.parent / "mistimed.csv")
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue  # an older analysis, or judgments from elsewhere: nothing known to be left out
+        count += int((simulated(table.source) == is_simulated).sum()) if "source" in table.columns else len(table)
+    return count
 
 
 def read_judgments(paths: list[Path]) -> pd.DataFrame:

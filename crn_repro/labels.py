@@ -2,7 +2,8 @@
 
 The official Cityscapes ``labelIds`` run 0..33 (license plate, id -1, is never drawn into the
 label PNGs). The 19 standard train classes become layout channels 0..18; every other id is void,
-channel 19, which the layout encodes as 1 - sum of the others.
+channel 19, which the layout encodes as 1 - sum of the others. The official colour label map
+(``gtFine_color``) is a function of the ids through the same table (``ID_COLORS``).
 """
 
 from __future__ import annotations
@@ -95,25 +96,34 @@ def colorize_channels(channels: np.ndarray, colors: np.ndarray = CHANNEL_COLORS)
     return np.asarray(colors, dtype=np.uint8)[channels]
 
 
-# gtFine_color -> layout channel, as the release read labels (crn-facts §4: it matched the colours of
-# the colour label images, so polegroup became pole and license plate became car). Every colour of
-# the official table maps to its train class, or to void when the colour only belongs to void ids.
-COLOR_TO_CHANNEL: dict[tuple[int, int, int], int] = {}
+# labelId -> its official colour (ids 0..33 in order): the colour of gtFine_color, void ids included
+# (dynamic, ground, parking, ...: their own colours; unlabeled, ego vehicle, static, ...: black).
+ID_COLORS = np.zeros((len(LABELS), 3), dtype=np.uint8)
+for _label in LABELS:
+    ID_COLORS[_label.id] = _label.color
+
+# gtFine_color -> labelId, as the release read labels (crn-facts §4: it matched the colours of the
+# colour label images). Some ids share a colour, so each colour maps to one canonical id: the id of
+# its train class when it has one (polegroup -> pole, license plate -> car), else the lowest id
+# (black -> unlabeled). Canonical ids reproduce the colour image exactly and give the same layout
+# channel as any id of that colour would, except polegroup (void by the table, pole by colour).
+COLOR_TO_ID: dict[tuple[int, int, int], int] = {}
 for _label in LABELS:
     if _label.train_id != VOID_TRAIN_ID:
-        COLOR_TO_CHANNEL[_label.color] = _label.train_id
+        COLOR_TO_ID[_label.color] = _label.id
 for _label in LABELS:
-    COLOR_TO_CHANNEL.setdefault(_label.color, VOID_CHANNEL)
+    COLOR_TO_ID.setdefault(_label.color, _label.id)
+COLOR_TO_CHANNEL: dict[tuple[int, int, int], int] = {c: int(ID_TO_CHANNEL[i]) for c, i in COLOR_TO_ID.items()}
 
 
-def colors_to_channels(rgb: np.ndarray) -> np.ndarray:
-    """Map a gtFine_color image (H, W, 3) uint8 to layout channels 0..19 by exact colour match.
+def colors_to_label_ids(rgb: np.ndarray) -> np.ndarray:
+    """Map a gtFine_color image (H, W, 3) uint8 to canonical labelIds (uint8) by exact colour match.
 
     Raises ValueError listing (up to five) colours that are not in the Cityscapes palette.
     """
     packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in COLOR_TO_CHANNEL], dtype=np.int32)
-    values = np.array(list(COLOR_TO_CHANNEL.values()), dtype=np.uint8)
+    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in COLOR_TO_ID], dtype=np.int32)
+    values = np.array(list(COLOR_TO_ID.values()), dtype=np.uint8)
     order = np.argsort(keys)
     keys, values = keys[order], values[order]
     position = np.clip(np.searchsorted(keys, packed), 0, len(keys) - 1)
@@ -122,6 +132,12 @@ def colors_to_channels(rgb: np.ndarray) -> np.ndarray:
         unknown = [tuple(int(v) for v in ((c >> 16) & 255, (c >> 8) & 255, c & 255)) for c in np.unique(packed[~found])[:5]]
         raise ValueError(f"colours {unknown} are not in the Cityscapes label palette")
     return values[position]
+
+
+def colors_to_channels(rgb: np.ndarray) -> np.ndarray:
+    """Map a gtFine_color image (H, W, 3) uint8 to layout channels 0..19 by exact colour match
+    (through its canonical labelIds); raises ValueError for colours outside the palette."""
+    return ID_TO_CHANNEL[colors_to_label_ids(rgb)]
 
 
 @dataclass(frozen=True)

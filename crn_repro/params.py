@@ -7,6 +7,7 @@ below document the keys but hold no defaults.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,11 @@ class CityscapesParams:
     expected_train: int | None = doc("frames the train split must hold (official: 2975; null = no check)")
     expected_val: int | None = doc("frames the val split must hold (official: 500; null = no check)")
     frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 1024x2048; null = no check)")
+    keep_label_ids: bool = doc(
+        "also keep each pixel's official labelId ({train,val}/label_ids.npy, 1 byte per pixel: +7.3 GB at "
+        "1024p), from which pix2pix with input 'color' reads the official gtFine_color map; true only "
+        "when pix2pix trains with input 'color'"
+    )
 
     def validate(self):
         for key in ("expected_train", "expected_val"):
@@ -266,6 +272,29 @@ def _model_section(name: str, raw: Any, global_train: Any, problems: Problems) -
     return ModelParams(network, objective, optimizer, train)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it, as written or with links resolved."""
+    return any(
+        Path(fn(path)).is_relative_to(fn(folder)) for fn in (os.path.abspath, os.path.realpath)
+    )
+
+
+def _raw_dependency_problems(sections: dict) -> list[str]:
+    """What `prepare` reads must lie in ``paths.raw``, the folder DVC watches for it; otherwise a changed
+    dataset would not rerun the pipeline (or DVC would watch a folder that prepare does not read)."""
+    raw, dataset = sections["paths"].raw, sections["data"].dataset
+    read = {
+        "cityscapes": {"cityscapes.root": getattr(sections.get("cityscapes"), "root", None)},
+        "nyu": {"nyu.path": getattr(sections.get("nyu"), "path", None),
+                "nyu.class_mapping": getattr(sections.get("nyu"), "class_mapping", None)},
+    }.get(dataset, {})
+    return [
+        f"{key}: {value} is outside paths.raw ({raw}), the folder DVC watches for `prepare`; "
+        f"put the data under paths.raw (a symlinked folder is fine) or set paths.raw to the folder holding it"
+        for key, value in read.items() if value is not None and not _inside(value, raw)
+    ]
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate a parsed params mapping; raise CrnError listing every problem."""
     if not isinstance(raw, dict):
@@ -299,6 +328,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     for name in MODELS:
         if name in raw:
             model_sections[name] = _model_section(name, raw[name], raw.get("train"), problems)
+    if sections.get("paths") is not None and sections.get("data") is not None:
+        problems.extend(_raw_dependency_problems(sections))
     if problems:
         raise CrnError(f"{source}: invalid params: " + "; ".join(problems))
     return Params(models=tuple(models), model_sections=model_sections, **sections)

@@ -2,7 +2,13 @@
 city (generated here from its seed), Cityscapes in its official archive layout, or the NYU Depth v2
 labeled set — check it, resize it to the experiment's resolution (bicubic images, nearest labels)
 and write the cache that training reads: memory-mapped uint8 arrays plus ``meta.json`` (label
-space, counts, per-class pixel frequencies).
+space, counts, per-class pixel frequencies). Cityscapes with ``cityscapes.keep_label_ids`` also keeps
+each pixel's official labelId (``label_ids.npy``) and the id -> colour table, from which pix2pix with
+input 'color' reads the official colour label map; nothing else reads them, so they cost disk only
+when asked for.
+
+Frames are decoded by a thread pool with a bounded number in flight (``FRAMES_IN_FLIGHT``), so a
+fast pool never piles decoded 1024p frames up in memory ahead of the writer.
 
 The cache is built in a temporary folder and swapped in only when complete, so a failure (a
 missing split, a count mismatch, a corrupt file, an unknown label) leaves the previous cache untouched.
@@ -12,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from numpy.lib.format import open_memmap
@@ -26,22 +34,26 @@ from rich.progress import Progress
 from crn_repro.checkpoint import atomic_replace_dir
 from crn_repro.datasets import SPLITS, find_pairs, load_pair
 from crn_repro.errors import CrnError
-from crn_repro.labels import CITYSCAPES_SPACE, LabelSpace
+from crn_repro.labels import CITYSCAPES_SPACE, ID_COLORS, LabelSpace
 from crn_repro.params import Params
 from crn_repro.synthetic import generate_synthetic_cityscapes
 
 SYNTHETIC_DIR = "synthetic-city"
+DECODE_WORKERS = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
+FRAMES_IN_FLIGHT = 2 * DECODE_WORKERS  # decoded or decoding, not yet written: bounds prepare's memory
 
 
 @dataclass
 class Source:
     """A dataset ready to be read: its label space and, per split, frame names and a frame loader
-    (index -> (image uint8 HxWx3, layout channels uint8 HxW) at the target size)."""
+    (index -> (image uint8 HxWx3, layout channels uint8 HxW) at the target size, plus the labelIds
+    uint8 HxW when ``label_ids``)."""
 
     label_space: LabelSpace
     names: dict[str, Sequence[str]]
-    load: dict[str, Callable[[int], tuple[np.ndarray, np.ndarray]]]
+    load: dict[str, Callable[[int], tuple[np.ndarray, ...]]]
     meta: dict
+    label_ids: bool = False
 
 
 def num_classes_for(params: Params) -> int:
@@ -49,14 +61,23 @@ def num_classes_for(params: Params) -> int:
     return params.nyu.num_classes + 1 if params.data.dataset == "nyu" else CITYSCAPES_SPACE.num_classes
 
 
-def _cityscapes_source(root: Path, params: Params, counts: dict, frame_size_hw, label_format: str) -> Source:
+def _cityscapes_source(
+    root: Path, params: Params, counts: dict, frame_size_hw, label_format: str, keep_label_ids: bool = False
+) -> Source:
     size = tuple(params.data.image_size_hw)
     pairs = {split: find_pairs(root, split, label_format, counts[split]) for split in SPLITS}
+    meta = {"labels": label_format}
+    if keep_label_ids:
+        meta["label_id_colors"] = ID_COLORS.tolist()  # index = labelId; {train,val}/label_ids.npy
     return Source(
         CITYSCAPES_SPACE,
         {split: [p.stem for p in pairs[split]] for split in SPLITS},
-        {split: (lambda i, ps=pairs[split]: load_pair(ps[i], size, label_format, frame_size_hw)) for split in SPLITS},
-        {"labels": label_format},
+        {
+            split: (lambda i, ps=pairs[split]: load_pair(ps[i], size, label_format, frame_size_hw, keep_label_ids))
+            for split in SPLITS
+        },
+        meta,
+        keep_label_ids,
     )
 
 
@@ -93,7 +114,8 @@ def _nyu_source(params: Params, stack: contextlib.ExitStack, progress: Progress)
 
 
 def prepare(params: Params, console: Console | None = None) -> dict:
-    """Write ``paths.prepared`` (``{train,val}/images.npy, labels.npy, names.json`` and ``meta.json``)."""
+    """Write ``paths.prepared`` (``{train,val}/images.npy, labels.npy, names.json``, with
+    ``cityscapes.keep_label_ids`` also ``label_ids.npy``, and ``meta.json``)."""
     console = console or Console(stderr=True)
     out = Path(params.paths.prepared)
     tmp = out.with_name(out.name + ".partial")
@@ -123,7 +145,7 @@ def prepare(params: Params, console: Console | None = None) -> dict:
                 cs = params.cityscapes
                 counts = {"train": cs.expected_train, "val": cs.expected_val}
                 frame_size = tuple(cs.frame_size_hw) if cs.frame_size_hw else None
-                source = _cityscapes_source(Path(cs.root), params, counts, frame_size, cs.labels)
+                source = _cityscapes_source(Path(cs.root), params, counts, frame_size, cs.labels, cs.keep_label_ids)
                 meta["source"] = str(cs.root)
             else:
                 source = _nyu_source(params, stack, progress)
@@ -143,6 +165,23 @@ def prepare(params: Params, console: Console | None = None) -> dict:
     return meta
 
 
+def _in_order(pool: Executor, load: Callable, count: int, window: int) -> Iterator:
+    """``load(0), ..., load(count - 1)`` run in ``pool`` and yielded in order, with at most ``window``
+    submitted but not yet yielded (``pool.map`` would submit all at once). Leaving early (an error,
+    in a load or in the consumer) cancels the frames not yet started."""
+    pending: deque = deque()
+    submitted = 0
+    try:
+        for _ in range(count):
+            while submitted < count and len(pending) < window:
+                pending.append(pool.submit(load, submitted))
+                submitted += 1
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def _write_split(folder: Path, source: Source, split: str, limit: int | None, size_hw, progress: Progress) -> dict:
     names = list(source.names[split])[:limit]
     num_classes = source.label_space.num_classes
@@ -150,15 +189,24 @@ def _write_split(folder: Path, source: Source, split: str, limit: int | None, si
     folder.mkdir()
     images = open_memmap(folder / "images.npy", "w+", np.uint8, (len(names), h, w, 3))
     labels = open_memmap(folder / "labels.npy", "w+", np.uint8, (len(names), h, w))
+    label_ids = open_memmap(folder / "label_ids.npy", "w+", np.uint8, (len(names), h, w)) if source.label_ids else None
     counts = np.zeros(num_classes, dtype=np.int64)
     task = progress.add_task(f"prepare {split}", total=len(names))
-    with ThreadPoolExecutor() as pool:  # PIL decodes and resizes outside the GIL
-        for i, (image, channels) in enumerate(pool.map(source.load[split], range(len(names)))):
+    # PIL decodes and resizes outside the GIL. The frames close before the pool waits for its
+    # threads, so an error cancels the frames not yet started.
+    with (
+        ThreadPoolExecutor(DECODE_WORKERS) as pool,
+        contextlib.closing(_in_order(pool, source.load[split], len(names), FRAMES_IN_FLIGHT)) as frames,
+    ):
+        for i, (image, channels, *ids) in enumerate(frames):
             images[i], labels[i] = image, channels
+            if label_ids is not None:
+                label_ids[i] = ids[0]
             counts += np.bincount(channels.ravel(), minlength=num_classes)
             progress.advance(task)
-    images.flush()
-    labels.flush()
-    del images, labels
+    for array in (images, labels, label_ids):
+        if array is not None:
+            array.flush()
+    del images, labels, label_ids
     (folder / "names.json").write_text(json.dumps(names))
     return {"count": len(names), "class_pixel_frequency": (counts / max(counts.sum(), 1)).round(6).tolist()}

@@ -14,7 +14,7 @@ from torch import nn
 
 from baselines.dcgan import DCGANDiscriminator, DCGANGenerator, DCGANNetworkParams, dcgan_kwargs
 from baselines.fullres import FullResNetworkParams, FullResolutionNetwork, fullres_kwargs
-from baselines.pix2pix import PatchDiscriminator, Pix2PixNetworkParams, UnetGenerator, pix2pix_kwargs
+from baselines.pix2pix import PatchDiscriminator, Pix2PixNetworkParams, UnetGenerator, pix2pix_kwargs, pix2pix_reads
 from baselines.unet import UNet, UNetNetworkParams, unet_kwargs
 from crn_repro.adversarial import GANSemSegObjective, GANSemSegObjectiveParams, Pix2PixObjective, Pix2PixObjectiveParams
 from crn_repro.crn import CRN, CRNNetworkParams, crn_kwargs
@@ -38,6 +38,9 @@ class BuildContext:
     steps_per_epoch: int
     runs_dir: Path  # where the pipeline's own runs live (e.g. runs/segmenter/model.pt)
     label_colors: tuple[tuple[int, int, int], ...] | None = None  # the dataset's palette, one RGB per channel
+    dataset: str | None = None  # the prepared data's dataset (synthetic, cityscapes, nyu)
+    label_ids: bool = False  # whether the prepared data keeps the official labelIds (cityscapes.keep_label_ids)
+    note: Callable[[str], None] | None = None  # where a builder says, in one line, what it chose for the run
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ModelSpec:
     networks: dict[str, tuple[type[nn.Module], Callable]]
     objective: Callable[[object, BuildContext], Objective]
     role: Literal["generator", "segmenter"] = "generator"  # generators synthesize; a segmenter scores
+    # what the networks read of a layout (datasets.READS), from their constructor kwargs, so that training
+    # and synthesis (from the model file) feed the same: the one-hot layout, or the official colour label map
+    reads: Callable[[dict[str, dict]], str] = lambda network_kwargs: "layout"
 
 
 def _feature_matching(obj: FeatureMatchingParams, ctx: BuildContext) -> Objective:
@@ -74,7 +80,7 @@ def _crn_like(summary: str) -> ModelSpec:
 
 def _gan_model(
     summary: str, params_cls: type, objective_cls: type, generator: type, discriminator: type, resolve: Callable,
-    objective: Callable,
+    objective: Callable, reads: Callable[[dict[str, dict]], str] = lambda network_kwargs: "layout",
 ) -> ModelSpec:
     """A GAN baseline (Sec. 4): networks G and D, whose kwargs ``resolve(net, ctx)`` gives as {"G": .., "D": ..}."""
     return ModelSpec(
@@ -86,6 +92,7 @@ def _gan_model(
             "D": (discriminator, lambda net, ctx: resolve(net, ctx)["D"]),
         },
         objective=objective,
+        reads=reads,
     )
 
 
@@ -108,8 +115,11 @@ MODELS: dict[str, ModelSpec] = {
     "pix2pix": _gan_model(
         "pix2pix: conditional GAN, U-Net generator, PatchGAN, GAN + 100 L1 (Isola et al., Sec. 4)",
         Pix2PixNetworkParams, Pix2PixObjectiveParams, UnetGenerator, PatchDiscriminator,
-        lambda net, ctx: pix2pix_kwargs(net, ctx.image_size_hw, ctx.num_classes, ctx.label_colors),
+        lambda net, ctx: pix2pix_kwargs(
+            net, ctx.image_size_hw, ctx.num_classes, ctx.label_colors, ctx.label_ids, ctx.dataset, ctx.note
+        ),
         lambda obj, ctx: Pix2PixObjective(obj),
+        pix2pix_reads,
     ),
     "gan-semseg": _gan_model(
         "DCGAN generator and discriminator + segmentation cross-entropy (Sec. 4)",

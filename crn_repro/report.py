@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from crn_repro import stats  # noqa: E402
 from crn_repro.checkpoint import atomic_write_text  # noqa: E402
 from crn_repro.datasets import PreparedSplit, read_prepared_meta  # noqa: E402
 from crn_repro.errors import CrnError  # noqa: E402
@@ -203,8 +204,9 @@ def _interval(low: float, high: float) -> str:
 
 def _preference_rows(table: pd.DataFrame, keys: tuple[str, ...]) -> list[str]:
     """A markdown table of preference rates: the ``keys`` columns, rate, Wilson interval and, where the
-    judgments name participants and layouts, the bootstrap intervals over workers and over images."""
-    boot = "boot_workers_low" in table.columns and table["boot_workers_low"].notna().any()
+    judgments name participants and layouts, the bootstrap intervals over workers and over images ("n/a"
+    where a comparison has too few workers or images to resample, ``stats.MIN_BOOTSTRAP_CLUSTERS``)."""
+    boot = any(column in table.columns and table[column].notna().any() for column in ("boot_workers_low", "boot_images_low"))
     head = [*keys, "preferred", "95% Wilson"] + (["95% bootstrap, workers", "95% bootstrap, images"] if boot else []) + ["p", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.itertuples():
@@ -436,7 +438,9 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
         lines += [
             "Unlimited viewing time (paper Table 1). Participants whose sentinel answers fell "
             "below `study.min_sentinel_accuracy` are excluded (`crn-repro study analyze`). The bootstrap intervals "
-            "resample whole workers and whole images, so correlated judgments are not counted as independent.",
+            "resample whole workers and whole images, so correlated judgments are not counted as independent; they "
+            "are two separate bootstraps, not a crossed one, so each is somewhat too narrow, and they read n/a "
+            f"where a comparison has fewer than {stats.MIN_BOOTSTRAP_CLUSTERS} workers (images).",
             "",
         ]
     lines += _preference_rows(preference, ("baseline",))
@@ -450,7 +454,9 @@ def _evaluation_section(params: Params, figures: Path) -> list[str]:
                 "### Time-limited judgments (paper Fig. 3)",
                 "",
                 f"Source: **{source}**. Preference rate of the first image type against exposure time, with 95% Wilson "
-                "intervals (paper at 125 ms: Real > pix2pix 72.5%, CRN > pix2pix 73.4%, Real > CRN 52.6%).",
+                "intervals (paper at 125 ms: Real > pix2pix 72.5%, CRN > pix2pix 73.4%, Real > CRN 52.6%). Trials whose "
+                "measured on-screen time missed the target by more than `study.timing_tolerance_ms` were left out by "
+                "`crn-repro study analyze` (the source says how many, where any were).",
                 "",
                 "![time curves](figures/time_curves.png)",
                 "",

@@ -8,7 +8,9 @@ how many judgments stand behind each rate, so :func:`judgments_needed` says how 
 needs to support that claim at a given power.
 
 Invalid arguments (n < 1, a probability outside its range, ...) raise ``ValueError``: an empty
-comparison set has no rate, and failing loudly beats a NaN travelling into a report table.
+comparison set has no rate, and failing loudly beats a NaN travelling into a report table. The one
+deliberate NaN: :func:`cluster_bootstrap_ci` with fewer than ``MIN_BOOTSTRAP_CLUSTERS`` clusters
+(valid input whose interval is not estimable; report tables show it as "n/a").
 """
 
 from __future__ import annotations
@@ -142,31 +144,50 @@ def _power_against_half(n: np.ndarray, true_rate: float, alpha: float) -> np.nda
     return np.where(c >= 0, power, 0.0)
 
 
+# The search bound of ``judgments_needed(..., sustained=True)``, as a multiple of the first n that reaches
+# the power. Checked up to 20x that n for alpha in {1e-3, 0.01, 0.05}, power 0.5 to 0.99 and true rates
+# 0.52 to 0.999: the last dip below the target ended by 1.5x the first n (e.g. rate 0.9, alpha 1e-3, power
+# 0.9: first reached at 25, last dip at 27).
+SUSTAINED_SEARCH_FACTOR = 4
+
+
 def judgments_needed(
-    true_rate: float, alpha: float = 1e-3, power: float = 0.8, max_n: int = 10_000_000
+    true_rate: float, alpha: float = 1e-3, power: float = 0.8, max_n: int = 10_000_000, *, sustained: bool = False
 ) -> int:
     """Smallest number of A/B judgments n at which the exact two-sided binomial test of "no
     preference" (p = 0.5) at level alpha has at least the given power when CRN is truly preferred
     at ``true_rate`` (exact power, as ``binomial_power``).
 
     Power of an exact test is a sawtooth in n (the discrete rejection region jumps), so power can
-    dip back below the target at some n slightly larger than the one returned; this returns the
-    *first* n that reaches it. The search evaluates the power of every n in blocks 1..64, 65..128,
-    129..256, ... (vectorised, closed form), stopping at the first block that reaches the target,
-    so the cost is about twice the answer. Raises ``ValueError`` if max_n judgments do not suffice
-    (e.g. true_rate = 0.5).
+    dip back below the target at some n slightly larger than the first one that reaches it (rate 0.9,
+    alpha 1e-3: power 0.902 at n = 25, 0.888 at 26). By default this returns that *first* n; with
+    ``sustained=True`` it returns the smallest n such that every n' from n up to the search bound,
+    ``SUSTAINED_SEARCH_FACTOR`` times the first n (capped at max_n), reaches the power too: the number
+    to plan a study with, since a few more judgments than planned must not lose power. The search
+    evaluates the power of every n in blocks 1..64, 65..128, 129..256, ... (vectorised, closed form),
+    stopping at the first block that reaches the target, so the cost is about twice the answer (times
+    the factor when sustained). Raises ``ValueError`` if max_n judgments do not suffice (e.g.
+    true_rate = 0.5).
     """
     _check_open_unit("true_rate", true_rate)
     _check_open_unit("alpha", alpha)
     _check_open_unit("power", power)
-    low, high = 1, 64
-    while low <= max_n:
+    first, low, high = None, 1, 64
+    while low <= max_n and first is None:
         n = np.arange(low, min(high, max_n) + 1)
         reached = np.flatnonzero(_power_against_half(n, true_rate, alpha) >= power)
         if reached.size:
-            return int(n[reached[0]])
+            first = int(n[reached[0]])
         low, high = high + 1, 2 * high
-    raise ValueError(f"power {power} is not reached within {max_n} judgments at true rate {true_rate}")
+    if first is None:
+        raise ValueError(f"power {power} is not reached within {max_n} judgments at true rate {true_rate}")
+    if not sustained:
+        return first
+    n = np.arange(first, min(SUSTAINED_SEARCH_FACTOR * first, max_n) + 1)
+    below = np.flatnonzero(_power_against_half(n, true_rate, alpha) < power)
+    if below.size and below[-1] == len(n) - 1:
+        raise ValueError(f"power {power} does not stay reached within {max_n} judgments at true rate {true_rate}")
+    return int(n[below[-1] + 1]) if below.size else first
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +299,15 @@ def bootstrap_mean_ci(
     )
 
 
+# Fewest clusters for which ``cluster_bootstrap_ci`` reports an interval. With k clusters a resample
+# is one of at most C(2k - 1, k) multisets (k = 1: 1, 2: 3, 3: 10, 4: 35, 5: 126), so below 5 the
+# 2.5% and 97.5% quantiles are read off a handful of distinct values: one cluster gives a zero-width
+# interval, and two to four give intervals that are mostly an artefact of the few clusters. Even at
+# 5 and somewhat beyond, percentile cluster-bootstrap intervals are known to be too narrow (Cameron,
+# Gelbach & Miller 2008, Rev. Econ. Stat. 90:414); treat them as a lower bound on the uncertainty.
+MIN_BOOTSTRAP_CLUSTERS = 5
+
+
 def cluster_bootstrap_ci(
     values: np.ndarray,
     clusters: np.ndarray,
@@ -287,6 +317,7 @@ def cluster_bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
     method: str = "percentile",
+    min_clusters: int = MIN_BOOTSTRAP_CLUSTERS,
 ) -> tuple[float, float]:
     """Cluster (block) bootstrap interval (Davison & Hinkley 1997, Sec. 3.8; Field & Welsh 2007).
 
@@ -296,6 +327,10 @@ def cluster_bootstrap_ci(
     observation, ``clusters`` its cluster label; ``statistic`` receives the observations of one
     resample (``values[...]``, grouped by drawn cluster) and must not depend on their order. Method
     and seed as in ``bootstrap_ci``; for "bca" the jackknife leaves out one cluster at a time.
+
+    With fewer than ``min_clusters`` distinct clusters (default ``MIN_BOOTSTRAP_CLUSTERS``, 5; at
+    least 2) the interval is not estimable and (NaN, NaN) is returned, deliberately: a zero-width or
+    near-degenerate interval from one to four clusters would look like certainty.
     """
     values = np.asarray(values)
     clusters = np.asarray(clusters)
@@ -303,9 +338,13 @@ def cluster_bootstrap_ci(
         raise ValueError(
             f"need one cluster label per observation: {len(clusters)} labels, {len(values)} observations"
         )
+    if int(min_clusters) != min_clusters or min_clusters < 2:
+        raise ValueError(f"min_clusters must be an integer >= 2 (one cluster has no spread to resample), got {min_clusters}")
     _, cluster_of = np.unique(clusters, return_inverse=True)
     by_cluster = np.argsort(cluster_of, kind="stable")  # observations grouped cluster by cluster
     sizes = np.bincount(cluster_of)
+    if len(sizes) < min_clusters:
+        return float("nan"), float("nan")
     starts = np.cumsum(sizes) - sizes
 
     def observations(drawn: np.ndarray) -> np.ndarray:

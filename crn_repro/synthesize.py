@@ -1,5 +1,7 @@
 """The `synthesize` stage: run a trained model's generator on every validation layout and write
 its images as PNG (clipped to 0..255). A model with k outputs writes all k images per layout.
+The generator reads the layout as it did in training (the model file's kwargs say how, e.g. pix2pix's
+official colour label map).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rich.progress import Progress
 from crn_repro.checkpoint import atomic_write_json, load_model_file
 from crn_repro.datasets import PreparedSplit, tensor_to_image
 from crn_repro.params import Params
+from crn_repro.registry import get_spec
 
 
 def output_names(stem: str, k: int) -> list[str]:
@@ -31,6 +34,8 @@ def synthesize(params: Params, model: str, console: Console | None = None) -> di
     nets, info = load_model_file(Path(params.paths.runs) / model / "model.pt", device)
     generator = nets["G"]
     val = PreparedSplit(Path(params.paths.prepared), "val")
+    reads = get_spec(info["model"]).reads(info["network_kwargs"])
+    val.require(reads)
     out = Path(params.paths.synth) / model
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -43,7 +48,7 @@ def synthesize(params: Params, model: str, console: Console | None = None) -> di
         task = progress.add_task(f"synthesize {model}", total=len(val))
         for start in range(0, len(val), params.synthesize.batch_size):
             indices = np.arange(start, min(start + params.synthesize.batch_size, len(val)))
-            layout, _ = val.batch(indices, device)
+            layout, _ = val.batch(indices, device, reads)
             with autocast:
                 generated = generator(layout).float()
             k = generated.shape[1] // 3

@@ -103,7 +103,9 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_
     mp = params.model(model)
     data = params.data
     meta = read_prepared_meta(Path(params.paths.prepared))
-    meta = {k: v for k, v in meta.items() if k not in ("source", "splits")} | {"train": meta["splits"]["train"]}
+    # Kept labelIds (label_id_colors) only matter to the models that read them, whose network_kwargs say so.
+    skip = ("source", "splits", "label_id_colors")
+    meta = {k: v for k, v in meta.items() if k not in skip} | {"train": meta["splits"]["train"]}
     identity = {
         "model": model,
         "network_kwargs": network_kwargs,
@@ -139,9 +141,10 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         )
     steps_per_epoch = math.ceil(len(data) / tp.batch_size)
     space = data.label_space
+    notes: list[str] = []
     ctx = BuildContext(
         tuple(params.data.image_size_hw), space.num_classes, params.vgg, steps_per_epoch, Path(params.paths.runs),
-        space.colors,
+        space.colors, data.dataset, data.label_ids is not None, notes.append,
     )
 
     network_kwargs = {}
@@ -150,6 +153,11 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             network_kwargs[name] = resolve(mp.network, ctx)
         except ValueError as error:
             raise CrnError(f"{model}.network: {error}") from None
+    if rt.is_main:
+        for note in dict.fromkeys(notes):  # networks resolved alike say it once
+            console.print(note, highlight=False, markup=False)
+    reads = spec.reads(network_kwargs)
+    data.require(reads)
     torch.manual_seed(derive_seed(tp.seed, INIT))
     nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
     if tp.train_last_modules is not None:
@@ -276,7 +284,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             t0 = time.perf_counter()
             indices = batch_indices(tp.seed, step, len(data), tp.batch_size)
             torch.manual_seed(derive_seed(tp.seed, STEP_NOISE, step, rt.rank))
-            layout, image = data.batch(indices[rt.rank :: rt.world_size], rt.device)
+            layout, image = data.batch(indices[rt.rank :: rt.world_size], rt.device, reads)
             layout = layout.contiguous(memory_format=memory_format)
             image = image.contiguous(memory_format=memory_format)
             for phase in objective.phases:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from baselines.dcgan import DCGANDiscriminator, DCGANGenerator, DCGANNetworkParams, dcgan_kwargs
-from baselines.pix2pix import PatchDiscriminator, Pix2PixNetworkParams, UnetGenerator, pix2pix_kwargs
+from baselines.pix2pix import PatchDiscriminator, Pix2PixNetworkParams, UnetGenerator, pix2pix_kwargs, pix2pix_reads
 from crn_repro.labels import CHANNEL_COLORS
 from crn_repro.registry import count_parameters
 
@@ -95,6 +95,31 @@ def test_color_input_uses_cityscapes_colors():
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([128, 64, 128]) / 127.5 - 1)
     torch.testing.assert_close(x[0, :, 0, 1], torch.full((3,), -1.0))
     assert CHANNEL_COLORS[19].tolist() == [0, 0, 0]
+
+
+def test_color_from_label_ids_reads_the_colour_map_itself():
+    kw = pix2pix_kwargs(pix2pix("color"), (256, 256), 20, label_ids=True, dataset="cityscapes")
+    assert kw["G"]["color_source"] == kw["D"]["color_source"] == "label_ids" and "colors" not in kw["G"]
+    assert pix2pix_reads(kw) == "label_colors"
+    assert count_parameters(on_meta(UnetGenerator, kw["G"])) == PIX2PIX_G  # 3 input channels either way
+    assert count_parameters(on_meta(PatchDiscriminator, kw["D"])) == PIX2PIX_D
+    net = UnetGenerator(**dict(kw["G"], num_downs=5, ngf=4))
+    color_map = torch.tensor([[111.0, 74.0, 0.0], [0.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 2)  # dynamic, unlabeled
+    torch.testing.assert_close(net.condition(color_map), color_map / 127.5 - 1)
+
+
+def test_color_fallback_and_missing_ids():
+    notes = []
+    kw = pix2pix_kwargs(pix2pix("color"), (256, 256), 20, CHANNEL_COLORS.tolist(), False, "synthetic", notes.append)
+    assert kw["G"]["color_source"] == "channels" and kw["G"]["colors"] == CHANNEL_COLORS.tolist()
+    assert pix2pix_reads(kw) == "layout" and len(notes) == 1 and "(synthetic)" in notes[0]
+    assert pix2pix_reads(pix2pix_kwargs(pix2pix("layout"), (256, 256), 20, dataset="cityscapes")) == "layout"
+    with pytest.raises(ValueError, match=r"cityscapes.keep_label_ids: true and run `crn-repro prepare` again"):
+        pix2pix_kwargs(pix2pix("color"), (256, 256), 20, dataset="cityscapes")
+    old = {k: v for k, v in kw["G"].items() if k != "color_source"}  # a model file from before color_source
+    assert not UnetGenerator(**dict(old, num_downs=5, ngf=4)).condition.from_label_ids
+    with pytest.raises(ValueError, match="color_source"):
+        UnetGenerator(20, "color", 5, 4, color_source="rgb")
 
 
 @pytest.mark.parametrize("size", [(32, 48), (48, 64), (256, 300)])

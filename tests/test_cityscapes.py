@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from crn_repro.cli import app
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError
-from crn_repro.labels import CHANNEL_NAMES, ID_TO_CHANNEL, NAME_TO_ID
+from crn_repro.labels import CHANNEL_NAMES, ID_TO_CHANNEL, LABELS, NAME_TO_ID
 from crn_repro.params import parse_params
 from crn_repro.prepare import prepare
 
@@ -21,6 +21,7 @@ runner = CliRunner()
 
 
 def cityscapes_raw(tiny_raw, root, size_hw=(32, 64), **cityscapes):
+    tiny_raw["paths"]["raw"] = str(root)
     tiny_raw["data"].update(dataset="cityscapes", image_size_hw=list(size_hw))
     tiny_raw["cityscapes"].update({"root": str(root), "expected_train": 5, "expected_val": 3, "frame_size_hw": [32, 64], **cityscapes})
     return tiny_raw
@@ -66,6 +67,48 @@ def test_colour_labels_follow_the_release(tmp_path, tiny_raw):
     for i, stem in enumerate(names):
         ids = np.asarray(Image.open(tmp_path / "cs/gtFine/train" / stem.split("_")[0] / f"{stem}_gtFine_labelIds.png"))
         assert np.array_equal(differ[i], ids == NAME_TO_ID["polegroup"])
+
+
+@pytest.mark.parametrize("size_hw", [(32, 64), (16, 32)])
+def test_label_ids_survive_the_cache(tmp_path, tiny_raw, size_hw):
+    """cityscapes.keep_label_ids keeps the official labelIds (nearest-resized) and their colours; the
+    rest of the cache is byte for byte what it is without them."""
+    root = tmp_path / "cs"
+    write_cityscapes(root)
+    raw = cityscapes_raw(tiny_raw, root, size_hw=size_hw)
+    without = prepare(parse_params(raw))
+    plain = {f: (tmp_path / "data/prepared" / f).read_bytes() for f in ("train/images.npy", "train/labels.npy", "val/labels.npy")}
+    assert not list((tmp_path / "data/prepared").glob("*/label_ids.npy"))
+    raw["cityscapes"]["keep_label_ids"] = True
+    meta = prepare(parse_params(raw))
+    assert meta["label_id_colors"] == [list(label.color) for label in LABELS]  # index = labelId
+    assert {k: v for k, v in meta.items() if k != "label_id_colors"} == without
+    assert all((tmp_path / "data/prepared" / f).read_bytes() == b for f, b in plain.items())
+    for split in ("train", "val"):
+        prepared = PreparedSplit(raw["paths"]["prepared"], split)
+        assert prepared.label_ids.dtype == np.uint8 and prepared.label_ids.shape == prepared.labels.shape
+        for i, stem in enumerate(prepared.names):
+            ids = Image.open(tmp_path / "cs/gtFine" / split / stem.split("_")[0] / f"{stem}_gtFine_labelIds.png")
+            expected = np.asarray(ids.resize(size_hw[::-1], Image.NEAREST))
+            assert np.array_equal(prepared.label_ids[i], expected)
+            assert np.array_equal(prepared.labels[i], ID_TO_CHANNEL[expected])
+
+
+def test_label_ids_from_colour_labels_are_canonical(tmp_path, tiny_raw):
+    """Read from gtFine_color, ids that share a colour become one canonical id: polegroup -> pole,
+    ego vehicle / rectification border / out of roi / static -> unlabeled; every other id is exact."""
+    root = tmp_path / "cs"
+    write_cityscapes(root)
+    meta = prepare(parse_params(cityscapes_raw(tiny_raw, root, labels="color", keep_label_ids=True)))
+    assert meta["labels"] == "color"
+    prepared = PreparedSplit(tiny_raw["paths"]["prepared"], "train")
+    canonical = np.arange(34, dtype=np.uint8)
+    canonical[[1, 2, 3, 4]] = NAME_TO_ID["unlabeled"]
+    canonical[NAME_TO_ID["polegroup"]] = NAME_TO_ID["pole"]
+    for i, stem in enumerate(prepared.names):
+        ids = np.asarray(Image.open(tmp_path / "cs/gtFine/train" / stem.split("_")[0] / f"{stem}_gtFine_labelIds.png"))
+        assert np.array_equal(prepared.label_ids[i], canonical[ids])
+        assert np.array_equal(prepared.labels[i], ID_TO_CHANNEL[prepared.label_ids[i]])
 
 
 def test_resize_is_bicubic_for_images_and_nearest_for_labels(tmp_path, tiny_raw):

@@ -54,6 +54,7 @@ def test_debug_shows_traceback(tmp_path, tiny_raw):
 def test_missing_dataset_root(tmp_path, tiny_raw):
     tiny_raw["data"]["dataset"] = "cityscapes"
     tiny_raw["cityscapes"]["root"] = str(tmp_path / "nowhere")
+    tiny_raw["paths"]["raw"] = str(tmp_path / "nowhere")
     result = runner.invoke(app, ["--params", _write(tmp_path, tiny_raw), "prepare"])
     assert result.exit_code == 1
     assert "nowhere: dataset root not found" in result.output

@@ -98,6 +98,27 @@ def test_corrupt_png_and_unknown_id(tmp_path):
         load_pair(pair, (16, 32))
 
 
+def test_label_ids_colour_to_the_official_map():
+    from crn_repro.datasets import label_ids_to_color_map
+    from crn_repro.labels import ID_COLORS
+
+    ids = torch.tensor([[[5, 0], [18, 33]]], dtype=torch.uint8)  # dynamic, unlabeled / polegroup, bicycle
+    colors = label_ids_to_color_map(ids, torch.from_numpy(ID_COLORS))
+    assert colors.shape == (1, 3, 2, 2) and colors.dtype == torch.float32
+    assert colors[0, :, 0, 0].tolist() == [111, 74, 0] and colors[0, :, 0, 1].tolist() == [0, 0, 0]
+    assert colors[0, :, 1, 0].tolist() == [153, 153, 153] and colors[0, :, 1, 1].tolist() == [119, 11, 32]
+
+
+def test_prepared_split_without_ids_delivers_the_layout_only(prepared_tiny):
+    root, _ = prepared_tiny
+    val = PreparedSplit(root / "data/prepared", "val")
+    assert val.label_ids is None and val.dataset == "synthetic"
+    with pytest.raises(CrnError, match=r"val: no label_ids.npy.*cityscapes.keep_label_ids"):
+        val.batch([0], reads="label_colors")
+    with pytest.raises(ValueError, match="reads must be one of"):
+        val.batch([0], reads="colors")
+
+
 def test_prepare_builds_cache_and_keeps_old_one_on_failure(prepared_tiny, tiny_raw, tmp_path):
     root, params = prepared_tiny
     train = PreparedSplit(root / "data/prepared", "train")
@@ -114,6 +135,7 @@ def test_prepare_builds_cache_and_keeps_old_one_on_failure(prepared_tiny, tiny_r
     raw = dict(tiny_raw, paths=dict(tiny_raw["paths"], prepared=str(root / "data/prepared")))
     raw["data"] = dict(raw["data"], dataset="cityscapes")
     raw["cityscapes"] = dict(raw["cityscapes"], root=str(tmp_path / "nowhere"))
+    raw["paths"] = dict(raw["paths"], raw=str(tmp_path))
     before = (root / "data/prepared/train/images.npy").read_bytes()
     with pytest.raises(CrnError, match="dataset root not found"):
         prepare(parse_params(raw))
@@ -126,6 +148,7 @@ def test_prepare_reads_real_cityscapes_layout(tmp_path, tiny_raw):
     write_tree(tmp_path / "cs", "train", n=3)
     write_tree(tmp_path / "cs", "val", city="frankfurt", n=2)
     tiny_raw["data"]["dataset"] = "cityscapes"
+    tiny_raw["paths"]["raw"] = str(tmp_path / "cs")
     tiny_raw["cityscapes"].update(root=str(tmp_path / "cs"), expected_train=3, expected_val=2, frame_size_hw=[32, 64])
     meta = prepare(parse_params(tiny_raw))
     assert meta["splits"]["train"]["count"] == 3 and meta["splits"]["val"]["count"] == 2

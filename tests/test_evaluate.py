@@ -131,3 +131,18 @@ def test_table_baselines_are_chosen_and_checked(tiny_run, tmp_path):
     raw["evaluate"]["baselines"] = ["pix2pix"]  # a paper baseline this run did not train
     with pytest.raises(CrnError, match="evaluate.baselines: 'pix2pix' is not one of the other models"):
         table_baselines(parse_params(raw))
+
+
+def test_report_shows_too_few_clusters_as_n_a():
+    """A comparison with one worker has no worker-bootstrap interval (stats.MIN_BOOTSTRAP_CLUSTERS): the table
+    keeps both bootstrap columns (the image bootstrap exists) and says n/a, never "nan"."""
+    from crn_repro.report import _preference_rows
+
+    nan = float("nan")
+    table = pd.DataFrame([{"baseline": "pix2pix", "rate": 0.7, "ci_low": 0.4, "ci_high": 0.9, "p_value": 0.34, "n": 10,
+                           "boot_workers_low": nan, "boot_workers_high": nan, "boot_images_low": 0.5, "boot_images_high": 0.9}])
+    head, _, row = _preference_rows(table, ("baseline",))
+    assert "95% bootstrap, workers" in head and "95% bootstrap, images" in head
+    assert row == "| pix2pix | 70.0% | 40.0% - 90.0% | n/a | 50.0% - 90.0% | 0.340 | 10 |"
+    no_boot = table.assign(boot_images_low=nan, boot_images_high=nan)  # e.g. the automatic judge: no columns at all
+    assert "bootstrap" not in _preference_rows(no_boot, ("baseline",))[0]

@@ -20,6 +20,7 @@ runner = CliRunner()
 def nyu_raw(tiny_raw, tmp_path, num_frames=9, num_train=6, **nyu):
     write_nyu_mat(tmp_path / "nyu.mat", num_frames, hw=(48, 64), num_raw_classes=12, seed=3)
     tiny_raw["data"]["dataset"] = "nyu"
+    tiny_raw["paths"]["raw"] = str(tmp_path)  # the folder DVC would watch holds what prepare reads
     tiny_raw["nyu"].update(
         {"path": str(tmp_path / "nyu.mat"), "num_frames": num_frames, "num_train": num_train, "frame_size_hw": [48, 64],
          "num_classes": 5, "class_mapping": None, "fit": "crop", **nyu}

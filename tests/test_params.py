@@ -30,7 +30,8 @@ def test_dvc_yaml_stages_use_params_sections():
         body = stage.get("do", stage)
         for entry in body.get("params", []):
             key = entry.split(".")[0]
-            assert key == "${item}" or key in raw, entry
+            assert key in ("${item}", "${data") or key in raw, entry
+    assert "${data.dataset}" in dvc["stages"]["prepare"]["params"]  # only the section of the dataset read
 
 
 @pytest.mark.parametrize(
@@ -85,3 +86,30 @@ def test_progressive_keys_are_per_model(tiny_raw):
     tiny_raw["train"]["train_last_modules"] = None
     tiny_raw["crn"]["train"] = {"train_last_modules": 2, "init_from": "runs/low/crn/model.pt"}
     assert parse_params(tiny_raw).model("crn").train.train_last_modules == 2
+
+
+def test_what_prepare_reads_must_lie_in_the_folder_dvc_watches(tmp_path, tiny_raw):
+    """paths.raw is prepare's DVC dependency: a dataset read from elsewhere would change unseen."""
+    watched, elsewhere = tmp_path / "data" / "raw" / "cityscapes", tmp_path.parent / f"{tmp_path.name}-datasets"
+    watched.parent.mkdir(parents=True)
+    (elsewhere / "cityscapes").mkdir(parents=True)
+    raw = copy.deepcopy(tiny_raw)
+    raw["paths"]["raw"] = str(watched)
+    raw["data"]["dataset"] = "cityscapes"
+    raw["cityscapes"]["root"] = str(elsewhere / "cityscapes")
+    with pytest.raises(CrnError, match=r"cityscapes.root: .* is outside paths.raw .*; put the data under paths.raw"):
+        parse_params(raw)
+    raw["paths"]["raw"] = str(elsewhere / "cityscapes")  # DVC watches the folder where the data is
+    parse_params(raw)
+    watched.symlink_to(elsewhere / "cityscapes", target_is_directory=True)  # or a symlinked folder
+    raw["paths"]["raw"], raw["cityscapes"]["root"] = str(watched), str(watched)
+    parse_params(raw)
+
+    raw["data"]["dataset"] = "nyu"
+    raw["paths"]["raw"] = str(tmp_path / "data" / "raw" / "nyu")
+    raw["nyu"].update(path=str(tmp_path / "data" / "raw" / "nyu" / "nyu.mat"), class_mapping=str(elsewhere / "map.mat"))
+    with pytest.raises(CrnError, match=r"nyu.class_mapping: .* is outside paths.raw") as error:
+        parse_params(raw)
+    assert "nyu.path" not in str(error.value)
+    raw["data"]["dataset"] = "synthetic"  # generated, reads nothing
+    parse_params(raw)

@@ -25,6 +25,16 @@ def test_every_preset_file_is_listed():
     assert sorted(p.stem for p in (REPO / "presets").glob("*.yaml")) == sorted(PRESETS)
 
 
+def test_presets_and_the_demo_never_share_an_output_folder():
+    """Switching params files must not overwrite another experiment's cache, runs, images or reports."""
+    files = [REPO / "params.yaml"] + [REPO / "presets" / f"{name}.yaml" for name in sorted(PRESETS)]
+    for key in ("prepared", "runs", "synth", "reports"):
+        folders = [getattr(load_params(path).paths, key) for path in files]
+        assert len(set(folders)) == len(folders), (key, folders)
+    studies = [load_params(path).study.dir for path in files]  # all under paths.studies, one folder each
+    assert len(set(studies)) == len(studies), studies
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_loads_and_every_model_builds(name):
     params = load_params(REPO / "presets" / f"{name}.yaml")
@@ -33,7 +43,6 @@ def test_preset_loads_and_every_model_builds(name):
     assert num_classes_for(params) == num_classes
     assert params.vgg.weights != "random" and params.evaluate.inception != "none"  # faithful runs only
     assert params.train.batch_size == 1  # paper
-    assert name.split("-")[0] in params.paths.prepared  # presets never share a cache
     ctx = BuildContext(size_hw, num_classes, params.vgg, 1, Path(params.paths.runs), ((0, 0, 0),) * num_classes)
     counts = {}
     for model in MODELS:

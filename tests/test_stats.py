@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from crn_repro.stats import (
+    MIN_BOOTSTRAP_CLUSTERS,
     binomial_power,
     binomial_test,
     bootstrap_ci,
@@ -138,6 +139,18 @@ def test_exact_power_is_not_monotone_in_n():
     assert min(later) < 0.8  # the sawtooth: the documented "first n that reaches it" rule
 
 
+def test_sustained_judgments_keep_the_power_from_then_on():
+    # the brief's example: rate 0.9 at alpha 1e-3 reaches power 0.9 at n = 25, loses it at 26 and 27
+    assert judgments_needed(0.9, power=0.9) == 25 and binomial_power(26, 0.9) < 0.9
+    assert judgments_needed(0.9, power=0.9, sustained=True) == 28
+    for rate in (0.99, 0.9, 0.783, 0.658, 0.35):
+        first, n = judgments_needed(rate), judgments_needed(rate, sustained=True)
+        assert first <= n and binomial_power(n - 1, rate) < 0.8, rate
+        assert all(binomial_power(m, rate) >= 0.8 for m in range(n, 4 * first + 1)), rate
+    with pytest.raises(ValueError, match="does not stay reached"):
+        judgments_needed(0.9, power=0.9, max_n=26, sustained=True)
+
+
 def test_judgments_needed_rejects_no_effect():
     with pytest.raises(ValueError):
         judgments_needed(0.5, max_n=10_000)
@@ -230,9 +243,24 @@ def test_cluster_bootstrap_keeps_all_observations_of_a_cluster():
         seen.append(observations)
         return observations.mean()
 
-    cluster_bootstrap_ci(values, clusters, statistic, num_resamples=50, method="bca")
+    cluster_bootstrap_ci(values, clusters, statistic, num_resamples=50, method="bca", min_clusters=3)
     whole = {"w1": [10.0, 11.0], "w2": [20.0, 21.0, 22.0], "w3": [30.0]}
     assert len(seen) > 50  # the full sample, the resamples and the leave-one-cluster-out jackknife
     for observations in seen:
         for members in whole.values():  # every member of a cluster appears equally often
             assert len({int(np.sum(observations == v)) for v in members}) == 1, observations
+
+
+def test_cluster_bootstrap_needs_enough_clusters():
+    # One worker: every resample is that worker, so a percentile interval would have zero width.
+    values = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    low, high = cluster_bootstrap_ci(values, np.zeros(6, dtype=int))
+    assert np.isnan(low) and np.isnan(high)
+    assert MIN_BOOTSTRAP_CLUSTERS == 5
+    four, five = np.repeat(np.arange(4), 3), np.repeat(np.arange(5), 3)
+    assert np.isnan(cluster_bootstrap_ci(np.arange(12.0), four)).all()  # below the minimum: not estimable
+    low, high = cluster_bootstrap_ci(np.arange(15.0), five)
+    assert low < 7.0 < high
+    assert not np.isnan(cluster_bootstrap_ci(np.arange(12.0), four, min_clusters=4)).any()
+    with pytest.raises(ValueError, match="min_clusters"):
+        cluster_bootstrap_ci(values, np.arange(6), min_clusters=1)

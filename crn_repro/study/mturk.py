@@ -11,8 +11,10 @@ and lose the job's sentinel check; one variable per trial would need hundreds of
   trials as the web app does: fixation, freshly decoded images swapped in on a requestAnimationFrame,
   the mask swapped in on the frame where the target is reached, the on-screen time measured from rAF
   timestamps; it submits one hidden field ``responses``: a JSON list of ``[trial index,
-  "left"|"right", measured_ms, response_ms]``) and ``batch_input.csv`` (header = the template's
-  variables, one row per job).
+  "left"|"right", measured_ms, response_ms]``; in MTurk's preview, assignmentId
+  ``ASSIGNMENT_ID_NOT_AVAILABLE`` in the frame's URL, it shows the instructions and an example and says
+  "Accept the HIT to begin", with nothing to start or submit) and ``batch_input.csv`` (header = the
+  template's variables, one row per job).
   Every export is logged in the study's ``mturk/exports.json`` (outside the evaluate stage's
   dependencies, like all of ``mturk/``), so `study make` refuses to replace a study whose HITs may be
   published, wherever the export was written.
@@ -328,6 +330,10 @@ def simulate_results(
 # decoded mask in the callback of the first frame at or after target - half a frame; measured_ms is the
 # difference of the two frame timestamps. #crn's data-phase/-trial/-measured/-frame attributes let people
 # (and the browser tests) follow it.
+# Preview: before a worker accepts the HIT, MTurk opens the page with assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE
+# in the frame's URL. The page then shows the instructions and the example (a sketch of a trial, no study
+# image: a worker who previews and then accepts must not have seen any pair without its time limit) and
+# "Accept the HIT to begin"; it loads no images, has no consent or Start control and cancels any submission.
 _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT = one job. Variables: ${study_id} ${job} -->
 <script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
 <style>
@@ -343,15 +349,30 @@ _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT
   #crn-bar { height: 8px; background: #ddd; margin: 8px 0; } #crn-fill { height: 8px; width: 0; background: #4c72b0; }
   #crn-progress, #crn-prompt { text-align: center; min-height: 1.4em; }
   #crn-prompt { font-size: 1.2em; }
+  #crn-example { margin: 1em 0; } #crn-example figcaption { font-size: 0.95em; }
+  .crn-example-pair { display: flex; gap: 8px; background: #808080; padding: 8px; width: max-content; }
+  .crn-example-pair div { width: 200px; height: 100px; display: flex; align-items: center; justify-content: center;
+    background: #a0a0a0; color: #222; }
+  #crn-preview { font-size: 1.2em; }
 </style>
 <crowd-form>
   <div id="crn" data-phase="intro" data-trials="${trials}" data-base="${image_base_url}" data-mask="${mask_url}">
     <h2>@@QUESTION@@</h2>
     <div id="crn-intro">
       @@INSTRUCTIONS@@
-      <p><label><input type="checkbox" id="crn-consent"> I agree to take part in this study; my answers are recorded
-        anonymously together with my worker id.</label></p>
-      <p><button type="button" id="crn-start" disabled>Start</button> <span id="crn-loading">Loading images...</span></p>
+      <figure id="crn-example">
+        <div class="crn-example-pair"><div>left photograph</div><div>right photograph</div></div>
+        <figcaption>Example of one pair: a + for half a second, then two photographs of the same scene side by
+          side.<span id="crn-example-timing"></span> Answer with F or the left arrow key for the left photograph,
+          J or the right arrow key for the right one, or click it.</figcaption>
+      </figure>
+      <p id="crn-preview" hidden><strong>Accept the HIT to begin.</strong> This is a preview: the pairs are shown
+        only once you have accepted the HIT.</p>
+      <div id="crn-begin">
+        <p><label><input type="checkbox" id="crn-consent"> I agree to take part in this study; my answers are recorded
+          anonymously together with my worker id.</label></p>
+        <p><button type="button" id="crn-start" disabled>Start</button> <span id="crn-loading">Loading images...</span></p>
+      </div>
     </div>
     <div id="crn-bar"><div id="crn-fill"></div></div>
     <p id="crn-progress"></p>
@@ -379,6 +400,12 @@ _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT
   });
   var mask = root.dataset.mask;
   var answers = [], loaded = false, finished = false, preloaded = [];
+  // MTurk shows a HIT before it is accepted with assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE in the frame's URL.
+  var preview = new URLSearchParams(window.location.search).get("assignmentId") === "ASSIGNMENT_ID_NOT_AVAILABLE";
+  var timed = trials.some(function (t) { return t.duration !== null; });
+  $("crn-example-timing").textContent = timed
+    ? " Some pairs stay up only for a fraction of a second; then noise covers them, and you answer from what you saw."
+    : " They stay up until you answer.";
 
   function setPhase(phase, extra) { Object.assign(root.dataset, extra || {}, { phase: phase }); }
   function fail(text) { prompt.textContent = text; setPhase("error"); }
@@ -473,7 +500,18 @@ _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT
     prompt.textContent = "Done, thank you! Please submit.";
     setPhase("done");
   }
-  function updateStart() { $("crn-start").disabled = !loaded || !$("crn-consent").checked; }
+  function updateStart() { $("crn-start").disabled = preview || !loaded || !$("crn-consent").checked; }
+  document.querySelector("crowd-form").addEventListener("submit", function (e) {
+    if (preview) { e.preventDefault(); prompt.textContent = "Accept the HIT to begin."; }
+    else if (!finished) { e.preventDefault(); prompt.textContent = "Please answer every pair first, then submit."; }
+  });
+  if (preview) {  // instructions and the example only: no pair is loaded, nothing can start or be submitted
+    $("crn-begin").hidden = true;
+    $("crn-bar").hidden = true;
+    $("crn-preview").hidden = false;
+    setPhase("preview");
+    return;
+  }
   var urls = [];
   trials.forEach(function (t) { urls.push(t.left, t.right); });
   if (mask) { urls.push(mask); }
@@ -490,9 +528,6 @@ _HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT
     $("crn-start").disabled = true;
     run().catch(function (error) { fail("Something went wrong (" + error.message + "); please return this HIT."); });
   }, { once: true });
-  document.querySelector("crowd-form").addEventListener("submit", function (e) {
-    if (!finished) { e.preventDefault(); prompt.textContent = "Please answer every pair first, then submit."; }
-  });
 })();
 </script>
 """

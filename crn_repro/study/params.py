@@ -88,6 +88,10 @@ class StudyParams:
     jobs: int = doc("jobs (one participant's session, one MTurk HIT) to build")
     image_size_wh: tuple[int, int] = doc("stimulus size, width x height (paper: 400x200)")
     min_sentinel_accuracy: float = doc("participants with a lower fraction of sentinels right are excluded (1.0 = all)")
+    timing_tolerance_ms: float = doc(
+        "timed test trials whose measured on-screen time is further than this from the target, or was not measured, are "
+        "left out of the analysis (17 = one 60 Hz frame; sentinels are kept)"
+    )
     bootstrap_resamples: int = doc("resamples of the bootstrap over workers and over images")
     unlimited: UnlimitedDesignParams = doc("the unlimited-time design (Table 1)")  # noqa: RUF009 (doc() is a field)
     timed: TimedDesignParams = doc("the time-limited design (Fig. 3)")  # noqa: RUF009 (doc() is a field)
@@ -101,5 +105,7 @@ class StudyParams:
             yield "image_size_wh", "must be at least 16x16"
         if not 0.0 <= self.min_sentinel_accuracy <= 1.0:
             yield "min_sentinel_accuracy", "must lie in [0, 1]"
+        if not self.timing_tolerance_ms > 0:
+            yield "timing_tolerance_ms", "must be > 0 (ms); 17 is one frame at 60 Hz"
         if self.bootstrap_resamples < 10:
             yield "bootstrap_resamples", "must be >= 10"

@@ -1,5 +1,5 @@
-"""`study analyze` (paper Table 1, Fig. 3): sentinel exclusion, judgments for evaluate, and per
-comparison rates with Wilson interval, binomial p and bootstrap over workers and images."""
+"""`study analyze` (paper Table 1, Fig. 3): sentinel exclusion, mistimed trials left out, judgments for
+evaluate, and per comparison rates with Wilson interval, binomial p and bootstrap over workers and images."""
 
 import pandas as pd
 import pytest
@@ -9,6 +9,7 @@ from crn_repro import stats
 from crn_repro.errors import CrnError
 from crn_repro.study.analyze import (
     analyze_study,
+    mistimed_trials,
     sentinel_exclusions,
     summarize,
     to_judgments,
@@ -18,10 +19,12 @@ from crn_repro.study.mturk import export_mturk, simulate_results
 from crn_repro.study.records import RESPONSE_COLUMNS, check_responses
 
 
-def _record(source, participant, trial, kind, left, right, side, duration=None, layout="f0"):
+def _record(source, participant, trial, kind, left, right, side, duration=None, layout="f0", measured="target"):
+    """One canonical record; a timed one is measured exactly on target unless ``measured`` says otherwise."""
     return {"source": source, "participant": participant, "job": "job-000", "trial": trial, "kind": kind,
             "layout": layout, "left_model": left, "right_model": right, "chosen_side": side,
-            "chosen_model": left if side == "left" else right, "duration_ms": duration, "measured_ms": None,
+            "chosen_model": left if side == "left" else right, "duration_ms": duration,
+            "measured_ms": duration if measured == "target" else measured,
             "response_ms": 700.0, "answered_utc": "2026-01-01T00:00:00Z"}
 
 
@@ -63,8 +66,9 @@ def test_summary_per_comparison(responses):
     assert (unlimited.wins, unlimited.n) == (14, 20) and pd.isna(unlimited.duration_ms)
     assert unlimited.p_value == pytest.approx(expected["p_value"]) and unlimited.ci_low == pytest.approx(expected["ci_low"])
     assert (unlimited.participants, unlimited.layouts) == (2, 5)
-    # identical workers: resampling workers cannot move the rate; resampling images can
-    assert unlimited.boot_workers_low == unlimited.boot_workers_high == pytest.approx(0.7)
+    # two workers are too few to resample (stats.MIN_BOOTSTRAP_CLUSTERS = 5): no interval rather than a
+    # zero-width one; five images are enough
+    assert pd.isna(unlimited.boot_workers_low) and pd.isna(unlimited.boot_workers_high)
     assert unlimited.boot_images_low < 0.7 < unlimited.boot_images_high
     timed = summary.loc[("real", "crn")]  # real first (Fig. 3's "Real > CRN")
     assert (timed.duration_ms, timed.wins, timed.n) == (125, 6, 8)
@@ -80,8 +84,9 @@ def test_end_to_end_from_mturk_results(tmp_path, tiny_raw, prepared_tiny):
     results = simulate_results(study, paths["batch_input"], tmp_path / "results.csv", participants=10, seed=0,
                                careless_fraction=0.3)
     out = analyze_study(study, [results], num_resamples=50)
-    assert set(out["paths"]) == {"responses", "exclusions", "judgments", "summary", "time_curves"}
+    assert set(out["paths"]) == {"responses", "exclusions", "mistimed", "judgments", "summary", "time_curves"}
     assert all(p.is_file() for p in out["paths"].values())
+    assert not len(out["mistimed"])  # simulated MTurk answers report the target as measured
     excluded = out["exclusions"].set_index("participant").excluded
     assert excluded.sum() >= 2  # 3 careless workers answer at random: most miss a sentinel
     curves = pd.read_csv(out["paths"]["time_curves"])
@@ -97,10 +102,68 @@ def test_evaluate_bootstraps_only_what_the_judgments_name():
     plain = pd.DataFrame({"model_a": ["crn"] * 4, "model_b": ["pix2pix"] * 4, "winner": ["crn", "crn", "crn", "pix2pix"]})
     row = judgment_summary(plain, "crn", num_resamples=50)
     assert (row["wins"], row["n"]) == (3, 4) and pd.isna(row["boot_workers_low"]) and pd.isna(row["boot_images_low"])
-    named = plain.assign(participant=["a", "a", "b", "b"], layout=["x", "y", "x", "y"], duration_ms=[125, 125, 125, 125])
-    curves = time_curves(named.assign(model_a="pix2pix", model_b="real", winner=["real"] * 3 + ["pix2pix"]), 50)
-    assert list(curves[["first", "second", "wins", "n"]].iloc[0]) == ["real", "pix2pix", 3, 4]
-    assert curves.boot_workers_low[0] == 0.5 and curves.boot_workers_high[0] == 1.0  # workers: 2/2 and 1/2 right
+    # five workers (each 2 of 2 right but the last, 0 of 2) over two layouts
+    winners = ["real"] * 8 + ["pix2pix"] * 2
+    named = pd.DataFrame({"model_a": "pix2pix", "model_b": "real", "winner": winners, "duration_ms": 125,
+                          "participant": [w for w in "abcde" for _ in range(2)], "layout": ["x", "y"] * 5})
+    curves = time_curves(named, 200)
+    assert list(curves[["first", "second", "wins", "n"]].iloc[0]) == ["real", "pix2pix", 8, 10]
+    assert curves.boot_workers_low[0] == 0.4 and curves.boot_workers_high[0] == 1.0  # 0..5 workers of 5 right
+    assert pd.isna(curves.boot_images_low[0])  # two layouts: too few to resample
+
+
+def test_bootstrap_is_not_estimable_with_one_worker():
+    """A single worker (or image) gives every bootstrap resample the same rate: NaN, not a zero-width interval."""
+    from crn_repro.evaluate import judgment_summary
+
+    one = pd.DataFrame({"model_a": "crn", "model_b": "pix2pix", "winner": ["crn"] * 7 + ["pix2pix"] * 3,
+                        "participant": "only", "layout": [f"f{i}" for i in range(10)]})
+    row = judgment_summary(one, "crn", num_resamples=100)
+    assert pd.isna(row["boot_workers_low"]) and pd.isna(row["boot_workers_high"])
+    assert row["boot_images_low"] < 0.7 < row["boot_images_high"]  # ten images: an interval
+    assert row["ci_low"] < 0.7 < row["ci_high"]  # the Wilson interval does not depend on clusters
+
+
+def test_mistimed_trials_are_left_out_and_counted(responses, tmp_path, monkeypatch):
+    import crn_repro.study.analyze as analyze
+    from crn_repro.evaluate import _human_source, read_judgments
+
+    # web:p1's 125 ms trials: on target, 10 ms over, 20 ms under, not measured; a sentinel 30 ms over
+    timing = {20: 125.0, 21: 135.0, 22: 105.0, 23: None}
+    extra = [_record("web", "p1", 200, "sentinel", "real", "image-space", "left", duration=4000, measured=4030.0)]
+    rows = responses.copy()
+    is_p1 = (rows.source == "web") & (rows.participant == "p1")
+    for trial, measured in timing.items():
+        rows.loc[is_p1 & (rows.trial == trial), "measured_ms"] = measured
+    rows = check_responses(pd.concat([rows, pd.DataFrame(extra)], ignore_index=True), "test")
+
+    exclusions = sentinel_exclusions(rows, 1.0)
+    assert not exclusions.set_index(["source", "participant"]).loc[("web", "p1"), "excluded"]  # its late sentinel counts
+    mistimed = mistimed_trials(rows, exclusions, 17.0)
+    assert list(mistimed.trial) == [22, 23] and set(mistimed.participant) == {"p1"}
+    assert mistimed.error_ms.iloc[0] == -20.0 and "-20.0 ms from the target (tolerance 17 ms)" in mistimed.reason.iloc[0]
+    assert mistimed.reason.iloc[1] == "no measured on-screen time"
+    assert list(mistimed_trials(rows, exclusions, 25.0).trial) == [23]
+    # an excluded participant's trials are gone with them, and are not counted twice
+    assert "p3" not in set(mistimed_trials(rows.assign(measured_ms=None), exclusions, 17.0).participant)
+
+    monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: rows)
+    out = analyze_study(tmp_path, num_resamples=20, timing_tolerance_ms=17.0)
+    assert len(out["mistimed"]) == 2 and len(pd.read_csv(out["paths"]["mistimed"])) == 2
+    judgments = pd.read_csv(out["paths"]["judgments"])
+    assert len(judgments) == 2 * 14 - 2 and judgments.measured_ms.notna().sum() == 8 - 2
+    summary = pd.read_csv(out["paths"]["summary"]).set_index(["first", "second"])
+    timed, unlimited = summary.loc[("real", "crn")], summary.loc[("crn", "pix2pix")]
+    assert (timed.n, timed.mistimed) == (6, 2) and (unlimited.n, unlimited.mistimed) == (20, 0)  # unlimited: untouched
+    assert pd.read_csv(out["paths"]["time_curves"]).mistimed.tolist() == [2]
+    path = out["paths"]["judgments"]
+    assert _human_source(read_judgments([path]), [path]) == "human judgments (2 participants, 2 excluded, 2 mistimed trials left out)"
+
+    # a comparison whose every trial was mistimed still gets a row, with n = 0
+    none_left = mistimed_trials(rows.assign(measured_ms=rows.measured_ms + 100), exclusions, 17.0)
+    kept = to_judgments(rows, exclusions, none_left)
+    row = summarize(kept, 20, 0, none_left).set_index(["first", "second"]).loc[("real", "crn")]
+    assert (row.n, row.mistimed) == (0, 8) and pd.isna(row.rate)
 
 
 def _simulated_copy(responses, prefix="sim-"):

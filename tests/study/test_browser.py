@@ -1,10 +1,18 @@
 """The study web app in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
 
-Checks the frame-accurate timed presentation (measured on-screen time within one frame of the target),
-resuming after a server restart, that markup from the manifest or a forged participant id never runs as
-HTML, and a simulated observer completing a study through the page; and the exported MTurk HIT page
-(``hit.html``): its timing at 125 ms and that its submission carries the ``responses`` field. Skipped when chromium or Playwright
-is missing, unless CRN_REQUIRE_BROWSER=1 (set by .ci/run), which turns that into a failure.
+Checks the frame-accurate timed presentation, resuming after a server restart, that markup from the
+manifest or a forged participant id never runs as HTML, that requests forged in the page (a forged id, a
+trial out of range, markup in any field, a path outside the study's images) are refused, and a simulated observer completing a study through
+the page; and the exported MTurk HIT page (``hit.html``): its timing at 125 ms, that its submission carries
+the ``responses`` field, and its preview mode (instructions only, nothing to start or submit). Skipped when
+chromium or Playwright is missing, unless CRN_REQUIRE_BROWSER=1 (set by .ci/run), which turns that into a
+failure.
+
+Timing is checked by a probe the test installs in the page (``PRESENTATION_PROBE``), independent of the
+page's own bookkeeping: it watches the DOM for the moments a stimulus image becomes visible and stops being
+visible; the on-screen time it sees must be within one frame of the target *and* agree with the
+``measured_ms`` the page recorded. ``test_the_probe_catches_a_mask_one_frame_late`` shows that it catches a
+mask swapped in one frame late, which the page's own ``measured_ms`` does not reveal.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import json
 import os
 import shutil
 import sqlite3
-from urllib.parse import parse_qs, urlsplit
+from importlib import resources
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from study_web import write_study
@@ -29,6 +38,69 @@ from crn_repro.study.store import read_responses
 CHROMIUM = shutil.which("chromium")
 PHASE_TIMEOUT_MS = 15_000
 TIMESTAMP_SLACK_MS = 1.0  # rAF timestamps are coarsened to ~0.1 ms; allow for rounding on both ends
+
+# Installed with page.add_init_script, before any page script runs. Whenever a DOM mutation changes whether
+# a stimulus (an <img> in one of the panels that is not the mask) is rendered visible, it logs
+# performance.now() and document.timeline.currentTime, the timestamp of the animation frame the mutation was
+# made in, which is the frame that paints it (the pages mutate in requestAnimationFrame callbacks). It reads
+# only the DOM and the browser's clocks, never the page's variables or data-* attributes.
+PRESENTATION_PROBE = """
+(() => {
+  const config = __CONFIG__;
+  const log = [];
+  window.__presentations = log;
+  let visible = false;
+  function stimulusVisible() {
+    return config.panels.some((id) => {
+      const panel = document.getElementById(id);
+      return panel !== null && [...panel.querySelectorAll("img")].some((img) =>
+        img.src !== config.mask && img.getClientRects().length > 0 && getComputedStyle(img).visibility === "visible");
+    });
+  }
+  new MutationObserver(() => {
+    const now = performance.now(), frame = document.timeline.currentTime;
+    const shown = stimulusVisible();
+    if (shown !== visible) log.push({ visible: (visible = shown), now, frame });
+  }).observe(document, { subtree: true, childList: true, attributes: true,
+                         attributeFilter: ["class", "hidden", "style", "src"] });
+})();
+"""
+
+
+def probe_presentations(page, panels: list[str], mask_url: str) -> None:
+    """Install ``PRESENTATION_PROBE`` on ``page``, watching the elements ``panels`` (ids); ``mask_url`` is the
+    mask image's absolute URL (an <img> showing it is no stimulus)."""
+    page.add_init_script(PRESENTATION_PROBE.replace("__CONFIG__", json.dumps({"panels": panels, "mask": mask_url})))
+
+
+# Tolerances, measured over 5 runs of 4-10 trials at 125 ms (headless chromium at 60 Hz on 2 CPU cores, idle
+# and with both cores busy): the probe's on-screen time equalled the page's measured_ms to within 0.1 ms and
+# lay between 116.6 and 133.4 ms (half a frame around 125); its performance.now() durations were within
+# 1 ms of its frame durations. A mask one frame late then shows as a 16.7 ms disagreement with measured_ms;
+# three frames late, also as 42-58 ms past the target. The limits allow a dropped frame at the end of a
+# presentation (within one frame of the target) but not a frame of disagreement (half a frame).
+def presentation_errors(log: list[dict], trials: list[tuple[int, float, float, float]]) -> list[str]:
+    """What the probe saw (``log``: its ``window.__presentations``, read before the page navigates away) that
+    a correct presentation would not give. ``trials``: (index, target_ms,
+    measured_ms the page recorded, frame_ms the page measured) in the order shown. Expects one onset and one
+    offset per trial, an on-screen time within one frame of the target that agrees with measured_ms to half a
+    frame, and the probe's performance.now() duration agreeing with its frame duration to half a frame."""
+    if [entry["visible"] for entry in log] != [True, False] * len(trials):
+        return [f"expected {len(trials)} onsets and offsets, the probe saw {[entry['visible'] for entry in log]}"]
+    errors = []
+    for (index, target, measured, frame_ms), on, off in zip(trials, log[0::2], log[1::2]):
+        on_screen, by_clock = off["frame"] - on["frame"], off["now"] - on["now"]
+        seen = (f"trial {index}: target {target} ms, on screen {on_screen:.1f} ms, page measured {measured:.1f} ms, "
+                f"frame {frame_ms:.1f} ms")
+        if not 4.0 <= frame_ms <= 50.0:
+            errors.append(f"{seen}: implausible frame interval")
+        if abs(on_screen - target) > frame_ms + TIMESTAMP_SLACK_MS:
+            errors.append(f"{seen}: more than a frame off the target")
+        if abs(on_screen - measured) > frame_ms / 2:
+            errors.append(f"{seen}: measured_ms disagrees with the screen")
+        if abs(by_clock - on_screen) > frame_ms / 2:
+            errors.append(f"{seen}: performance.now() gives {by_clock:.1f} ms")
+    return errors
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +151,7 @@ def test_timed_trials_answered_by_key_are_shown_within_a_frame_of_target(page, t
     keys = {"f": "left", "ArrowRight": "right", "j": "right", "ArrowLeft": "left"}
     pressed = ["f", "ArrowRight", "j", "ArrowLeft"]
     with make_server(study, port=0) as server:
+        probe_presentations(page, ["left", "right"], server.url + "/images/mask.png")
         agree(page, server.url)
         for i, key in enumerate(pressed):
             wait_phase(page, "answer", i)
@@ -91,12 +164,33 @@ def test_timed_trials_answered_by_key_are_shown_within_a_frame_of_target(page, t
     df = read_responses(study)
     assert df.chosen_side.tolist() == [keys[k] for k in pressed]
     assert sorted(df.duration_ms.unique()) == [125, 250, 500] and df.duration_ms.iloc[0] == 125
-    for (trial, measured_ms, frame_ms), target in zip(stored(study), df.duration_ms):
-        # the mask goes up on the first frame at or after target - half a frame, so the on-screen time is
-        # within half a frame of the target when no frame is dropped; allow one whole measured frame
-        assert 4.0 <= frame_ms <= 50.0, f"implausible frame interval {frame_ms} ms"
-        assert abs(measured_ms - target) <= frame_ms + TIMESTAMP_SLACK_MS, (trial, target, measured_ms, frame_ms)
+    # the mask goes up on the first frame at or after target - half a frame: on screen within half a frame of
+    # the target when no frame is dropped, as the probe sees it and as the page recorded it
+    shown = [(trial, target, measured, frame_ms) for (trial, measured, frame_ms), target in zip(stored(study), df.duration_ms)]
+    assert presentation_errors(page.evaluate("window.__presentations"), shown) == []
     assert (df.response_ms > df.measured_ms).all()
+
+
+def test_the_probe_catches_a_mask_one_frame_late(page, tmp_path):
+    """app.js with the mask swapped in one frame after the frame it measures: measured_ms still lies within a
+    frame of the target, so only the probe can tell."""
+    app_js = (resources.files("crn_repro.study") / "static" / "app.js").read_text()
+    swap = '  $("left").replaceChildren(masks[0]);'
+    assert app_js.count(swap) == 1
+    late = app_js.replace(swap, "  await nextFrame();\n" + swap)
+    study = write_study(tmp_path / "late", jobs=1, tests_per_job=2, sentinels_per_job=0, durations=(125,))
+    with make_server(study, port=0) as server:
+        page.route(server.url + "/static/app.js", lambda route: route.fulfill(body=late, content_type="text/javascript"))
+        probe_presentations(page, ["left", "right"], server.url + "/images/mask.png")
+        agree(page, server.url)
+        for i in range(2):
+            wait_phase(page, "answer", i)
+            page.keyboard.press("f")
+        wait_phase(page, "done")
+    shown = [(trial, 125, measured, frame_ms) for trial, measured, frame_ms in stored(study)]
+    assert all(abs(measured - 125) <= frame_ms for _, _, measured, frame_ms in shown)  # the page's record looks fine
+    errors = presentation_errors(page.evaluate("window.__presentations"), shown)
+    assert [e.split(":")[0] for e in errors if e.endswith("measured_ms disagrees with the screen")] == ["trial 0", "trial 1"], errors
 
 
 def test_reload_after_server_restart_resumes_at_next_unanswered_trial(page, tmp_path):
@@ -154,6 +248,51 @@ def test_markup_from_the_manifest_or_a_forged_id_never_runs(page, tmp_path):
     assert len(read_responses(study)) == 1
 
 
+SEND = """async ([path, body]) => {
+  const init = body === null ? {} : {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const response = await fetch(path, init);
+  return [response.status, response.headers.get("content-type"), await response.text()];
+}"""
+
+
+def test_requests_forged_in_the_page_are_refused(page, tmp_path):
+    """What a participant's own page can send by hand (devtools, a script): an answer under a forged id, a
+    trial index out of range, markup or script in any field, and paths outside the study's images. Each is
+    refused with a 4xx JSON error, nothing is stored, and the genuine answer still goes through."""
+    study = write_study(tmp_path / "forge", jobs=1, tests_per_job=2, sentinels_per_job=0, durations=(125,))
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG top secret")
+    with make_server(study, port=0) as server:
+        agree(page, server.url)
+        wait_phase(page, "answer", 0)
+        creds = json.loads(page.evaluate("localStorage.getItem('crn-study:test-timed')"))
+        genuine = {**creds, "trial": 0, "chosen_side": "left", "measured_ms": 125.0, "response_ms": 600.0}
+        script = "<script>window.__xss = 1</script>"
+        forged = {
+            "a forged participant id": {**genuine, "participant": "p-0123456789abcdef"},
+            "markup as participant id": {**genuine, "participant": "<img src=x onerror=window.__xss=2>"},
+            "markup as token": {**genuine, "token": script},
+            "a trial index past the end": {**genuine, "trial": 2},
+            "a negative trial index": {**genuine, "trial": -1},
+            "a trial index as text": {**genuine, "trial": "0"},
+            "markup as chosen side": {**genuine, "chosen_side": script},
+            "markup as measured time": {**genuine, "measured_ms": script},
+            "markup as response time": {**genuine, "response_ms": script},
+            "markup in an extra field": {**genuine, "comment": script},
+        }
+        for what, body in forged.items():
+            status, content_type, text = page.evaluate(SEND, ["/api/answer", body])
+            assert 400 <= status < 500 and content_type == "application/json", (what, status, text)
+            assert "error" in json.loads(text), what
+        for path in ("/images/..%2f..%2fsecret.png", "/images/%2e%2e/%2e%2e/secret.png", "/..%2fsecret.png",
+                     "/images/..%2fmanifest.json", "/manifest.json", "/responses.sqlite", "/images/"):
+            status, content_type, text = page.evaluate(SEND, [path, None])
+            assert status == 404 and content_type == "application/json" and "secret" not in text, (path, status)
+        assert stored(study) == []
+        assert page.evaluate(SEND, ["/api/answer", genuine])[0] == 200  # the same request, untampered
+        assert page.evaluate("window.__xss") is None
+    assert [row[0] for row in stored(study)] == [0]
+
+
 def test_simulated_observer_completes_the_study_in_the_browser(page, tmp_path):
     study = write_study(tmp_path / "observer", jobs=1, tests_per_job=5, sentinels_per_job=1, sentinel_ms=500,
                           durations=(125, 250))
@@ -179,6 +318,9 @@ def test_simulated_observer_completes_the_study_in_the_browser(page, tmp_path):
 
 
 HIT_ORIGIN = "https://hit.test"  # served by page.route below: nothing leaves the machine
+# MTurk opens an HTMLQuestion in a frame whose URL carries these; a preview has no assignment yet.
+ASSIGNED = {"assignmentId": "3ASSIGNMENT0EXAMPLE", "hitId": "3HIT0EXAMPLE", "turkSubmitTo": "https://www.mturk.com", "workerId": "AWORKER1"}
+PREVIEW = {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "3HIT0EXAMPLE"}
 CROWD_ELEMENTS = "https://assets.crowd.aws/crowd-html-elements.js"
 # crowd-html-elements.js cannot be fetched here. This stand-in gives <crowd-form> what the HIT relies on: a
 # Submit button that fires a cancelable "submit" event on the element and, unless the page cancels it, posts
@@ -217,11 +359,10 @@ def hit_phase(page, phase: str, trial: int | None = None) -> None:
     page.wait_for_selector(selector, state="attached", timeout=PHASE_TIMEOUT_MS)
 
 
-def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page, tmp_path):
-    """hit.html from `study export-mturk`, with MTurk's ${...} substitution done as MTurk does: the pairs
-    are masked within one frame of 125 ms (measured from rAF timestamps), and the submission carries the
-    `responses` field, which imports as canonical records."""
-    study = write_study(tmp_path / "hit", jobs=1, tests_per_job=3, sentinels_per_job=1, durations=(125,), sentinel_ms=250)
+def serve_hit(page, study, tmp_path) -> tuple[dict, list[str], list[str]]:
+    """Export ``study`` for MTurk and serve its first HIT to ``page`` at HIT_ORIGIN/hit.html (any query), with
+    MTurk's ${...} substitution done as MTurk does, the study's images, the crowd-form stand-in and a submit
+    endpoint. Returns the HIT's batch-input row, the bodies posted to /submit and the image URLs requested."""
     paths = export_mturk(study, tmp_path / "mturk", HIT_ORIGIN)
     with open(paths["batch_input"], newline="") as f:
         row = next(csv.DictReader(f))
@@ -230,15 +371,16 @@ def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page
         html = html.replace("${" + key + "}", value)
     assert "${" not in html
     document = f"<!doctype html><html><head><meta charset='utf-8'></head><body>{html}</body></html>"
-    submitted, errors = [], []
+    submitted, images = [], []
 
     def serve(route, request):
         path = urlsplit(request.url).path
         if request.url == CROWD_ELEMENTS:
             route.fulfill(body=CROWD_FORM_STUB, content_type="text/javascript")
-        elif request.url == HIT_ORIGIN + "/hit.html":
+        elif request.url.split("?")[0] == HIT_ORIGIN + "/hit.html":
             route.fulfill(body=document, content_type="text/html; charset=utf-8")
         elif request.url.startswith(HIT_ORIGIN + "/images/") and (study / path.lstrip("/")).is_file():
+            images.append(request.url)
             route.fulfill(path=study / path.lstrip("/"), content_type="image/png")
         elif request.url == HIT_ORIGIN + "/submit" and request.method == "POST":
             submitted.append(request.post_data)
@@ -247,8 +389,19 @@ def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page
             route.abort()
 
     page.route("**/*", serve)
+    return row, submitted, images
+
+
+def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page, tmp_path):
+    """hit.html from `study export-mturk`, with MTurk's ${...} substitution done as MTurk does: the pairs
+    are masked within one frame of 125 ms (measured from rAF timestamps), and the submission carries the
+    `responses` field, which imports as canonical records."""
+    study = write_study(tmp_path / "hit", jobs=1, tests_per_job=3, sentinels_per_job=1, durations=(125,), sentinel_ms=250)
+    row, submitted, _ = serve_hit(page, study, tmp_path)
+    errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(HIT_ORIGIN + "/hit.html")
+    probe_presentations(page, ["crn-left", "crn-right"], row["mask_url"])
+    page.goto(HIT_ORIGIN + "/hit.html?" + urlencode(ASSIGNED))
     page.wait_for_function("document.getElementById('crn-loading').textContent === ''", timeout=PHASE_TIMEOUT_MS)
     page.click("#crowd-submit")  # too early: the page cancels the submission
     assert "answer every pair first" in page.inner_text("#crn-prompt") and not submitted
@@ -267,6 +420,7 @@ def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page
         else:
             page.keyboard.press(["f", "ArrowRight", "j"][i])
     hit_phase(page, "done")
+    log = page.evaluate("window.__presentations")
     in_page = json.loads(page.eval_on_selector("#crn-responses", "e => e.value"))
     with page.expect_request(HIT_ORIGIN + "/submit"):
         page.click("#crowd-submit")
@@ -278,13 +432,40 @@ def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page
     assert answers == in_page
     assert [a[0] for a in answers] == list(range(4)) and [a[1] for a in answers] == ["left", "right", "right", "right"]
     for (index, _, measured, response), (page_measured, frame_ms) in zip(answers, shown):
-        # masked on the first frame at or after target - half a frame: within one measured frame of the target
-        assert 4.0 <= frame_ms <= 50.0, f"implausible frame interval {frame_ms} ms"
-        assert abs(measured - targets[index]) <= frame_ms + TIMESTAMP_SLACK_MS, (index, targets[index], measured, frame_ms)
         assert abs(measured - page_measured) <= 0.1 and response > measured
+    # masked on the first frame at or after target - half a frame, as the probe sees it and as submitted
+    assert presentation_errors(log, [(a[0], targets[a[0]], a[2], frame_ms) for a, (_, frame_ms) in zip(answers, shown)]) == []
     assert [a[2] for a in answers if targets[a[0]] == 125], "no 125 ms trial measured"
     records = import_results(study, [_results_csv(tmp_path / "results.csv", row, answers)])
     assert len(records) == 4 and set(records.source) == {"mturk"} and records.measured_ms.notna().all()
+
+
+def test_hit_preview_shows_the_instructions_but_nothing_to_start_or_submit(page, tmp_path):
+    """MTurk's preview (assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE): the instructions and the example are shown
+    with "Accept the HIT to begin"; no pair is loaded, there is no consent or Start control, and a submission
+    is cancelled."""
+    instructions = '<p id="trusted">Pick the image that looks more like a <b>real photograph</b>.</p>'
+    study = write_study(tmp_path / "preview", jobs=1, tests_per_job=3, sentinels_per_job=1, durations=(125,),
+                        instructions_html=instructions)
+    _, submitted, images = serve_hit(page, study, tmp_path)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(HIT_ORIGIN + "/hit.html?" + urlencode(PREVIEW))
+    hit_phase(page, "preview")
+    assert page.inner_text("#trusted") == "Pick the image that looks more like a real photograph."
+    assert page.is_visible("#crn-example") and "noise covers them" in page.inner_text("#crn-example")
+    assert "Accept the HIT to begin" in page.inner_text("#crn-preview") and page.is_visible("#crn-preview")
+    assert not page.is_visible("#crn-start") and not page.is_visible("#crn-consent") and page.is_disabled("#crn-start")
+    page.click("#crowd-submit")
+    assert page.inner_text("#crn-prompt") == "Accept the HIT to begin."
+    page.eval_on_selector("#crn-start", "button => button.click()")  # even a scripted click starts nothing
+    page.wait_for_timeout(300)
+    assert page.get_attribute("#crn", "data-phase") == "preview" and page.locator("#crn-stage img").count() == 0
+    assert not submitted and not images and not errors
+
+    page.goto(HIT_ORIGIN + "/hit.html?" + urlencode(ASSIGNED))  # the same page once accepted
+    page.wait_for_function("document.getElementById('crn-loading').textContent === ''", timeout=PHASE_TIMEOUT_MS)
+    assert page.is_visible("#crn-start") and not page.is_visible("#crn-preview") and images
 
 
 def _results_csv(path, row, answers):

@@ -63,6 +63,7 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     out = _run(params, "study", "analyze", study, "--mturk", study / "mturk" / "simulated_results.csv")
     assert f"evaluate.human_judgments={study}/analysis/judgments.csv" in out
     assert "only simulated participants answered (48 answers of 8 simulated participants)" in out
+    assert "timed test answers left out" not in out  # unlimited time: nothing to measure
     summary = pd.read_csv(study / "analysis" / "summary.csv")
     assert list(zip(summary["first"], summary["second"])) == [("crn", "image-space")]
     responses = pd.read_csv(study / "analysis" / "responses.csv")
@@ -91,7 +92,9 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     _run(params, "study", "make", "--design", "timed", "--out", timed)
     _run(params, "study", "export-mturk", timed, timed / "mturk", "--base-url", "https://example.org/timed")
     _run(params, "study", "simulate", timed, "-n", 4, "--via", "mturk", "--careless-fraction", 0)
-    _run(params, "study", "analyze", timed, "--mturk", timed / "mturk" / "simulated_results.csv")
+    out = _run(params, "study", "analyze", timed, "--mturk", timed / "mturk" / "simulated_results.csv")
+    assert (f"0 timed test answers left out: on screen more than 17 ms from the target, or not measured (0) -> "
+            f"{timed}/analysis/mistimed.csv") in out
     # both designs in one report: Table 1 from the unlimited study, Fig. 3 from the timed one
     human["evaluate"]["human_judgments"] = [str(study / "analysis" / "judgments.csv"), str(timed / "analysis" / "judgments.csv")]
     params.write_text(yaml.safe_dump(human))

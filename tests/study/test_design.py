@@ -95,6 +95,8 @@ def test_counts_per_cell_balance_and_rotate(total, cells):
         (lambda s: s["unlimited"].update(sentinel_model="nope"), "study.unlimited.sentinel_model: unknown model"),
         (lambda s: s.update(design="fast"), "study.design: 'fast' is not one of"),
         (lambda s: s.update(min_sentinel_accuracy=1.5), "study.min_sentinel_accuracy: must lie in [0, 1]"),
+        (lambda s: s.update(timing_tolerance_ms=0), "study.timing_tolerance_ms: must be > 0 (ms)"),
+        (lambda s: s.pop("timing_tolerance_ms"), "study.timing_tolerance_ms: missing key"),
         (lambda s: s.pop("jobs"), "study.jobs: missing key"),
         # the exclusion rule depends on sentinels: without them `study analyze` would exclude everyone
         (lambda s: s["unlimited"].update(sentinels_per_job=0), "study.unlimited.sentinels_per_job: must be >= 1: "

@@ -53,6 +53,7 @@ def test_template_variables_match_the_batch_input(exported):
     html = paths["hit"].read_text()
     assert set(re.findall(r"\$\{([^}]*)\}", html)) == set(HIT_VARIABLES)
     assert "crowd-form" in html and "requestAnimationFrame" in html and 'name="responses"' in html
+    assert "ASSIGNMENT_ID_NOT_AVAILABLE" in html and "Accept the HIT to begin" in html  # MTurk's preview
     rows = _rows(paths["batch_input"])
     manifest = load_manifest(study)
     assert [r["job"] for r in rows] == [j["job"] for j in manifest["jobs"]]
