@@ -6,6 +6,7 @@ Plotting functions are pure (data in, Figure out); ``write_report`` does the fil
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from crn_repro import stats  # noqa: E402
-from crn_repro.checkpoint import atomic_write_text  # noqa: E402
+from crn_repro.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crn_repro.datasets import PreparedSplit, read_prepared_meta  # noqa: E402
 from crn_repro.errors import CrnError  # noqa: E402
 from crn_repro.labels import colorize_channels  # noqa: E402
@@ -185,8 +186,12 @@ def _fmt_time(seconds: float) -> str:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=150)
-    fig.savefig(path.with_suffix(".pdf"))
+    """The figure as PNG and PDF, each written atomically and byte-identical for the same figure (the
+    PDF carries no creation date), so a rerun with unchanged results changes no file."""
+    for target, options in ((path, {"dpi": 150}), (path.with_suffix(".pdf"), {"metadata": {"CreationDate": None}})):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=target.suffix[1:], **options)
+        atomic_write_bytes(target, buffer.getvalue())
     plt.close(fig)
 
 

@@ -2,6 +2,7 @@
 preference table from the automatic judge or from human judgments, and the self-contained HTML."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -68,6 +69,19 @@ def test_report_html_is_self_contained(tiny_run):
     for name in ("qualitative", "diversity_crn-diverse", "training_curves", "metric_segmentation_miou"):
         assert (root / f"reports/figures/{name}.png").stat().st_size > 1000, name
         assert (root / f"reports/figures/{name}.pdf").is_file(), name
+
+
+def test_report_rerun_rewrites_identical_figures(tiny_run):
+    """Unchanged results give byte-identical figures (the PDFs carry no creation date), so a rerun of the
+    report changes no file that users version."""
+    root, _ = tiny_run
+    figures = sorted((root / "reports/figures").iterdir())
+    before = {path.name: path.read_bytes() for path in figures}
+    assert any(name.endswith(".pdf") for name in before)
+    time.sleep(1.1)  # a creation date (seconds) would now differ
+    result = runner.invoke(app, ["--params", str(root / "params.yaml"), "report"])
+    assert result.exit_code == 0, result.output
+    assert {path.name: path.read_bytes() for path in sorted((root / "reports/figures").iterdir())} == before
 
 
 def test_human_judgments_replace_the_proxy(tiny_run, tmp_path):
