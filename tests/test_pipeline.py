@@ -51,6 +51,19 @@ def test_dvc_repro_tiny(tmp_path):
     (work / "data/raw/cityscapes/new_file.png").write_bytes(b"another dataset")
     same = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
     assert "up to date" in same.stdout, same.stdout
+    # Of the params, prepare depends on `data` and the section of the dataset it reads only.
+    params_path = work / "params.yaml"
+    edited = yaml.safe_load(params_path.read_text())
+    edited["nyu"]["num_classes"] += 1
+    params_path.write_text(yaml.safe_dump(edited))
+    same = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
+    assert "up to date" in same.stdout, same.stdout
+    edited["synthetic"]["num_val"] += 1
+    params_path.write_text(yaml.safe_dump(edited))
+    changed = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
+    assert "modified:           synthetic" in changed.stdout, changed.stdout
+    edited["synthetic"]["num_val"] -= 1
+    params_path.write_text(yaml.safe_dump(edited))
     (work / "data/raw/synthetic/new_file.png").write_bytes(b"changed")
     changed = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
     assert "prepare" in changed.stdout and "data/raw/synthetic" in changed.stdout, changed.stdout
