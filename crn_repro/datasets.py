@@ -152,11 +152,11 @@ def load_pair(
             if values.max() > 255:
                 raise ValueError(f"label ids up to {int(values.max())} are not Cityscapes labelIds (valid: 0..33)")
             channels = label_ids_to_channels(values)
-            label_ids = values.astype(np.uint8)
+            label_ids = values
     except ValueError as error:
         raise CrnError(f"{pair.label_path}: {error}") from None
     if keep_label_ids:
-        return np.asarray(image, dtype=np.uint8), channels, label_ids
+        return np.asarray(image, dtype=np.uint8), channels, label_ids.astype(np.uint8, copy=False)
     return np.asarray(image, dtype=np.uint8), channels
 
 

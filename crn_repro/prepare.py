@@ -53,7 +53,11 @@ class Source:
     names: dict[str, Sequence[str]]
     load: dict[str, Callable[[int], tuple[np.ndarray, ...]]]
     meta: dict
-    label_ids: bool = False
+
+    @property
+    def label_ids(self) -> bool:
+        """Whether the frames carry labelIds: the source's meta then holds their colour table."""
+        return "label_id_colors" in self.meta
 
 
 def num_classes_for(params: Params) -> int:
@@ -77,7 +81,6 @@ def _cityscapes_source(
             for split in SPLITS
         },
         meta,
-        keep_label_ids,
     )
 
 
