@@ -1,4 +1,4 @@
-"""Networks of the "GAN + semantic segmentation" baseline (Chen & Koltun 2017, Sec. 4; crn-facts §5).
+"""Networks of the "GAN + semantic segmentation" baseline (Chen & Koltun 2017, Sec. 4; docs/facts.md §5).
 
 The paper: "The GAN setup follows the work of Radford et al. (DCGAN). The input to the generator
 is the semantic layout L." No code was released, so the networks follow the DCGAN guidelines

@@ -1,4 +1,4 @@
-"""Full-resolution network baseline (Chen & Koltun 2017, Sec. 4; crn-facts §5).
+"""Full-resolution network baseline (Chen & Koltun 2017, Sec. 4; docs/facts.md §5).
 
 A context-aggregation network (Yu & Koltun 2016) with its dilation schedule inverted: the first
 layer has the largest dilation and each later one halves it, because semantic layouts are

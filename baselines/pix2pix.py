@@ -1,4 +1,4 @@
-"""pix2pix baseline (Isola et al. 2017; Chen & Koltun 2017, Sec. 4; crn-facts §5).
+"""pix2pix baseline (Isola et al. 2017; Chen & Koltun 2017, Sec. 4; docs/facts.md §5).
 
 The networks of pix2pix's public PyTorch implementation (junyanz/pytorch-CycleGAN-and-pix2pix,
 ``--netG unet_256 --netD basic --norm batch``, dropout on): the U-Net generator (Isola et al.,
@@ -9,7 +9,7 @@ the discriminator (6 input channels) 2,768,705, as in that implementation.
 Image size. ``unet_256`` halves the resolution ``num_downs`` = 8 times, so H and W must be
 divisible by 2^8 = 256. The U-Net is fully convolutional, so the paper's 1:2 frames at 256x512
 simply reach a 1x2 bottleneck instead of 1x1; the public release trained pix2pix on Cityscapes at
-256x256 (crn-facts §5). Smaller demo images use fewer downs (at least 5, the U-Net's fixed outer
+256x256 (docs/facts.md §5). Smaller demo images use fewer downs (at least 5, the U-Net's fixed outer
 four levels plus the innermost one): 32x64 with ``num_downs`` 5 also reaches 1x2.
 
 Input. ``input: color`` is the public release's Cityscapes setup: the networks read 3 channels,
@@ -146,7 +146,7 @@ class ConditionInput(nn.Module):
 
 class UnetGenerator(nn.Module):
     """pix2pix U-Net generator (Isola et al. 2017, Sec. 3.2.1; ``unet_256`` at num_downs 8;
-    crn-facts §5). Input: layout (N, c, H, W), or the colour label map (N, 3, H, W) in 0..255 with
+    docs/facts.md §5). Input: layout (N, c, H, W), or the colour label map (N, 3, H, W) in 0..255 with
     ``color_source`` 'label_ids' (``ConditionInput``); output (N, 3, H, W) in 0..255.
 
     Level i (0 = outermost) halves the resolution to ``widths[i]`` channels and its decoder half
@@ -203,7 +203,7 @@ class UnetGenerator(nn.Module):
 
 class PatchDiscriminator(nn.Module):
     """pix2pix 70x70 PatchGAN discriminator (Isola et al. 2017, Sec. 3.2.2; ``NLayerDiscriminator``
-    with n_layers 3; crn-facts §5). Reads concat(condition, image), condition first, where the
+    with n_layers 3; docs/facts.md §5). Reads concat(condition, image), condition first, where the
     condition is the layout encoded as the generator reads it and the image is in 0..255. Output:
     a map of raw logits, one per 70x70 patch (with n_layers 3).
 

@@ -1,5 +1,5 @@
 """Encoder-decoder baseline: a U-Net (Ronneberger et al. 2015) trained with the CRN loss
-(Chen & Koltun 2017, Sec. 4; crn-facts §5).
+(Chen & Koltun 2017, Sec. 4; docs/facts.md §5).
 
 The paper uses it to control for the architecture with loss and training held fixed, so its blocks
 are the CRN's: two 3x3 bias-free convolutions, each followed by layer normalization and

@@ -7,9 +7,7 @@ public pix2pix implementation does): D trains on it detached, then G is scored b
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +15,7 @@ from torch import nn
 
 from crn_repro.config import doc
 from crn_repro.losses import Objective
+from crn_repro.segmentation import pixelwise_cross_entropy
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -94,17 +93,15 @@ class GANSemSegObjective(_AdversarialObjective):
     the pixelwise cross-entropy of a frozen segmentation network applied to the generated image
     against the input layout."""
 
-    def __init__(self, params: GANSemSegObjectiveParams, segmenter_path: Path, image_size_hw: tuple[int, int]):
+    def __init__(self, params: GANSemSegObjectiveParams, segmenter: nn.Module, segmenter_identity: dict):
         super().__init__()
-        from crn_repro.segmentation import load_segmenter  # segmentation -> losses; avoid a cycle at import
-
         self.params = params
-        self.segmenter_path = Path(segmenter_path)
-        self.segmenter = load_segmenter(segmenter_path, "cpu", image_size_hw)  # frozen; moves with the objective
+        self.segmenter = segmenter  # frozen (registry.load_segmenter); moves with the objective
+        self._segmenter_identity = dict(segmenter_identity)
 
     def identity(self) -> dict:
-        """The segmenter file's content: a retrained segmenter makes a saved state stale."""
-        return {"segmenter_sha256": hashlib.sha256(self.segmenter_path.read_bytes()).hexdigest()}
+        """The segmenter file's content (its sha256): a retrained segmenter makes a saved state stale."""
+        return dict(self._segmenter_identity)
 
     def state_dict(self, *args, **kwargs):
         """The frozen segmenter is an input, not training state: it is always the file's."""
@@ -124,8 +121,6 @@ class GANSemSegObjective(_AdversarialObjective):
         return nets["D"](image)
 
     def generator_terms(self, nets, layout, image, fake):
-        from crn_repro.segmentation import pixelwise_cross_entropy
-
         logits = self.segmenter(fake)
         return {
             "gan": _bce(self.discriminate(nets, layout, fake), 1.0),

@@ -1,91 +1,31 @@
-"""Self-describing checkpoints (STYLE convention 7) with atomic writes.
+"""Self-describing checkpoints (STYLE convention 7) with atomic writes: the file formats only.
 
 Two artifacts per run: the model file (model name, each network's constructor arguments and
 state_dict of the unwrapped module, and the run's facts) that rebuilds the networks without
 params.yaml, and the training state (step, networks, optimizers, objective state, RNG) for resume.
-Both hold only tensors and plain data and load with ``weights_only=True``.
+Both hold only tensors and plain data and load with ``weights_only=True``. Rebuilding networks from
+a model file needs the registry of models: ``registry.load_model``, which imports this module (never
+the other way round).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from crn_repro.errors import CrnError, one_line
-from crn_repro.registry import build_network
+from crn_repro.errors import CrnError
+from crn_repro.files import atomic_write
 
 MODEL_FORMAT = "crn-repro-model/1"
 STATE_FORMAT = "crn-repro-state/1"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over ``path``: a kill at
-    any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_replace_dir(tmp: Path, out: Path) -> None:
-    """Swap a finished folder ``tmp`` in for ``out``: the old one is renamed aside first and removed
-    only after the new one is in place, so an interruption never leaves ``out`` half-written."""
-    tmp, out = Path(tmp), Path(out)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def read_table(path: Path, required: tuple[str, ...] = (), missing: str = "not found", fix: str = "", **read_csv_kwargs):
-    """A CSV as a pandas DataFrame, with one-line errors that name the file: missing (``missing``
-    says what to do), unreadable, or lacking one of the ``required`` columns (``fix`` says what to do)."""
-    import pandas as pd
-
-    path = Path(path)
-    then = f"; {fix}" if fix else ""
-    if not path.is_file():
-        raise CrnError(f"{path}: {missing}")
-    try:
-        table = pd.read_csv(path, **read_csv_kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise CrnError(f"{path}: not a readable CSV ({one_line(error)}){then}") from None
-    if not set(required) <= set(table.columns):
-        raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}{then}")
-    return table
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -125,19 +65,12 @@ def _load(path: Path, kind: str, expected_format: str) -> dict:
     return data
 
 
-def load_model_file(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, nn.Module], dict]:
-    """Rebuild every network of a model file; returns (networks in eval mode, file contents)."""
+def read_model_file(path: Path) -> dict:
+    """A model file's contents (model name, network_kwargs, state_dicts, facts), checked for its
+    format; ``registry.load_model`` rebuilds the networks from it."""
     data = _load(path, "model file", MODEL_FORMAT)
-    nets = {}
-    for name, kwargs in data["network_kwargs"].items():
-        try:
-            net = build_network(data["model"], name, kwargs)
-            net.load_state_dict(data["state_dicts"][name])
-        except (KeyError, TypeError, RuntimeError, ValueError) as error:
-            raise CrnError(f"{path}: does not fit the current code ({one_line(error)}); train this model again") from None
-        nets[name] = net.to(device).eval()
     data["facts"] = json.loads(data.pop("facts_json"))
-    return nets, data
+    return data
 
 
 def load_training_state(path: Path) -> dict:
@@ -147,7 +80,7 @@ def load_training_state(path: Path) -> dict:
 def init_from_model_file(path: Path, nets: dict[str, nn.Module]) -> dict[str, dict[str, list[str]]]:
     """Initialise ``nets`` from a model file: every tensor whose network, name and shape match is
     copied; the rest keep their fresh initialisation. This is the release's progressive schedule
-    (crn-facts §3): a 512p CRN from a 256p one gets every module but the new last one and the
+    (docs/facts.md §3): a 512p CRN from a 256p one gets every module but the new last one and the
     output layer. Returns, per network, the copied and the kept-fresh tensor names."""
     data = _load(path, "model file", MODEL_FORMAT)
     report = {}

@@ -1,4 +1,4 @@
-"""Cascaded Refinement Network (Chen & Koltun 2017, Sec. 3.2; details as in crn-facts §1).
+"""Cascaded Refinement Network (Chen & Koltun 2017, Sec. 3.2; details as in docs/facts.md §1).
 
 A cascade of refinement modules M_0..M_{n-1}. M_0 works at 4x8, each later module doubles the
 resolution (aspect 1:2). Module M_i sees the bilinearly upsampled features of M_{i-1} concatenated
@@ -17,7 +17,7 @@ from torch import nn
 
 from crn_repro.config import doc
 
-# Widths d_i of the paper's Cityscapes models (Sec. 3.2, crn-facts §1): 1024 from 4x8 to 64x128,
+# Widths d_i of the paper's Cityscapes models (Sec. 3.2, docs/facts.md §1): 1024 from 4x8 to 64x128,
 # 512 at 128x256 and 256x512, 128 at 512x1024, 32 at 1024x2048.
 PRESETS: dict[str, dict] = {
     "cityscapes-256p": {"image_size_hw": (256, 512), "widths": (1024,) * 5 + (512, 512)},
@@ -102,7 +102,7 @@ class RefinementModule(nn.Module):
 
 def layout_pyramid(layout: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """The layout at every module's resolution, coarsest first, by area averaging (2x2 mean pooling),
-    so coarse layouts are soft masks (crn-facts §1)."""
+    so coarse layouts are soft masks (docs/facts.md §1)."""
     pyramid = [layout]
     for _ in range(levels - 1):
         pyramid.append(F.avg_pool2d(pyramid[-1], 2))
@@ -139,7 +139,7 @@ class CRN(nn.Module):
 
     def freeze_all_but_last(self, n: int) -> None:
         """Train only the last ``n`` refinement modules and the output layer (the release's 1024p
-        run trained the last two, crn-facts §3). Frozen modules build no autograd graph, so their
+        run trained the last two, docs/facts.md §3). Frozen modules build no autograd graph, so their
         activations are not kept for the backward pass."""
         if not 1 <= n <= len(self.cascade):
             raise ValueError(f"train_last_modules must be in 1..{len(self.cascade)} for this {len(self.cascade)}-module CRN, got {n}")

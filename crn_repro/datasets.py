@@ -1,4 +1,4 @@
-"""Datasets (paper Sec. 5.1, crn-facts §4): the official Cityscapes folder layout (read for real
+"""Datasets (paper Sec. 5.1, docs/facts.md §4): the official Cityscapes folder layout (read for real
 Cityscapes and for the built-in synthetic city alike), the prepared cache that training reads, and
 the one normalise/denormalise pair that training, synthesis, evaluation and figures all use.
 
@@ -120,7 +120,7 @@ def load_pair(
     keep_label_ids: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Read one frame at ``size_hw``: image resized bicubic (uint8 HxWx3), labels resized nearest and
-    mapped to layout channels (uint8 HxW, 0..19), as the release did (crn-facts §4). ``label_format``
+    mapped to layout channels (uint8 HxW, 0..19), as the release did (docs/facts.md §4). ``label_format``
     says how the label file is read (label_ids or color); ``frame_size_hw`` checks the original size.
     ``keep_label_ids`` adds a third array, the labelIds (uint8 HxW; read by colour: the canonical id
     of each colour, ``labels.COLOR_TO_ID``)."""

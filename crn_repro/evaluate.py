@@ -1,4 +1,4 @@
-"""The `evaluate` stage (paper Sec. 5.1, crn-facts §7): automatic metrics of every model's
+"""The `evaluate` stage (paper Sec. 5.1, docs/facts.md §7): automatic metrics of every model's
 synthesized validation set, each with a bootstrap interval over images and its protocol, and the
 pairwise preference table in the shape of the paper's Table 1.
 
@@ -27,11 +27,13 @@ from rich.progress import Progress
 
 from crn_repro import metrics as M
 from crn_repro import stats
-from crn_repro.checkpoint import atomic_write_json, atomic_write_text, read_table
+from crn_repro.files import atomic_write_json, atomic_write_text
+from crn_repro.judgments import preference_table
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
 from crn_repro.params import EvaluateParams, Params
-from crn_repro.segmentation import confusion_matrix, load_segmenter, predict, segmentation_scores
+from crn_repro.registry import SEGMENTER, load_segmenter
+from crn_repro.segmentation import confusion_matrix, predict, segmentation_scores
 from crn_repro.synthesize import output_names
 
 
@@ -97,7 +99,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     val = PreparedSplit(Path(params.paths.prepared), "val")
     h, w = val.size_hw
-    segmenter_path = Path(ep.segmenter) if ep.segmenter else Path(params.paths.runs) / "segmenter" / "model.pt"
+    segmenter_path = Path(ep.segmenter) if ep.segmenter else Path(params.paths.runs) / SEGMENTER / "model.pt"
     segmenter = load_segmenter(segmenter_path, device, (h, w))
     seg_features = M.segmentation_feature_extractor(segmenter)
     inception = None
@@ -264,128 +266,14 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             results[model] = entry
             atomic_write_text(per_image_dir / f"{model}.csv", per_image.to_csv(index=False))
 
-    preference = preference_table(params, realism, val.names)
+    preference, curves = preference_table(
+        ep.reference_model, table_baselines(params), realism, ep.judgment_files, ep.bootstrap_resamples, ep.seed
+    )
     atomic_write_text(reports / "preference.csv", preference.to_csv(index=False))
+    atomic_write_text(reports / "time_curves.csv", curves.to_csv(index=False))
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset}
     atomic_write_json(reports / "metrics.json", out)
     return out
-
-
-BOOTSTRAP_COLUMNS = ["boot_workers_low", "boot_workers_high", "boot_images_low", "boot_images_high"]
-TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
-PAIR_ORDER = {"real": 0, "crn": 1}  # Fig. 3 names a pair type "Real > CRN", "CRN > pix2pix": real first, then crn
-
-
-def pair_order(a: str, b: str) -> tuple[str, str]:
-    """The pair (first, second) in display order: real images first, then crn, then by name."""
-    return tuple(sorted((a, b), key=lambda m: (PAIR_ORDER.get(m, 2), m)))
-
-
-def judgment_summary(group: pd.DataFrame, first: str, num_resamples: int = 1000, seed: int = 0) -> dict:
-    """One comparison: how often ``first`` won (columns winner, and optionally participant, layout),
-    with Wilson interval, exact binomial p and, where the columns exist, 95% cluster-bootstrap
-    intervals resampling whole participants (workers) and whole layouts (images); NaN where a column
-    is missing or names fewer than ``stats.MIN_BOOTSTRAP_CLUSTERS`` workers (images). The two are
-    separate one-way bootstraps, not a crossed (two-way) one: each ignores the other source of
-    variation, so each is somewhat too narrow."""
-    won = (group.winner == first).to_numpy(dtype=float)
-    out = {"wins": int(won.sum()), **_summary(int(won.sum()), len(won))}
-    for column, name in (("participant", "workers"), ("layout", "images")):
-        low = high = float("nan")
-        if column in group.columns and len(won) and group[column].notna().all():
-            low, high = stats.cluster_bootstrap_ci(won, group[column].astype(str).to_numpy(), num_resamples=num_resamples, seed=seed)
-        out[f"boot_{name}_low"], out[f"boot_{name}_high"] = low, high
-    return out
-
-
-def time_curves(judgments: pd.DataFrame, num_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Paper Fig. 3: for each pair type (``pair_order``: Real > CRN, Real > pix2pix, CRN > pix2pix) and
-    exposure time, the fraction of judgments preferring ``first``, as ``judgment_summary``. Needs
-    columns model_a, model_b, winner, duration_ms (rows without a duration are skipped)."""
-    rows = []
-    timed = judgments.dropna(subset=["duration_ms"])
-    pair = timed[["model_a", "model_b"]].apply(lambda r: pair_order(r.model_a, r.model_b), axis=1)
-    for (first, second), group in timed.groupby(pair):
-        for duration, g in group.groupby("duration_ms"):
-            rows.append(dict(first=first, second=second, duration_ms=int(duration), **judgment_summary(g, first, num_resamples, seed)))
-    return pd.DataFrame(rows, columns=TIME_CURVE_COLUMNS)
-
-
-PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
-
-
-def _human_source(judgments: pd.DataFrame, paths: list[Path]) -> str:
-    """"human judgments", with participants counted where the study analysis says who they were; or
-    "simulated participants (N, M excluded), not human judgments" when the study's ``source`` column
-    says every judgment came from simulated participants (`crn-repro study simulate`). Where the
-    analysis left out mistimed trials (``mistimed.csv`` beside ``judgments.csv``), the counts end with
-    ", K mistimed trials left out"."""
-
-    def simulated(sources: pd.Series) -> pd.Series:  # study sources "simulated-web", "simulated-mturk"
-        return sources.astype(str).str.startswith("simulated-")
-
-    tables = []  # exclusions.csv, written next to judgments.csv by `crn-repro study analyze`
-    for path in paths:
-        try:
-            table = pd.read_csv(path.parent / "exclusions.csv")
-            table["excluded"] = table["excluded"].astype(bool)
-            tables.append(table)
-        except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            tables = None  # who was excluded is not known here
-            break
-    if "source" in judgments.columns and len(judgments):
-        is_simulated = bool(simulated(judgments.source).all())
-    else:  # no judgment left (all excluded, say): the exclusions say who answered
-        sources = [t.source for t in tables or () if "source" in t.columns and len(t)]
-        is_simulated = bool(sources) and all(simulated(s).all() for s in sources)
-
-    if "participant" not in judgments.columns:
-        return "simulated participants, not human judgments" if is_simulated else "human judgments"
-    included = judgments.participant.nunique()
-    excluded = None if tables is None else sum(
-        int((t.excluded & (simulated(t.source) == is_simulated)).sum()) if "source" in t.columns else int(t.excluded.sum())
-        for t in tables
-    )
-    mistimed = _mistimed_count(paths, simulated, is_simulated)
-    left_out = f", {mistimed} mistimed trials left out" if mistimed else ""
-    if is_simulated:
-        counts = f"{included}" if excluded is None else f"{included}, {excluded} excluded"
-        return f"simulated participants ({counts}{left_out}), not human judgments"
-    if excluded is None:
-        return f"human judgments ({included} participants{left_out})"
-    return f"human judgments ({included} participants, {excluded} excluded{left_out})"
-
-
-def _mistimed_count(paths: list[Path], simulated, is_simulated: bool) -> int:
-    """Timed trials `crn-repro study analyze` left out for their measured on-screen time (its
-    ``mistimed.csv`` beside each ``judgments.csv``; 0 where there is none), of the sources analysed."""
-    count = 0
-    for path in paths:
-        try:
-            table = pd.read_csv(path.parent / "mistimed.csv")
-        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            continue  # an older analysis, or judgments from elsewhere: nothing known to be left out
-        count += int((simulated(table.source) == is_simulated).sum()) if "source" in table.columns else len(table)
-    return count
-
-
-def read_judgments(paths: list[Path]) -> pd.DataFrame:
-    """The human judgment CSVs, concatenated (columns model_a, model_b, winner, and optionally
-    duration_ms, participant, layout, source); one-line errors name the file. Judgments of simulated
-    participants (source "simulated-...") are dropped where real ones exist."""
-    frames = []
-    for path in paths:
-        judgments = read_table(
-            path, ("model_a", "model_b", "winner"),
-            missing="evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null",
-        )
-        frames.append(judgments)
-    judgments = pd.concat(frames, ignore_index=True)
-    if "source" in judgments.columns:  # `crn-repro study analyze`'s: simulated participants never pass as people
-        simulated = judgments.source.astype(str).str.startswith("simulated-")
-        if simulated.any() and not simulated.all():  # real judgments exist: use only them
-            judgments = judgments[~simulated].reset_index(drop=True)
-    return judgments
 
 
 def table_baselines(params: Params) -> list[str]:
@@ -398,40 +286,3 @@ def table_baselines(params: Params) -> list[str]:
                 f"evaluate.baselines: {model!r} is not one of the other models in `models` ({', '.join(params.models)})"
             )
     return chosen
-
-
-def preference_table(params: Params, realism: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
-    """Table 1: the reference model against each of ``table_baselines``. From human judgments if given, else
-    from the automatic judge (higher realism score wins; ties are dropped)."""
-    ep = params.evaluate
-    ref = ep.reference_model
-    baselines = table_baselines(params)
-    rows = []
-    curves = pd.DataFrame(columns=TIME_CURVE_COLUMNS)
-    atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
-    if ep.judgment_files:
-        paths = [Path(f) for f in ep.judgment_files]
-        judgments = read_judgments(paths)
-        if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
-            curves = time_curves(judgments, ep.bootstrap_resamples, ep.seed)
-        source = _human_source(judgments, paths)
-        for other in baselines:
-            pair = judgments[((judgments.model_a == ref) & (judgments.model_b == other)) | ((judgments.model_a == other) & (judgments.model_b == ref))]
-            if "duration_ms" in pair.columns:  # Table 1 is the unlimited-time experiment
-                pair = pair[pair.duration_ms.isna()]
-            rows.append(dict(reference=ref, baseline=other, source=source, **judgment_summary(pair, ref, ep.bootstrap_resamples, ep.seed)))
-        atomic_write_text(Path(params.paths.reports) / "time_curves.csv", curves.to_csv(index=False))
-        return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
-    for other in baselines:
-        a, b = realism[ref], realism[other]
-        decided = a != b
-        wins, n = int((a[decided] > b[decided]).sum()), int(decided.sum())
-        rows.append(dict(reference=ref, baseline=other, wins=wins, source="automatic proxy, not human judgments", **_summary(wins, n)))
-    return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
-
-
-def _summary(wins: int, n: int) -> dict:
-    if n == 0:
-        return {"n": 0, "rate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan")}
-    s = stats.preference_summary(wins, n)
-    return {"n": n, "rate": s["rate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p_value": s["p_value"]}

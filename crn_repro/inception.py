@@ -1,4 +1,4 @@
-"""Inception-v3 pool3 features (2048-d), the feature space of FID and KID (crn-facts §7).
+"""Inception-v3 pool3 features (2048-d), the feature space of FID and KID (docs/facts.md §7).
 
 FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) are defined on the 2048-d activations
 after the final average pool ("pool3") of the TensorFlow Inception-v3 graph of 2015-12-05. Two

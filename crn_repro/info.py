@@ -1,7 +1,7 @@
 """Model facts for `crn-repro info`: exact trainable parameter counts of every network.
 
 The released 1024p CRN has 98,674,531 parameters (c = 20); the paper's text says 105M, which no
-plausible c reproduces (crn-facts §1), so we report the true count. c follows the params' dataset
+plausible c reproduces (docs/facts.md §1), so we report the true count. c follows the params' dataset
 (20 for Cityscapes and the synthetic city, nyu.num_classes + 1 for NYU).
 """
 

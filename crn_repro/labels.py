@@ -1,4 +1,4 @@
-"""Cityscapes label table and the 20-channel layout encoding (crn-facts §4).
+"""Cityscapes label table and the 20-channel layout encoding (docs/facts.md §4).
 
 The official Cityscapes ``labelIds`` run 0..33 (license plate, id -1, is never drawn into the
 label PNGs). The 19 standard train classes become layout channels 0..18; every other id is void,
@@ -102,7 +102,7 @@ ID_COLORS = np.zeros((len(LABELS), 3), dtype=np.uint8)
 for _label in LABELS:
     ID_COLORS[_label.id] = _label.color
 
-# gtFine_color -> labelId, as the release read labels (crn-facts §4: it matched the colours of the
+# gtFine_color -> labelId, as the release read labels (docs/facts.md §4: it matched the colours of the
 # colour label images). Some ids share a colour, so each colour maps to one canonical id: the id of
 # its train class when it has one (polegroup -> pole, license plate -> car), else the lowest id
 # (black -> unlabeled). Canonical ids reproduce the colour image exactly and give the same layout

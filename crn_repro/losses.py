@@ -20,7 +20,7 @@ from crn_repro.vgg import LAYERS, load_vgg19
 
 TERMS = ("image",) + LAYERS  # Phi_0 = the image itself, then the VGG-19 layers (Sec. 3.3)
 
-# The release's fixed weights (crn-facts §2.2): each term is a mean absolute error divided by a
+# The release's fixed weights (docs/facts.md §2.2): each term is a mean absolute error divided by a
 # constant collected at epoch 100 of an earlier run; conv5_2 carries an extra factor 10.
 AUTHORS_LAMBDAS = {
     "authors-256p": (1.0, 1 / 1.6, 1 / 2.3, 1 / 1.8, 1 / 2.8, 10 / 0.8),
@@ -83,6 +83,11 @@ class Objective(nn.Module):
         """Held-out figures computed once training has finished (``val``: the prepared val split);
         they go into the run's summary.json. Default: none."""
         return {}
+
+    def perception_network(self) -> str:
+        """The perception network whose features the losses compare, in words, for the run's facts
+        (e.g. which VGG-19 weights); default: none."""
+        return "not used"
 
 
 class FeatureMatchingLoss(nn.Module):
@@ -224,3 +229,6 @@ class FeatureMatchingObjective(Objective):
 
     def identity(self) -> dict:
         return {"vgg": repr(self.loss.vgg_params)} if self.loss.vgg is not None else {}
+
+    def perception_network(self) -> str:
+        return self.loss.vgg.source_description if self.loss.vgg is not None else "not used"

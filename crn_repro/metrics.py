@@ -1,4 +1,4 @@
-"""Automatic scores of synthesized images (crn-facts §7): pure functions of features or images.
+"""Automatic scores of synthesized images (docs/facts.md §7): pure functions of features or images.
 
 - Distribution distances on features (e.g. Inception pool3, ``crn_repro.inception``): the Fréchet
   distance (FID, Heusel et al. 2017) and the kernel distance (KID, Binkowski et al. 2018).
@@ -215,7 +215,7 @@ def perceptual_distance(feats_x: Sequence[Tensor], feats_y: Sequence[Tensor]) ->
 
 
 def pairwise_diversity(features_per_output: Sequence[Sequence[Tensor]]) -> Tensor:
-    """Diversity of a k-output model (crn-facts §2.3): for each layout, the mean
+    """Diversity of a k-output model (docs/facts.md §2.3): for each layout, the mean
     ``perceptual_distance`` over the k(k-1)/2 pairs of its k outputs. features_per_output[u] is the
     per-layer feature list of output u for all N layouts. Returns (N,); 0 when the outputs agree."""
     k = len(features_per_output)

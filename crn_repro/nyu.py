@@ -1,4 +1,4 @@
-"""NYU Depth v2 labeled set (paper Sec. 5.1, crn-facts §4): read ``nyu_depth_v2_labeled.mat`` one
+"""NYU Depth v2 labeled set (paper Sec. 5.1, docs/facts.md §4): read ``nyu_depth_v2_labeled.mat`` one
 frame at a time, map its raw object labels to a layout label set, and fit its 4:3 frames to the
 cascade's 1:2 aspect.
 
@@ -383,7 +383,7 @@ def load_frame(
     nyu: NyuLabeled, i: int, label_set: NyuLabelSet, size_hw: tuple[int, int], fit: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frame ``i`` at ``size_hw``: fitted to that aspect, then the image resized bicubic (uint8 HxWx3)
-    and the layout channels nearest (uint8 HxW), the conventions of ``datasets.load_pair`` (crn-facts §4)."""
+    and the layout channels nearest (uint8 HxW), the conventions of ``datasets.load_pair`` (docs/facts.md §4)."""
     image = nyu.image(i)
     try:
         channels = label_set.to_channels(nyu.labels(i))

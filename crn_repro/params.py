@@ -50,7 +50,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class CityscapesParams:
-    """params.yaml ``cityscapes`` (crn-facts §4): the official archives' layout."""
+    """params.yaml ``cityscapes`` (docs/facts.md §4): the official archives' layout."""
 
     root: str = doc("folder holding leftImg8bit/{train,val}/<city>/ and gtFine/{train,val}/<city>/")
     labels: Literal["label_ids", "color"] = doc(
@@ -74,7 +74,7 @@ class CityscapesParams:
 
 @dataclass(frozen=True)
 class NyuParams:
-    """params.yaml ``nyu`` (paper Sec. 5.1, crn-facts §4): the NYU Depth v2 labeled set."""
+    """params.yaml ``nyu`` (paper Sec. 5.1, docs/facts.md §4): the NYU Depth v2 labeled set."""
 
     path: str = doc("nyu_depth_v2_labeled.mat (MATLAB v7.3)")
     class_mapping: str | None = doc(
@@ -119,7 +119,7 @@ class TrainParams:
     channels_last: Literal["auto", "on", "off"] = doc("auto = channels_last memory format on CUDA")
     init_from: str | None = doc(
         "model.pt to initialise a fresh run from: every tensor whose name and shape match is copied "
-        "(the release's progressive 256p -> 512p -> 1024p schedule, crn-facts §3); null = from scratch"
+        "(the release's progressive 256p -> 512p -> 1024p schedule, docs/facts.md §3); null = from scratch"
     )
     train_last_modules: int | None = doc(
         "CRN models: train only the last N refinement modules (and the output layer), freezing the rest "

@@ -1,4 +1,4 @@
-"""The `prepare` stage (paper Sec. 5.1, crn-facts §4): read a dataset once — the built-in synthetic
+"""The `prepare` stage (paper Sec. 5.1, docs/facts.md §4): read a dataset once — the built-in synthetic
 city (generated here from its seed), Cityscapes in its official archive layout, or the NYU Depth v2
 labeled set — check it, resize it to the experiment's resolution (bicubic images, nearest labels)
 and write the cache that training reads: memory-mapped uint8 arrays plus ``meta.json`` (label
@@ -31,7 +31,7 @@ from numpy.lib.format import open_memmap
 from rich.console import Console
 from rich.progress import Progress
 
-from crn_repro.checkpoint import atomic_replace_dir
+from crn_repro.files import atomic_replace_dir
 from crn_repro.datasets import SPLITS, find_pairs, load_pair
 from crn_repro.errors import CrnError
 from crn_repro.labels import CITYSCAPES_SPACE, ID_COLORS, LabelSpace

@@ -21,23 +21,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from crn_repro import stats  # noqa: E402
-from crn_repro.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from crn_repro.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crn_repro.datasets import PreparedSplit, read_prepared_meta  # noqa: E402
 from crn_repro.errors import CrnError  # noqa: E402
 from crn_repro.labels import colorize_channels  # noqa: E402
 from crn_repro.params import Params  # noqa: E402
+from crn_repro.registry import SEGMENTERS, display_name, get_spec  # noqa: E402
 from crn_repro.synthesize import output_names  # noqa: E402
-
-
-DISPLAY_NAMES = {
-    "crn": "CRN",
-    "crn-diverse": "CRN (diverse, u=0)",
-    "image-space": "Image-space loss",
-    "fullres": "Full-resolution net",
-    "unet": "Encoder-decoder",
-    "pix2pix": "pix2pix",
-    "gan-semseg": "GAN+SemSeg",
-}
 
 
 def qualitative_grid(columns: dict[str, list[np.ndarray]], row_labels: list[str] | None = None) -> Figure:
@@ -99,7 +89,7 @@ def metric_chart(table: pd.DataFrame, title: str) -> Figure:
 
 def time_curve_figure(curves: pd.DataFrame, title: str | None = None) -> Figure:
     """Paper Fig. 3: preference rate against exposure time (log scale), one line per pair type,
-    with 95% Wilson intervals; ``curves`` as written by ``evaluate.time_curves``; ``title`` says
+    with 95% Wilson intervals; ``curves`` as written by ``judgments.time_curves``; ``title`` says
     whose judgments they are."""
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
     if title:
@@ -256,7 +246,7 @@ def write_report(params: Params) -> Path:
     }
     for model in params.models:
         folder = Path(params.paths.synth) / model
-        columns[DISPLAY_NAMES.get(model, model)] = [
+        columns[display_name(model)] = [
             _read_png(folder / output_names(val.names[i], indexes[model]["k"])[0]) for i in rows
         ]
     figure_files = []
@@ -271,7 +261,7 @@ def write_report(params: Params) -> Path:
             continue
         folder = Path(params.paths.synth) / model
         collections = [[_read_png(folder / name) for name in output_names(val.names[i], k)] for i in rows]
-        fig = diversity_panel(columns["Semantic layout"], collections, f"{DISPLAY_NAMES.get(model, model)}: k = {k} outputs per layout")
+        fig = diversity_panel(columns["Semantic layout"], collections, f"{display_name(model)}: k = {k} outputs per layout")
         path = figures / f"diversity_{model}.png"
         _save(fig, path)
         figure_files.append((f"Diversity (paper Fig. 6 style): the {k} images {model} synthesizes for each layout.", path.name))
@@ -322,10 +312,9 @@ def write_report(params: Params) -> Path:
         ]
     lines += _evaluation_section(params, figures)
     curves = {}
-    for model in ["segmenter", *params.models]:
+    for model in [*SEGMENTERS, *params.models]:
         run = Path(params.paths.runs) / model / "live" / "plots" / "metrics" / "train"
-        phase = "S" if model == "segmenter" else "G"
-        tsv = run / phase / "total.tsv"
+        tsv = run / get_spec(model).main_network / "total.tsv"
         if tsv.is_file():
             df = pd.read_csv(tsv, sep="\t")
             curves[model] = df.rename(columns={df.columns[-1]: "value"})

@@ -1,13 +1,13 @@
 """Semantic segmentation network S for the "GAN + semantic segmentation" baseline (Sec. 4) and for
-scoring synthesized images (mIoU, pixel accuracy; crn-facts §7).
+scoring synthesized images (mIoU, pixel accuracy; docs/facts.md §7).
 
 The baseline adds to a GAN the pixelwise cross-entropy of a *pretrained, frozen* segmentation
 network applied to the generated image, against the input layout L. The release used Yu & Koltun's
-dilation network for Cityscapes and an FCN (Long et al.) for NYU (crn-facts §5); neither can be
+dilation network for Cityscapes and an FCN (Long et al.) for NYU (docs/facts.md §5); neither can be
 downloaded here, so the pipeline trains its own compact encoder-decoder on the real training images
 of the prepared dataset (offline, also on the synthetic city), or loads a user's model file.
 
-Protocol (recorded next to every number, crn-facts §7):
+Protocol (recorded next to every number, docs/facts.md §7):
 - S runs at the prepared resolution (``data.image_size_hw``): it is trained on, and applied to,
   images of that size, in the project's 0..255 range (S normalises them itself, in one place).
 - Targets are layout channel ids 0..19, the argmax of the one-hot layout. Void (channel 19) is a
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -270,36 +269,3 @@ def evaluate_segmenter(
         )
     scores = segmentation_scores(confusion_for_batches(segmenter, batches(), num_classes), ignore_index)
     return dict(scores, num_images=len(split), image_size_hw=list(split.size_hw))
-
-
-# --- loading a trained S --------------------------------------------------------------------------
-
-
-def load_segmenter(
-    path: Path | str, device: torch.device | str = "cpu", image_size_hw: tuple[int, int] | None = None
-) -> Segmenter:
-    """The frozen S (eval mode, no gradients) of a segmenter model file; if ``image_size_hw`` is
-    given, the file must have been trained at that resolution (the protocol: S runs at the
-    prepared resolution)."""
-    from crn_repro.checkpoint import load_model_file  # checkpoint -> registry -> this module
-
-    path = Path(path)
-    hint = f"train one with `crn-repro train --model {MODEL_NAME}` or give the path of a segmenter model file"
-    if not path.is_file():
-        raise CrnError(f"{path}: segmenter model file not found; {hint}")
-    try:
-        nets, data = load_model_file(path, device)
-    except CrnError as error:
-        message = str(error)
-        raise CrnError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    if data["model"] != MODEL_NAME or set(nets) != {NET_NAME}:
-        raise CrnError(f"{path}: holds a {data['model']!r} model, not a {MODEL_NAME}; {hint}")
-    trained_hw = data["facts"].get("image_size_hw")
-    if image_size_hw is not None and trained_hw is not None and tuple(trained_hw) != tuple(image_size_hw):
-        raise CrnError(
-            f"{path}: segmenter trained at {trained_hw[0]}x{trained_hw[1]}, but images are "
-            f"{image_size_hw[0]}x{image_size_hw[1]}; train a segmenter at this resolution"
-        )
-    segmenter = nets[NET_NAME].eval()
-    segmenter.requires_grad_(False)
-    return segmenter

@@ -1,5 +1,5 @@
-"""Statistics for the perceptual experiments (Sec. 5.1, Table 1, Fig. 3; crn-facts §6) and for
-per-image automatic scores (crn-facts §7).
+"""Statistics for the perceptual experiments (Sec. 5.1, Table 1, Fig. 3; docs/facts.md §6) and for
+per-image automatic scores (docs/facts.md §7).
 
 Pure functions: numbers in, numbers out (numpy/scipy only, no files, no strings). Table 1 reports,
 per baseline, the fraction of pairwise A/B comparisons in which the CRN image was judged more

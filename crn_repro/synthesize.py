@@ -15,10 +15,10 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from crn_repro.checkpoint import atomic_write_json, load_model_file
 from crn_repro.datasets import PreparedSplit, tensor_to_image
+from crn_repro.files import atomic_write_json
 from crn_repro.params import Params
-from crn_repro.registry import get_spec
+from crn_repro.registry import get_spec, load_model
 
 
 def output_names(stem: str, k: int) -> list[str]:
@@ -31,7 +31,7 @@ def synthesize(params: Params, model: str, console: Console | None = None) -> di
     """Write ``paths.synth/<model>/*.png`` and ``index.json``; returns the index."""
     console = console or Console(stderr=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    nets, info = load_model_file(Path(params.paths.runs) / model / "model.pt", device)
+    nets, info = load_model(Path(params.paths.runs) / model / "model.pt", device)
     generator = nets["G"]
     val = PreparedSplit(Path(params.paths.prepared), "val")
     reads = get_spec(info["model"]).reads(info["network_kwargs"])

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from crn_repro.checkpoint import (
     STATE_FORMAT,
     atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
     init_from_model_file,
     load_training_state,
     save_model_file,
@@ -36,8 +34,10 @@ from crn_repro.checkpoint import (
 from crn_repro.config import to_dict
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError, one_line
+from crn_repro.files import atomic_write_json, atomic_write_text
+from crn_repro.losses import Objective
 from crn_repro.params import Params, TrainParams
-from crn_repro.registry import BuildContext, count_parameters, get_spec
+from crn_repro.registry import BuildContext, ModelSpec, count_parameters, get_spec
 
 
 # Purposes of derived seeds, so that no two random streams of a run coincide.
@@ -122,14 +122,67 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass
+class Run:
+    """Everything one training run is made of, built once by ``build_run``."""
+
+    model: str
+    spec: ModelSpec
+    train: TrainParams  # the global `train` section with this model's overrides
+    data: PreparedSplit
+    reads: str  # what the networks read of a layout (datasets.READS)
+    network_kwargs: dict[str, dict]
+    nets: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    objective: Objective
+    fingerprint: str  # run_fingerprint: a saved state with another one is not resumed
+    run_dir: Path
+    facts: dict  # what the model file and summary say about the run
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.pt"
+
+
+@dataclass
+class Position:
+    """Where training stands: the steps done, the wall time they took, and the last logged losses."""
+
+    step: int = 0
+    wall_time_s: float = 0.0
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
 def train(params: Params, model: str, until_step: int | None = None, console: Console | None = None) -> dict:
     """Train ``model`` up to ``train.total_steps`` (or stop after ``until_step``), resuming from the
     run folder's training state if it matches the current params. Returns the run summary."""
     console = console or Console(stderr=True)
+    rt = setup_runtime(params.model(model).train)
+    run = build_run(params, model, rt, console)
+    position = resume(run, rt, console)
+    if position.step == 0:
+        _initialise(model, run.nets, run.train, console if rt.is_main else None)
+    if rt.world_size > 1:
+        run.nets = wrap_for_ddp(run.nets, rt)
+    stop = run.train.total_steps if until_step is None else min(run.train.total_steps, until_step)
+    live = _open_live(run.run_dir, resume=position.step > 0, start_step=position.step) if rt.is_main else None
+    if rt.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.run_dir / "params.json", params.to_dict())
+    position = run_steps(run, rt, position, stop, live, console)
+    return finish(run, rt, params, position, live)
+
+
+def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
+    """The run's data, networks (initialised from (seed, INIT), frozen where asked), objective and
+    optimizers, on the runtime's device and memory format, and the facts its files record."""
     spec = get_spec(model)
     mp = params.model(model)
-    tp = mp.train  # global `train` with this model's overrides
-    rt = setup_runtime(tp)
+    tp = mp.train
     if tp.batch_size % rt.world_size:
         raise CrnError(f"{model}.train.batch_size: {tp.batch_size} is not divisible by {rt.world_size} processes")
 
@@ -146,7 +199,6 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         tuple(params.data.image_size_hw), space.num_classes, params.vgg, steps_per_epoch, Path(params.paths.runs),
         space.colors, data.dataset, data.label_ids is not None, notes.append,
     )
-
     network_kwargs = {}
     for name, (_, resolve) in spec.networks.items():
         try:
@@ -158,14 +210,14 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
             console.print(note, highlight=False, markup=False)
     reads = spec.reads(network_kwargs)
     data.require(reads)
+
     torch.manual_seed(derive_seed(tp.seed, INIT))
     nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
     if tp.train_last_modules is not None:
-        generator = next(iter(nets.values()))
-        if not hasattr(generator, "freeze_all_but_last"):
+        if not spec.cascade:
             raise CrnError(f"{model}.train.train_last_modules: only CRN-architecture models have refinement modules; set it to null")
         try:
-            generator.freeze_all_but_last(tp.train_last_modules)
+            nets[spec.main_network].freeze_all_but_last(tp.train_last_modules)
         except ValueError as error:
             raise CrnError(f"{model}.train.train_last_modules: {error}") from None
     objective = spec.objective(mp.objective, ctx)
@@ -177,96 +229,121 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         name: torch.optim.Adam([p for p in nets[name].parameters() if p.requires_grad], lr=opt.lr, betas=tuple(opt.betas))
         for name, opt in mp.optimizer.items()
     }
-
-    run_dir = Path(params.paths.runs) / model
-    state_path, model_path = run_dir / "state.pt", run_dir / "model.pt"
-    fingerprint = run_fingerprint(model, network_kwargs, params, objective.identity())
-    start_step, wall_before, last_losses = 0, 0.0, {}
-    if state_path.is_file():
-        state = load_training_state(state_path)
-        if state["fingerprint"] != fingerprint:
-            stale = run_dir / f"state.stale-{state['fingerprint']}.pt"
-            if rt.is_main:
-                os.replace(state_path, stale)
-                console.print(f"[yellow]{state_path}: saved with other settings; kept as {stale.name}, starting afresh[/]")
-        else:
-            try:
-                for name, net in nets.items():
-                    net.load_state_dict(state["nets"][name])
-                for name, opt in optimizers.items():
-                    opt.load_state_dict(state["optimizers"][name])
-                objective.load_state_dict(state["objective"])
-            except (KeyError, RuntimeError, ValueError) as error:
-                raise CrnError(
-                    f"{state_path}: does not fit the current code ({one_line(error)}); move it away to start afresh"
-                ) from None
-            start_step, wall_before = int(state["step"]), float(state["wall_time_s"])
-            last_losses = dict(state.get("last_losses", {}))
-            if rt.is_main:
-                console.print(f"resuming {model} from {state_path} at step {start_step}")
-    if start_step == 0:
-        _initialise(model, nets, tp, console if rt.is_main else None)
-
-    if rt.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        nets = {
-            name: DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-            if any(p.requires_grad for p in net.parameters())
-            else net
-            for name, net in nets.items()
-        }
-
-    total = tp.total_steps
-    stop = min(total, until_step) if until_step is not None else total
     facts = {
         "model": model,
         "dataset": params.data.dataset,
         "image_size_hw": list(params.data.image_size_hw),
         "train_images": len(data),
         "batch_size": tp.batch_size,
-        "total_steps": total,
-        "vgg": getattr(getattr(getattr(objective, "loss", None), "vgg", None), "source_description", "not used"),
+        "total_steps": tp.total_steps,
+        "vgg": objective.perception_network(),
         "vgg_pooling": params.vgg.pooling,
         "objective": to_dict(mp.objective),
-        "parameters": {name: sum(p.numel() for p in unwrap(net).parameters()) for name, net in nets.items()},
-        "trainable_parameters": {name: count_parameters(unwrap(net)) for name, net in nets.items()},
+        "parameters": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()},
+        "trainable_parameters": {name: count_parameters(net) for name, net in nets.items()},
         "init_from": tp.init_from,
         "num_classes": space.num_classes,
         "device": str(rt.device) + (f" x{rt.world_size}" if rt.world_size > 1 else ""),
         "precision": "bf16 autocast" if rt.autocast_dtype else "fp32",
     }
-    live = _open_live(run_dir, resume=start_step > 0, start_step=start_step) if rt.is_main else None
+    return Run(
+        model, spec, tp, data, reads, network_kwargs, nets, optimizers, objective,
+        run_fingerprint(model, network_kwargs, params, objective.identity()), Path(params.paths.runs) / model, facts,
+    )
+
+
+def resume(run: Run, rt: Runtime, console: Console) -> Position:
+    """Load the run folder's training state if its fingerprint matches; a state saved with other
+    settings is kept aside as ``state.stale-<fingerprint>.pt`` and training starts afresh."""
+    if not run.state_path.is_file():
+        return Position()
+    state = load_training_state(run.state_path)
+    if state["fingerprint"] != run.fingerprint:
+        stale = run.run_dir / f"state.stale-{state['fingerprint']}.pt"
+        if rt.is_main:
+            os.replace(run.state_path, stale)
+            console.print(f"[yellow]{run.state_path}: saved with other settings; kept as {stale.name}, starting afresh[/]")
+        return Position()
+    try:
+        for name, net in run.nets.items():
+            net.load_state_dict(state["nets"][name])
+        for name, opt in run.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        run.objective.load_state_dict(state["objective"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CrnError(
+            f"{run.state_path}: does not fit the current code ({one_line(error)}); move it away to start afresh"
+        ) from None
     if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "params.json", params.to_dict())
+        console.print(f"resuming {run.model} from {run.state_path} at step {int(state['step'])}")
+    return Position(int(state["step"]), float(state["wall_time_s"]), dict(state.get("last_losses", {})))
 
-    def checkpoint(step: int, wall: float) -> None:
-        if not rt.is_main:
-            return
-        atomic_torch_save(
-            {
-                "format": STATE_FORMAT,
-                "fingerprint": fingerprint,
-                "step": step,
-                "wall_time_s": wall,
-                "nets": {name: unwrap(net).state_dict() for name, net in nets.items()},
-                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                "objective": objective.state_dict(),
-                "last_losses": last,
-            },
-            state_path,
-        )
-        save_model_file(model_path, model, network_kwargs, nets, dict(facts, steps=step, wall_time_s=round(wall, 1)))
 
+def wrap_for_ddp(nets: dict[str, torch.nn.Module], rt: Runtime) -> dict[str, torch.nn.Module]:
+    """Every network with trainable parameters in DistributedDataParallel (torchrun)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return {
+        name: DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        if any(p.requires_grad for p in net.parameters())
+        else net
+        for name, net in nets.items()
+    }
+
+
+def save_checkpoint(run: Run, position: Position) -> None:
+    """The training state and the model file at ``position`` (rank 0 only), each written atomically."""
+    atomic_torch_save(
+        {
+            "format": STATE_FORMAT,
+            "fingerprint": run.fingerprint,
+            "step": position.step,
+            "wall_time_s": position.wall_time_s,
+            "nets": {name: unwrap(net).state_dict() for name, net in run.nets.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in run.optimizers.items()},
+            "objective": run.objective.state_dict(),
+            "last_losses": position.last_losses,
+        },
+        run.state_path,
+    )
+    facts = dict(run.facts, steps=position.step, wall_time_s=round(position.wall_time_s, 1))
+    save_model_file(run.model_path, run.model, run.network_kwargs, run.nets, facts)
+
+
+def train_step(run: Run, rt: Runtime, step: int, autocast) -> dict[str, float]:
+    """One optimizer step of every phase the objective declares, on the global batch of ``step``
+    (this rank's share of it); returns the logged losses, "<phase>/<name>"."""
+    tp = run.train
+    indices = batch_indices(tp.seed, step, len(run.data), tp.batch_size)
+    torch.manual_seed(derive_seed(tp.seed, STEP_NOISE, step, rt.rank))
+    layout, image = run.data.batch(indices[rt.rank :: rt.world_size], rt.device, run.reads)
+    memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
+    batch = (layout.contiguous(memory_format=memory_format), image.contiguous(memory_format=memory_format))
+    logged = {}
+    for phase in run.objective.phases:
+        with autocast:
+            losses = run.objective(phase, run.nets, batch)
+        run.optimizers[phase].zero_grad(set_to_none=True)
+        losses["total"].backward()
+        run.optimizers[phase].step()
+        for name, value in losses.items():
+            logged[f"{phase}/{name}"] = float(value.detach())
+    run.objective.after_step(step + 1)
+    return logged
+
+
+def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, console: Console) -> Position:
+    """The loop: steps from ``position`` up to ``stop``, logging every step and checkpointing every
+    ``checkpoint_every_steps`` and at ``stop``. A non-finite loss stops every rank together."""
+    tp = run.train
     autocast = (
         torch.autocast(rt.device.type, dtype=rt.autocast_dtype) if rt.autocast_dtype else contextlib.nullcontext()
     )
-    last: dict[str, float] = last_losses  # kept in the state, so a finished run's summary keeps them
+    last = position.last_losses  # kept in the state, so a finished run's summary keeps them
     started = time.perf_counter()
-    step = start_step
+    step = position.step
     progress = Progress(
-        TextColumn(f"train {model}"),
+        TextColumn(f"train {run.model}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
@@ -276,32 +353,19 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
         disable=not rt.is_main,
     )
     with progress:
-        task = progress.add_task("train", total=total, completed=start_step, status="")
-        for net in nets.values():
+        task = progress.add_task("train", total=tp.total_steps, completed=step, status="")
+        for net in run.nets.values():
             net.train()
-        objective.train()
+        run.objective.train()
         while step < stop:
             t0 = time.perf_counter()
-            indices = batch_indices(tp.seed, step, len(data), tp.batch_size)
-            torch.manual_seed(derive_seed(tp.seed, STEP_NOISE, step, rt.rank))
-            layout, image = data.batch(indices[rt.rank :: rt.world_size], rt.device, reads)
-            layout = layout.contiguous(memory_format=memory_format)
-            image = image.contiguous(memory_format=memory_format)
-            for phase in objective.phases:
-                with autocast:
-                    losses = objective(phase, nets, (layout, image))
-                optimizers[phase].zero_grad(set_to_none=True)
-                losses["total"].backward()
-                optimizers[phase].step()
-                for name, value in losses.items():
-                    last[f"{phase}/{name}"] = float(value.detach())
-            objective.after_step(step + 1)
+            last.update(train_step(run, rt, step, autocast))
             step += 1
             finite = torch.tensor(float(all(math.isfinite(v) for v in last.values())))
             if rt.world_size > 1:  # every rank stops together, none waits in an all-reduce
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if not finite:
-                raise CrnError(f"{model}: loss became non-finite at step {step} ({last}); lower the learning rate")
+                raise CrnError(f"{run.model}: loss became non-finite at step {step} ({last}); lower the learning rate")
             images_per_s = tp.batch_size / max(time.perf_counter() - t0, 1e-9)
             if live is not None:
                 live.step = step
@@ -309,21 +373,31 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
                     live.log_metric(f"train/{name}", value)
                 live.log_metric("train/images_per_s", images_per_s)
                 live.next_step()
-            progress.update(task, completed=step, status=f"loss {last.get(objective.phases[-1] + '/total', 0):.4g}  {images_per_s:.1f} img/s")
-            if step % tp.checkpoint_every_steps == 0 or step == stop:
-                checkpoint(step, wall_before + time.perf_counter() - started)
-    wall = wall_before + time.perf_counter() - started
-    summary = dict(facts, steps=step, wall_time_s=round(wall, 1), final_losses=last, finished=step >= total)
+            total = last.get(run.objective.phases[-1] + "/total", 0)
+            progress.update(task, completed=step, status=f"loss {total:.4g}  {images_per_s:.1f} img/s")
+            if rt.is_main and (step % tp.checkpoint_every_steps == 0 or step == stop):
+                save_checkpoint(run, Position(step, position.wall_time_s + time.perf_counter() - started, last))
+    return Position(step, position.wall_time_s + time.perf_counter() - started, last)
+
+
+def finish(run: Run, rt: Runtime, params: Params, position: Position, live) -> dict:
+    """The run's summary (written to summary.json by rank 0), with the objective's held-out
+    validation figures once training has reached ``total_steps``."""
+    total = run.train.total_steps
+    summary = dict(
+        run.facts, steps=position.step, wall_time_s=round(position.wall_time_s, 1), final_losses=position.last_losses,
+        finished=position.step >= total,
+    )
     if rt.world_size > 1:
         dist.barrier()  # all ranks finished training before rank 0 validates
-    if rt.is_main and step >= total:
-        for net in nets.values():
+    if rt.is_main and position.step >= total:
+        for net in run.nets.values():
             net.eval()
-        objective.eval()
-        plain = {name: unwrap(net) for name, net in nets.items()}
+        run.objective.eval()
+        plain = {name: unwrap(net) for name, net in run.nets.items()}
         val = PreparedSplit(Path(params.paths.prepared), "val")
         with torch.no_grad():
-            summary["validation"] = objective.validation_metrics(plain, val, rt.device)
+            summary["validation"] = run.objective.validation_metrics(plain, val, rt.device)
         if live is not None:
             for name, value in summary["validation"].items():
                 if isinstance(value, (int, float)):
@@ -331,7 +405,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     if live is not None:
         live.end()
     if rt.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run.run_dir / "summary.json", summary)
     return summary
 
 

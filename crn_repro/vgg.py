@@ -1,6 +1,6 @@
 """Perception network Phi: VGG-19 features for the feature-matching loss (Sec. 3.3, Eq. 1).
 
-Phi_l is VGG-19 after the ReLU of conv1_2, conv2_2, conv3_2, conv4_2 and conv5_2 (crn-facts §2.1),
+Phi_l is VGG-19 after the ReLU of conv1_2, conv2_2, conv3_2, conv4_2 and conv5_2 (docs/facts.md §2.1),
 so the network is built only up to relu5_2. Three weight sources, recorded on the module as
 ``source_description``:
 

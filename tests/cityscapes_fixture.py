@@ -1,4 +1,4 @@
-"""A miniature Cityscapes tree in the official archives' layout (crn-facts §4), written by the tests.
+"""A miniature Cityscapes tree in the official archives' layout (docs/facts.md §4), written by the tests.
 
 ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` extract to
 ``leftImg8bit/{train,val,test}/<city>/<city>_<seq:06d>_<frame:06d>_leftImg8bit.png`` (8-bit RGB) and

@@ -13,6 +13,27 @@ from crn_repro.params import parse_params
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow", action="store_true",
+        help="also run the tests marked slow (they train models or run whole pipelines); the README's test command and CI do",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains models or runs a whole pipeline (seconds each); run with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --slow, leave the slow tests out (reported as deselected), so `pytest` is a fast check."""
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
 def tiny_raw_params(root: Path) -> dict:
     """params.yaml shrunk to seconds: 16x32 images, 3-module CRN, a handful of frames, paths under root."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -1,4 +1,4 @@
-"""Miniature NYU Depth v2 files written the way MATLAB writes the real ones (crn-facts §4).
+"""Miniature NYU Depth v2 files written the way MATLAB writes the real ones (docs/facts.md §4).
 
 ``nyu_depth_v2_labeled.mat`` is MATLAB v7.3: HDF5 behind a 512-byte user block that starts with
 "MATLAB 7.3 MAT-file", arrays stored column-major (so h5py sees MATLAB's 480x640x3xN ``images`` as

@@ -1,4 +1,4 @@
-"""Cityscapes from the official archives' layout (crn-facts §4), proven on a miniature tree."""
+"""Cityscapes from the official archives' layout (docs/facts.md §4), proven on a miniature tree."""
 
 from __future__ import annotations
 

@@ -75,6 +75,7 @@ def test_synthesize_before_train(tmp_path, tiny_raw):
     assert "model.pt: model file not found" in result.output
 
 
+@pytest.mark.slow
 def test_stages_end_to_end(tmp_path, tiny_raw):
     params = _write(tmp_path, tiny_raw)
     tiny_raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}

@@ -5,7 +5,7 @@ import torch
 from crn_repro.crn import CRN, PRESETS, CRNNetworkParams, LayerNorm2d, crn_kwargs, layout_pyramid
 from crn_repro.registry import count_parameters
 
-# Exact counts of the authors' released checkpoints (crn-facts §1), c = 20.
+# Exact counts of the authors' released checkpoints (docs/facts.md §1), c = 20.
 RELEASED = {
     ("cityscapes-256p", 9): 97_875_483,
     ("cityscapes-512p", 1): 98_622_851,

@@ -1,5 +1,5 @@
 """The Cityscapes label table (crn_repro/labels.py) pinned to the official one, written out here
-independently (cityscapesScripts' labels table, crn-facts §4), so that a slip in the package's table
+independently (cityscapesScripts' labels table, docs/facts.md §4), so that a slip in the package's table
 (a swapped trainId, a void class mapped to a train class) fails a test instead of every test
 agreeing with the package's own table."""
 

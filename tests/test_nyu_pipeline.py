@@ -72,6 +72,7 @@ def test_nyu_errors_are_one_line_and_keep_the_cache(tmp_path, tiny_raw):
     assert (tmp_path / "data/prepared/train/labels.npy").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_every_stage_runs_on_nyu(tmp_path, tiny_raw):
     """prepare -> segmenter -> crn and pix2pix (colour input with NYU's palette) -> synthesize ->
     evaluate -> report, with 6 layout channels."""

@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO, tiny_raw_params
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dvc", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")) is None, reason="dvc not installed")
 def test_dvc_repro_tiny(tmp_path):
     work = tmp_path / "repo"

@@ -16,7 +16,7 @@ from PIL import Image
 from rich.console import Console
 
 from baselines.pix2pix import ConditionInput
-from crn_repro.checkpoint import load_model_file
+from crn_repro.registry import load_model
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError
 from crn_repro.labels import NAME_TO_ID
@@ -93,7 +93,7 @@ def test_pix2pix_reads_the_official_color_labels_in_training_and_synthesis(tmp_p
     train_split = PreparedSplit(params.paths.prepared, "train")
 
     train(params, "pix2pix", console=Console(quiet=True))
-    nets, info = load_model_file(tmp_path / "runs/pix2pix/model.pt")
+    nets, info = load_model(tmp_path / "runs/pix2pix/model.pt")
     for name in ("G", "D"):  # the model file says which colour source it was trained on
         assert info["network_kwargs"][name]["color_source"] == "label_ids" and "colors" not in info["network_kwargs"][name]
     tp = params.model("pix2pix").train
@@ -185,7 +185,7 @@ def test_without_ids_color_is_the_dataset_palette(tmp_path, tiny_raw, recorded_i
 
     split = PreparedSplit(params.paths.prepared, "train")
     assert split.label_ids is None
-    _, info = load_model_file(tmp_path / "runs/pix2pix/model.pt")
+    _, info = load_model(tmp_path / "runs/pix2pix/model.pt")
     kwargs = info["network_kwargs"]["G"]
     assert kwargs["color_source"] == "channels" and kwargs["colors"] == [list(c) for c in split.label_space.colors]
     layout = recorded_inputs[0]

@@ -52,7 +52,7 @@ def test_preset_loads_and_every_model_builds(name):
             with torch.device("meta"):
                 counts[(model, net_name)] = count_parameters(cls(**resolve(network, ctx)))
     if name == "cityscapes-1024p":
-        assert counts[("crn", "G")] == 98_674_531  # crn-facts §1
+        assert counts[("crn", "G")] == 98_674_531  # docs/facts.md §1
     if name == "nyu":
         # 256p with k = 9 and c = 20 has 97,875,483; k = 1 drops 24 x 513 output weights; each of the 21
         # extra classes adds a 3x3 input filter to every module: 9 x (5 x 1024 + 2 x 512) = 55,296.

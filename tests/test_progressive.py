@@ -1,4 +1,4 @@
-"""The release's progressive schedule (crn-facts §3): initialise a higher-resolution CRN from a
+"""The release's progressive schedule (docs/facts.md §3): initialise a higher-resolution CRN from a
 lower-resolution model file, optionally training only the last modules."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from crn_repro.checkpoint import load_model_file
+from crn_repro.registry import load_model
 from crn_repro.errors import CrnError
 from crn_repro.params import parse_params
 from crn_repro.prepare import prepare
@@ -30,11 +30,12 @@ def _run(raw, tmp_path, name, size_hw, widths, **train_overrides):
     return params
 
 
+@pytest.mark.slow
 def test_512p_from_256p_then_last_modules_only(tmp_path, tiny_raw):
     low = _run(tiny_raw, tmp_path, "low", (16, 32), [8, 8, 6])
     train(low, "crn")
     low_file = tmp_path / "low/runs/crn/model.pt"
-    low_state = load_model_file(low_file)[0]["G"].state_dict()
+    low_state = load_model(low_file)[0]["G"].state_dict()
 
     # 32x64: one more module. Every module but the new one and the output layer come from 16x32;
     # with train_last_modules = 1 only the new module and the output layer train.
@@ -42,7 +43,7 @@ def test_512p_from_256p_then_last_modules_only(tmp_path, tiny_raw):
     frozen_raw = _raw(tiny_raw, tmp_path, "frozen", (32, 64), [8, 8, 6, 4], init_from=str(low_file), train_last_modules=1)
     summary = train(frozen, "crn")
     assert summary["init_from"] == str(low_file)
-    nets, data = load_model_file(tmp_path / "frozen/runs/crn/model.pt")
+    nets, data = load_model(tmp_path / "frozen/runs/crn/model.pt")
     state = nets["G"].state_dict()
     for key, value in low_state.items():
         if key.startswith(("cascade.0.", "cascade.1.", "cascade.2.")):

@@ -50,12 +50,23 @@ def test_every_model_has_a_tiny_config():
     assert set(TINY_NETWORKS) == set(MODELS)
 
 
-def _segmenter_file(params, ctx):
-    spec = get_spec("segmenter")
-    kwargs = {n: resolve(params.model("segmenter").network, ctx) for n, (_, resolve) in spec.networks.items()}
+def test_specs_are_consistent():
+    """What a spec says of a model fits the rest of the registry: display names are unique, required
+    models exist, the progress loss names one of the phases, only cascades freeze modules."""
+    assert len({spec.display_name for spec in MODELS.values()}) == len(MODELS)
+    for name, spec in MODELS.items():
+        assert all(required in MODELS and required != name for required in spec.requires), name
+        assert spec.progress_loss.split("/")[0] in spec.networks, name
+        assert spec.cascade == hasattr(spec.networks[spec.main_network][0], "freeze_all_but_last"), name
+
+
+def _model_file(params, ctx, model):
+    """An untrained model file of ``model`` where the pipeline keeps it (a model another one requires)."""
+    spec = get_spec(model)
+    kwargs = {n: resolve(params.model(model).network, ctx) for n, (_, resolve) in spec.networks.items()}
     nets = {n: cls(**kwargs[n]) for n, (cls, _) in spec.networks.items()}
-    path = ctx.runs_dir / "segmenter" / "model.pt"
-    save_model_file(path, "segmenter", kwargs, nets, {"image_size_hw": list(ctx.image_size_hw)})
+    path = ctx.runs_dir / model / "model.pt"
+    save_model_file(path, model, kwargs, nets, {"image_size_hw": list(ctx.image_size_hw)})
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -64,8 +75,8 @@ def test_forward_backward_finite(model, tiny_raw, tmp_path):
     spec = get_spec(model)
     mp = params.model(model)
     ctx = BuildContext(SIZE, 20, params.vgg, 3, tmp_path / "runs")
-    if model == "gan-semseg":
-        _segmenter_file(params, ctx)
+    for required in spec.requires:
+        _model_file(params, ctx, required)
     torch.manual_seed(0)
     nets = {n: cls(**resolve(mp.network, ctx)) for n, (cls, resolve) in spec.networks.items()}
     json.dumps({n: resolve(mp.network, ctx) for n, (_, resolve) in spec.networks.items()})  # storable kwargs
@@ -86,26 +97,27 @@ def test_forward_backward_finite(model, tiny_raw, tmp_path):
         assert all(g is not None and torch.isfinite(g).all() for g in grads), phase
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(GENERATORS))
 def test_few_cpu_steps_lower_the_loss(model, prepared_small, tiny_raw, tmp_path):
     raw = tiny_model_params(tiny_raw, tmp_path / "runs")
     raw["paths"]["prepared"] = str(prepared_small)
     raw["train"].update(total_steps=16, checkpoint_every_steps=16)
     params = parse_params(raw)
-    if model == "gan-semseg":
-        ctx = BuildContext(SIZE, 20, params.vgg, 3, tmp_path / "runs")
-        _segmenter_file(params, ctx)
+    spec = get_spec(model)
+    for required in spec.requires:
+        _model_file(params, BuildContext(SIZE, 20, params.vgg, 3, tmp_path / "runs"), required)
     summary = train(params, model)
     assert summary["finished"]
-    key = {"pix2pix": "l1.tsv", "gan-semseg": "segmentation.tsv"}.get(model, "total.tsv")
-    losses = [float(line.split("\t")[-1]) for line in (tmp_path / f"runs/{model}/live/plots/metrics/train/G/{key}").read_text().splitlines()[1:]]
+    tsv = tmp_path / f"runs/{model}/live/plots/metrics/train/{spec.progress_loss}.tsv"
+    losses = [float(line.split("\t")[-1]) for line in tsv.read_text().splitlines()[1:]]
     assert sum(losses[-4:]) < sum(losses[:4]), (model, losses)
 
 
 def test_gan_semseg_state_excludes_the_frozen_segmenter(tiny_raw, tmp_path):
     params = parse_params(tiny_model_params(tiny_raw, tmp_path / "runs"))
     ctx = BuildContext(SIZE, 20, params.vgg, 3, tmp_path / "runs")
-    _segmenter_file(params, ctx)
+    _model_file(params, ctx, "segmenter")
     objective = get_spec("gan-semseg").objective(params.model("gan-semseg").objective, ctx)
     state = objective.state_dict()
     assert not any(key.startswith("segmenter.") for key in state)

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from crn_repro import registry
 from crn_repro.checkpoint import save_model_file
 from crn_repro.crn import CRN
 from crn_repro.datasets import PreparedSplit, channels_to_layout
 from crn_repro.errors import CrnError
 from crn_repro.labels import VOID_CHANNEL
+from crn_repro.registry import load_segmenter
 from crn_repro.segmentation import (
     SegmentationObjective,
     SegmentationObjectiveParams,
@@ -16,7 +16,6 @@ from crn_repro.segmentation import (
     SegmenterNetworkParams,
     confusion_matrix,
     evaluate_segmenter,
-    load_segmenter,
     pixelwise_cross_entropy,
     segmentation_scores,
     segmenter_kwargs,
@@ -165,19 +164,7 @@ def test_evaluate_segmenter_on_prepared_split(prepared_tiny):
     assert scores["ignore_index"] == VOID_CHANNEL
 
 
-@pytest.fixture
-def segmenter_registered(monkeypatch):
-    spec = registry.ModelSpec(
-        summary="segmenter (test stub)",
-        network_params=SegmenterNetworkParams,
-        objective_params=SegmentationObjectiveParams,
-        networks={"S": (Segmenter, lambda net, ctx: segmenter_kwargs(net, ctx.image_size_hw, ctx.num_classes))},
-        objective=lambda obj, ctx: SegmentationObjective(obj),
-    )
-    monkeypatch.setitem(registry.MODELS, "segmenter", spec)
-
-
-def test_load_segmenter_round_trip_frozen(tmp_path, segmenter_registered):
+def test_load_segmenter_round_trip_frozen(tmp_path):
     net = _tiny_segmenter()
     path = tmp_path / "model.pt"
     kwargs = segmenter_kwargs(TINY, (16, 32), 20)

@@ -1,4 +1,4 @@
-"""crn_repro.stats against closed forms, scipy references and simulation (crn-facts §6)."""
+"""crn_repro.stats against closed forms, scipy references and simulation (docs/facts.md §6)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from crn_repro.stats import (
     wilson_interval,
 )
 
-# Table 1 (crn-facts §6): fraction of comparisons in which CRN was preferred, per baseline
+# Table 1 (docs/facts.md §6): fraction of comparisons in which CRN was preferred, per baseline
 # (image-space loss, GAN+SemSeg, pix2pix, encoder-decoder, full-resolution).
 TABLE1_RATES = {
     "cityscapes": [0.997, 0.985, 0.969, 0.783, 0.677],

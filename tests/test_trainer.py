@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from crn_repro import checkpoint
-from crn_repro.checkpoint import load_model_file, load_training_state
+from crn_repro.checkpoint import load_training_state
+from crn_repro.registry import load_model
 from crn_repro.errors import CrnError
 from crn_repro.params import parse_params
 from crn_repro.trainer import batch_indices, train
@@ -51,6 +52,7 @@ def test_resume_gives_same_weights_as_uninterrupted(prepared_tiny, tiny_raw, tmp
     assert bool(sa["loss.rescaled"]) and torch.equal(sa["loss.lambdas"], sb["loss.lambdas"])
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_lowers_loss(prepared_tiny, tiny_raw, tmp_path):
     root, _ = prepared_tiny
     tiny_raw["train"]["total_steps"] = 12
@@ -72,13 +74,14 @@ def test_training_is_deterministic_and_lowers_loss(prepared_tiny, tiny_raw, tmp_
 def test_model_file_rebuilds_network_without_params(prepared_tiny, tiny_raw, tmp_path):
     root, _ = prepared_tiny
     train(_with_paths(tiny_raw, root, tmp_path), "crn")
-    nets, data = load_model_file(tmp_path / "crn/model.pt")
+    nets, data = load_model(tmp_path / "crn/model.pt")
     assert data["model"] == "crn" and data["facts"]["steps"] == 4
     assert data["facts"]["vgg"].startswith("random init")
     assert nets["G"](torch.zeros(1, 20, 16, 32)).shape == (1, 3, 16, 32)
     assert not any(k.startswith("module.") for k in data["state_dicts"]["G"])
 
 
+@pytest.mark.slow
 def test_changed_settings_start_afresh_and_keep_old_state(prepared_tiny, tiny_raw, tmp_path):
     root, _ = prepared_tiny
     train(_with_paths(tiny_raw, root, tmp_path), "crn", until_step=2)
@@ -115,6 +118,7 @@ def test_missing_prepared_data(tiny_params):
         train(tiny_params, "crn")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(prepared_tiny, tiny_raw, tmp_path):
     """A real kill -9 in the middle of training, then the same command again."""
     root, _ = prepared_tiny

@@ -1,4 +1,4 @@
-"""Human perceptual study (paper Sec. 5.1, crn-facts §6): pairwise A/B "which image is more
+"""Human perceptual study (paper Sec. 5.1, docs/facts.md §6): pairwise A/B "which image is more
 realistic?" experiments, unlimited-time (Table 1) and time-limited (Fig. 3).
 
 ``make`` builds a study folder from the synthesized validation sets; the web app (``server``) and

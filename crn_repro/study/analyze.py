@@ -1,4 +1,4 @@
-"""`crn-repro study analyze` (paper Sec. 5.1, Table 1, Fig. 3; crn-facts §6): from the answers of
+"""`crn-repro study analyze` (paper Sec. 5.1, Table 1, Fig. 3; docs/facts.md §6): from the answers of
 web participants and MTurk workers to the numbers the paper reports.
 
 1. Gather canonical records from ``<study>/responses.sqlite`` (the web app) and MTurk batch results.
@@ -15,7 +15,7 @@ web participants and MTurk workers to the numbers the paper reports.
    and a frame more or less of a 4 s pair does not change that (dropping one could also spare a
    participant the sentinel check). Unlimited-time trials have no target and are never left out.
 4. For each comparison (pair type, and duration in the timed design): the preference rate of the
-   first model (``evaluate.pair_order``: real, then crn), its Wilson interval, the exact binomial
+   first model (``judgments.pair_order``: real, then crn), its Wilson interval, the exact binomial
    p against 50%, and 95% cluster-bootstrap intervals resampling workers and resampling images.
 
 Writes ``<study>/analysis/``: ``responses.csv`` (every record, simulated ones included and labelled by
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from crn_repro.checkpoint import atomic_write_text
+from crn_repro.files import atomic_write_text
 from crn_repro.errors import CrnError
-from crn_repro.evaluate import judgment_summary, pair_order
+from crn_repro.judgments import judgment_summary, pair_order
 from crn_repro.study.manifest import load_manifest
 from crn_repro.study.mturk import import_results
-from crn_repro.study.params import REAL
 from crn_repro.study.records import (
+    REAL,
     RESPONSE_COLUMNS,
     check_responses,
     is_simulated,
@@ -145,7 +145,7 @@ def _cell(model_a: pd.Series, model_b: pd.Series, duration_ms: pd.Series) -> pd.
 
 
 def summarize(judgments: pd.DataFrame, num_resamples: int, seed: int, mistimed: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per comparison (pair type x duration; unlimited time has no duration) as ``evaluate.judgment_summary``,
+    """Per comparison (pair type x duration; unlimited time has no duration) as ``judgments.judgment_summary``,
     with the number of its trials left out as ``mistimed`` (a comparison whose every trial was left out
     still gets a row, with n = 0)."""
     mistimed = mistimed if mistimed is not None else pd.DataFrame(columns=MISTIMED_COLUMNS)

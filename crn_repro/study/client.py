@@ -1,4 +1,4 @@
-"""Simulated participants over plain HTTP (paper Sec. 5.1, crn-facts §6): they join, read each trial and
+"""Simulated participants over plain HTTP (paper Sec. 5.1, docs/facts.md §6): they join, read each trial and
 answer through exactly the JSON API the browser page uses (see `crn_repro.study.server`), so the
 server's validation and storage are exercised end to end. `crn-repro study simulate --via web` runs
 them against its own in-process server made with ``make_server(..., simulated=True)``, which records

@@ -1,4 +1,4 @@
-"""Trial lists of the perceptual study (paper Sec. 5.1, crn-facts §6): which pairs each job shows,
+"""Trial lists of the perceptual study (paper Sec. 5.1, docs/facts.md §6): which pairs each job shows,
 on which side, in which order. Pure: names and a seed in, plain dicts out (``make`` adds images).
 
 A job is one participant's session (one MTurk HIT). Its test pairs are spread evenly over *cells*
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from crn_repro.errors import CrnError
-from crn_repro.study.params import REAL, StudyParams
+from crn_repro.study.params import StudyParams
+from crn_repro.study.records import REAL
 
 
 @dataclass(frozen=True)

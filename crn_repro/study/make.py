@@ -1,5 +1,5 @@
 """`crn-repro study make`: build a self-contained study folder from the synthesized validation sets
-(paper Sec. 5.1, crn-facts §6): ``manifest.json`` and every stimulus resized to 400x200 PNG, named by
+(paper Sec. 5.1, docs/facts.md §6): ``manifest.json`` and every stimulus resized to 400x200 PNG, named by
 its content hash, plus the post-stimulus mask of the time-limited design.
 
 Each image carries a realism score (Kynkäänniemi et al. 2019) from the evaluate stage's
@@ -33,14 +33,14 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from crn_repro.checkpoint import atomic_replace_dir, atomic_write_json, read_table
+from crn_repro.files import atomic_replace_dir, atomic_write_json, read_table
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError
 from crn_repro.params import Params
 from crn_repro.study.design import Design, build_jobs, study_design
 from crn_repro.study.manifest import FORMAT, MANIFEST, validate_manifest
 from crn_repro.study.mturk import mturk_exports
-from crn_repro.study.params import REAL
+from crn_repro.study.records import REAL
 from crn_repro.synthesize import output_names
 
 REAL_SCORE_MARGIN = 1.0

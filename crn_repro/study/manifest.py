@@ -1,4 +1,4 @@
-"""The study folder's ``manifest.json`` (format ``crn-repro-study/1``; paper Sec. 5.1, crn-facts §6):
+"""The study folder's ``manifest.json`` (format ``crn-repro-study/1``; paper Sec. 5.1, docs/facts.md §6):
 load and validate it, and resolve its image paths without ever leaving the study folder.
 
 Every problem is a one-line CrnError naming the file and the key, so a hand-edited or truncated

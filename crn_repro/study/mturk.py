@@ -37,11 +37,12 @@ import io
 import json
 import math
 import re
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from crn_repro.checkpoint import atomic_write_json, atomic_write_text
+from crn_repro.files import atomic_write_json, atomic_write_text
 from crn_repro.errors import CrnError
 from crn_repro.study.manifest import load_manifest, trials_by_key
 from crn_repro.study.observer import observer_factory
@@ -92,10 +93,14 @@ def _csv_text(header: list[str], rows: list[list], quote_all: bool = False) -> s
 
 
 def hit_html(manifest: dict) -> str:
-    """The HIT template: the study's trusted instructions and question, and ``${...}`` variables."""
+    """The HIT template (``static/hit.html``, with ``static/trial.js`` inlined, the trial presentation the
+    web app uses too): the study's trusted instructions and question, and ``${...}`` variables."""
+    static = resources.files("crn_repro.study").joinpath("static")
     w, h = manifest["image_size_wh"]
     return (
-        _HIT_TEMPLATE.replace("@@QUESTION@@", manifest["question"])
+        static.joinpath("hit.html").read_text()
+        .replace("@@TRIAL_JS@@", static.joinpath("trial.js").read_text().rstrip())
+        .replace("@@QUESTION@@", manifest["question"])
         .replace("@@INSTRUCTIONS@@", manifest["instructions_html"])
         .replace("@@W@@", str(w))
         .replace("@@H@@", str(h))
@@ -320,214 +325,3 @@ def simulate_results(
         rows.append(row + [json.dumps(answers, separators=(",", ":")), "", ""])
     atomic_write_text(Path(out), _csv_text(header, rows, quote_all=True))
     return Path(out)
-
-
-# The HIT page. MTurk substitutes ${variables} everywhere in it, so its script never writes "${".
-# Presentation as in the web app (crn_repro/study/static/app.js): every image is fetched before the first
-# trial; each trial decodes fresh <img> elements, puts them in place hidden during a 0.5 s fixation cross
-# (which also measures the display's frame interval from rAF timestamps), reveals them in a
-# requestAnimationFrame callback (onset = that frame's timestamp) and, for timed trials, swaps in the
-# decoded mask in the callback of the first frame at or after target - half a frame; measured_ms is the
-# difference of the two frame timestamps. #crn's data-phase/-trial/-measured/-frame attributes let people
-# (and the browser tests) follow it.
-# Preview: before a worker accepts the HIT, MTurk opens the page with assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE
-# in the frame's URL. The page then shows the instructions and the example (a sketch of a trial, no study
-# image: a worker who previews and then accepts must not have seen any pair without its time limit) and
-# "Accept the HIT to begin"; it loads no images, has no consent or Start control and cancels any submission.
-_HIT_TEMPLATE = """<!-- crn-repro perceptual study HIT (paper Sec. 5.1): one HIT = one job. Variables: ${study_id} ${job} -->
-<script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
-<style>
-  #crn { font-family: system-ui, sans-serif; max-width: 900px; margin: 1em auto; }
-  #crn [hidden] { display: none !important; }
-  #crn-stage { display: none; position: relative; gap: 16px; justify-content: center; background: #808080; padding: 16px; }
-  #crn-stage.crn-running { display: flex; }
-  .crn-panel { width: @@W@@px; height: @@H@@px; background: #808080; cursor: pointer; }
-  .crn-panel img, .crn-panel .crn-blank-mask { display: block; width: @@W@@px; height: @@H@@px; }
-  #crn-stage.crn-blank .crn-panel { visibility: hidden; }
-  #crn-fixation { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
-    font-size: 40px; color: #000; pointer-events: none; }
-  #crn-bar { height: 8px; background: #ddd; margin: 8px 0; } #crn-fill { height: 8px; width: 0; background: #4c72b0; }
-  #crn-progress, #crn-prompt { text-align: center; min-height: 1.4em; }
-  #crn-prompt { font-size: 1.2em; }
-  #crn-example { margin: 1em 0; } #crn-example figcaption { font-size: 0.95em; }
-  .crn-example-pair { display: flex; gap: 8px; background: #808080; padding: 8px; width: max-content; }
-  .crn-example-pair div { width: 200px; height: 100px; display: flex; align-items: center; justify-content: center;
-    background: #a0a0a0; color: #222; }
-  #crn-preview { font-size: 1.2em; }
-</style>
-<crowd-form>
-  <div id="crn" data-phase="intro" data-trials="${trials}" data-base="${image_base_url}" data-mask="${mask_url}">
-    <h2>@@QUESTION@@</h2>
-    <div id="crn-intro">
-      @@INSTRUCTIONS@@
-      <figure id="crn-example">
-        <div class="crn-example-pair"><div>left photograph</div><div>right photograph</div></div>
-        <figcaption>Example of one pair: a + for half a second, then two photographs of the same scene side by
-          side.<span id="crn-example-timing"></span> Answer with F or the left arrow key for the left photograph,
-          J or the right arrow key for the right one, or click it.</figcaption>
-      </figure>
-      <p id="crn-preview" hidden><strong>Accept the HIT to begin.</strong> This is a preview: the pairs are shown
-        only once you have accepted the HIT.</p>
-      <div id="crn-begin">
-        <p><label><input type="checkbox" id="crn-consent"> I agree to take part in this study; my answers are recorded
-          anonymously together with my worker id.</label></p>
-        <p><button type="button" id="crn-start" disabled>Start</button> <span id="crn-loading">Loading images...</span></p>
-      </div>
-    </div>
-    <div id="crn-bar"><div id="crn-fill"></div></div>
-    <p id="crn-progress"></p>
-    <div id="crn-stage" class="crn-blank">
-      <div id="crn-left" class="crn-panel" data-side="left"></div>
-      <div id="crn-right" class="crn-panel" data-side="right"></div>
-      <div id="crn-fixation" hidden>+</div>
-    </div>
-    <p id="crn-prompt"></p>
-    <input type="hidden" name="responses" id="crn-responses" value="[]">
-  </div>
-</crowd-form>
-<script>
-(function () {
-  "use strict";
-  var FIXATION_MS = 500, W = @@W@@, H = @@H@@;
-  var KEYS = { f: "left", F: "left", ArrowLeft: "left", j: "right", J: "right", ArrowRight: "right" };
-  function $(id) { return document.getElementById(id); }
-  function nextFrame() { return new Promise(function (resolve) { requestAnimationFrame(resolve); }); }
-  var root = $("crn"), stage = $("crn-stage"), prompt = $("crn-prompt");
-  var trials = root.dataset.trials.split(";").map(function (part) {
-    var f = part.split("|");
-    return { index: parseInt(f[0], 10), duration: f[1] === "" ? null : parseInt(f[1], 10),
-             left: root.dataset.base + f[2], right: root.dataset.base + f[3] };
-  });
-  var mask = root.dataset.mask;
-  var answers = [], loaded = false, finished = false, preloaded = [];
-  // MTurk shows a HIT before it is accepted with assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE in the frame's URL.
-  var preview = new URLSearchParams(window.location.search).get("assignmentId") === "ASSIGNMENT_ID_NOT_AVAILABLE";
-  var timed = trials.some(function (t) { return t.duration !== null; });
-  $("crn-example-timing").textContent = timed
-    ? " Some pairs stay up only for a fraction of a second; then noise covers them, and you answer from what you saw."
-    : " They stay up until you answer.";
-
-  function setPhase(phase, extra) { Object.assign(root.dataset, extra || {}, { phase: phase }); }
-  function fail(text) { prompt.textContent = text; setPhase("error"); }
-
-  // A fully decoded, fresh image, so showing it costs no fetch or decode on the onset frame.
-  function decoded(url) {
-    var img = new Image(W, H);
-    img.alt = "";
-    img.src = url;
-    return img.decode().then(function () { return img; });
-  }
-  function maskElement() {
-    if (mask) { return decoded(mask); }
-    var blank = document.createElement("div");
-    blank.className = "crn-blank-mask";
-    return Promise.resolve(blank);
-  }
-  function median(values) {
-    var sorted = values.slice().sort(function (a, b) { return a - b; });
-    return sorted[Math.floor(sorted.length / 2)];
-  }
-  // Fixation cross for FIXATION_MS, measuring the display's frame interval from rAF timestamps meanwhile.
-  async function fixation() {
-    var deltas = [], previous = await nextFrame(), start = previous;
-    while (previous - start < FIXATION_MS || deltas.length < 3) {
-      var now = await nextFrame();
-      deltas.push(now - previous);
-      previous = now;
-    }
-    return median(deltas);
-  }
-  // Show the pair on a frame boundary; for timed trials replace it by the mask on the first frame where
-  // elapsed >= target - half a frame. measured = rAF timestamp of that frame - timestamp of the onset frame.
-  async function present(t) {
-    var pair = await Promise.all([decoded(t.left), decoded(t.right)]);
-    var masks = t.duration === null ? null : await Promise.all([maskElement(), maskElement()]);
-    stage.classList.add("crn-blank");
-    $("crn-left").replaceChildren(pair[0]);
-    $("crn-right").replaceChildren(pair[1]);
-    $("crn-fixation").hidden = false;
-    setPhase("fixation");
-    var frameMs = await fixation();
-    var onset = await nextFrame();
-    $("crn-fixation").hidden = true;
-    stage.classList.remove("crn-blank");
-    setPhase("stimulus");
-    if (masks === null) { return { onset: onset, measured: null, frameMs: frameMs }; }
-    var now = onset;
-    while (now - onset < t.duration - frameMs / 2) { now = await nextFrame(); }
-    $("crn-left").replaceChildren(masks[0]);
-    $("crn-right").replaceChildren(masks[1]);
-    return { onset: onset, measured: now - onset, frameMs: frameMs };
-  }
-  function awaitAnswer() {
-    return new Promise(function (resolve) {
-      var panels = [$("crn-left"), $("crn-right")];
-      function finish(side) {
-        document.removeEventListener("keydown", onKey);
-        panels.forEach(function (panel) { panel.onclick = null; });
-        resolve({ side: side, at: performance.now() });
-      }
-      function onKey(e) {
-        if (e.repeat || e.ctrlKey || e.metaKey || e.altKey || !(e.key in KEYS)) { return; }
-        e.preventDefault();
-        finish(KEYS[e.key]);
-      }
-      document.addEventListener("keydown", onKey);
-      panels.forEach(function (panel) { panel.onclick = function () { finish(panel.dataset.side); }; });
-    });
-  }
-  async function run() {
-    $("crn-intro").hidden = true;
-    stage.classList.add("crn-running");
-    for (var i = 0; i < trials.length; i++) {
-      var t = trials[i];
-      $("crn-progress").textContent = "Pair " + (i + 1) + " of " + trials.length;
-      prompt.textContent = "";
-      setPhase("loading", { trial: String(t.index) });
-      var shown = await present(t);
-      setPhase("answer", { measured: shown.measured === null ? "" : shown.measured.toFixed(1), frame: shown.frameMs.toFixed(2) });
-      prompt.textContent = (t.duration === null ? "Which image is more realistic?" : "Which image was more realistic?")
-        + " Left: F or \\u2190, right: J or \\u2192 (or click a side)";
-      var answer = await awaitAnswer();
-      answers.push([t.index, answer.side, shown.measured === null ? null : Math.round(shown.measured * 10) / 10,
-                    Math.round((answer.at - shown.onset) * 10) / 10]);
-      $("crn-responses").value = JSON.stringify(answers);
-      $("crn-fill").style.width = (100 * answers.length / trials.length) + "%";
-    }
-    finished = true;
-    stage.classList.remove("crn-running");
-    $("crn-progress").textContent = "";
-    prompt.textContent = "Done, thank you! Please submit.";
-    setPhase("done");
-  }
-  function updateStart() { $("crn-start").disabled = preview || !loaded || !$("crn-consent").checked; }
-  document.querySelector("crowd-form").addEventListener("submit", function (e) {
-    if (preview) { e.preventDefault(); prompt.textContent = "Accept the HIT to begin."; }
-    else if (!finished) { e.preventDefault(); prompt.textContent = "Please answer every pair first, then submit."; }
-  });
-  if (preview) {  // instructions and the example only: no pair is loaded, nothing can start or be submitted
-    $("crn-begin").hidden = true;
-    $("crn-bar").hidden = true;
-    $("crn-preview").hidden = false;
-    setPhase("preview");
-    return;
-  }
-  var urls = [];
-  trials.forEach(function (t) { urls.push(t.left, t.right); });
-  if (mask) { urls.push(mask); }
-  Promise.all(urls.map(decoded)).then(function (images) {  // fetch every image once, before the first trial
-    preloaded = images;
-    loaded = true;
-    $("crn-loading").textContent = "";
-    updateStart();
-  }, function () {
-    $("crn-loading").textContent = "An image failed to load; please return this HIT.";
-  });
-  $("crn-consent").addEventListener("change", updateStart);
-  $("crn-start").addEventListener("click", function () {
-    $("crn-start").disabled = true;
-    run().catch(function (error) { fail("Something went wrong (" + error.message + "); please return this HIT."); });
-  }, { once: true });
-})();
-</script>
-"""

@@ -1,4 +1,4 @@
-"""Simulated participants for tests and planning (paper Sec. 5.1, crn-facts §6).
+"""Simulated participants for tests and planning (paper Sec. 5.1, docs/facts.md §6).
 
 A seeded observer sees a pair for ``shown_ms`` and picks the side whose realism score plus Gaussian
 noise is higher. The noise shrinks with exposure, sd = noise_sd_at_1s * sqrt(1000 / shown_ms) (the

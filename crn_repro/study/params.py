@@ -1,4 +1,4 @@
-"""params.yaml ``study``: the design of the human perceptual study (paper Sec. 5.1, crn-facts §6).
+"""params.yaml ``study``: the design of the human perceptual study (paper Sec. 5.1, docs/facts.md §6).
 
 The paper's numbers: unlimited time, jobs of 100 test pairs + 10 sentinels (real vs the weakest
 baseline); time-limited, 7 durations x 3 pair types, jobs of 105 test pairs + 5 sentinels (real vs
@@ -12,8 +12,8 @@ from typing import Literal
 
 from crn_repro.config import doc
 from crn_repro.registry import GENERATORS
+from crn_repro.study.records import REAL
 
-REAL = "real"  # the model name of the dataset's own images in a study
 SENTINELS_NEEDED = ("must be >= 1: `study analyze` excludes participants by their sentinel answers, "
                     "and one who answered no sentinel is excluded")
 

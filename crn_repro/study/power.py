@@ -1,5 +1,5 @@
 """`crn-repro study power`: how many judgments a comparison needs (paper Table 1 claims p < 1e-3 for
-every comparison, crn-facts §6, without saying how many judgments stand behind each rate).
+every comparison, docs/facts.md §6, without saying how many judgments stand behind each rate).
 
 For a true preference rate, the number of A/B judgments from which the exact two-sided binomial test
 against 50% reaches p < alpha with the given power and keeps it for every larger number

@@ -1,4 +1,4 @@
-"""Canonical response records of the perceptual study (paper Sec. 5.1, crn-facts §6).
+"""Canonical response records of the perceptual study (paper Sec. 5.1, docs/facts.md §6).
 
 Both sources, the web app and MTurk, produce exactly these columns, one row per answered trial, so
 one analysis reads them all. CSV on disk, written atomically.
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from crn_repro.checkpoint import atomic_write_text, read_table
+from crn_repro.files import atomic_write_text, read_table
 from crn_repro.errors import CrnError
 
+REAL = "real"  # the model name of the dataset's own images in a study
 RESPONSE_COLUMNS: tuple[str, ...] = (
     "source",  # "web" | "mturk" (people) | "simulated-web" | "simulated-mturk" (observer models)
     "participant",  # web participant id ("sim-..." when simulated) or MTurk WorkerId

@@ -1,5 +1,5 @@
 """Lab web app of the human perceptual study: pairwise "which is more realistic?" trials (paper Sec. 5.1,
-crn-facts §6), served from a study folder written by `crn-repro study make`.
+docs/facts.md §6), served from a study folder written by `crn-repro study make`.
 
 Standard library only (`http.server` + `sqlite3`, see `store.py`). Bound to 127.0.0.1 unless told
 otherwise. The page (`static/`) shows the study's instructions and a consent button, then one trial at a
@@ -25,7 +25,7 @@ JSON API (the page and `crn_repro.study.client` use exactly this; bodies are JSO
   ``chosen_side`` is "left" or "right"; ``measured_ms`` is the measured on-screen duration (required
   for timed trials, null for unlimited ones); ``response_ms`` the time from stimulus onset to the answer
   (or null); ``frame_ms`` the display's frame interval the page measured (optional).
-- ``GET /``, ``/static/app.js``, ``/static/style.css``: the page; ``GET /images/...``: only the image
+- ``GET /``, ``/static/trial.js``, ``/static/app.js``, ``/static/style.css``: the page; ``GET /images/...``: only the image
   files the manifest names, checked to lie inside the study folder.
 
 Simulated participants: `make_server(..., simulated=True)` (used only by `crn-repro study simulate
@@ -73,6 +73,7 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 UNSAFE_RE = re.compile(r"[<>\x00-\x1f\x7f]")
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/trial.js": ("trial.js", "text/javascript; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }

@@ -1,4 +1,4 @@
-"""Durable response store of the lab web app: `<study>/responses.sqlite` (paper Sec. 5.1, crn-facts §6).
+"""Durable response store of the lab web app: `<study>/responses.sqlite` (paper Sec. 5.1, docs/facts.md §6).
 
 Every answer is one committed SQLite transaction (WAL journal, ``synchronous=FULL``) before the server
 replies, so a reload, a crashed browser or a restarted server loses nothing; UNIQUE(participant, trial)

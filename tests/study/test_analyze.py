@@ -97,7 +97,7 @@ def test_end_to_end_from_mturk_results(tmp_path, tiny_raw, prepared_tiny):
 
 
 def test_evaluate_bootstraps_only_what_the_judgments_name():
-    from crn_repro.evaluate import judgment_summary, time_curves
+    from crn_repro.judgments import judgment_summary, time_curves
 
     plain = pd.DataFrame({"model_a": ["crn"] * 4, "model_b": ["pix2pix"] * 4, "winner": ["crn", "crn", "crn", "pix2pix"]})
     row = judgment_summary(plain, "crn", num_resamples=50)
@@ -114,7 +114,7 @@ def test_evaluate_bootstraps_only_what_the_judgments_name():
 
 def test_bootstrap_is_not_estimable_with_one_worker():
     """A single worker (or image) gives every bootstrap resample the same rate: NaN, not a zero-width interval."""
-    from crn_repro.evaluate import judgment_summary
+    from crn_repro.judgments import judgment_summary
 
     one = pd.DataFrame({"model_a": "crn", "model_b": "pix2pix", "winner": ["crn"] * 7 + ["pix2pix"] * 3,
                         "participant": "only", "layout": [f"f{i}" for i in range(10)]})
@@ -126,7 +126,7 @@ def test_bootstrap_is_not_estimable_with_one_worker():
 
 def test_mistimed_trials_are_left_out_and_counted(responses, tmp_path, monkeypatch):
     import crn_repro.study.analyze as analyze
-    from crn_repro.evaluate import _human_source, read_judgments
+    from crn_repro.judgments import human_source, read_judgments
 
     # web:p1's 125 ms trials: on target, 10 ms over, 20 ms under, not measured; a sentinel 30 ms over
     timing = {20: 125.0, 21: 135.0, 22: 105.0, 23: None}
@@ -157,7 +157,7 @@ def test_mistimed_trials_are_left_out_and_counted(responses, tmp_path, monkeypat
     assert (timed.n, timed.mistimed) == (6, 2) and (unlimited.n, unlimited.mistimed) == (20, 0)  # unlimited: untouched
     assert pd.read_csv(out["paths"]["time_curves"]).mistimed.tolist() == [2]
     path = out["paths"]["judgments"]
-    assert _human_source(read_judgments([path]), [path]) == "human judgments (2 participants, 2 excluded, 2 mistimed trials left out)"
+    assert human_source(read_judgments([path]), [path]) == "human judgments (2 participants, 2 excluded, 2 mistimed trials left out)"
 
     # a comparison whose every trial was mistimed still gets a row, with n = 0
     none_left = mistimed_trials(rows.assign(measured_ms=rows.measured_ms + 100), exclusions, 17.0)
@@ -188,7 +188,7 @@ def test_simulated_answers_are_dropped_where_real_ones_exist(responses, tmp_path
 
 def test_only_simulated_answers_are_analysed_and_labelled_so(responses, tmp_path, monkeypatch):
     import crn_repro.study.analyze as analyze
-    from crn_repro.evaluate import _human_source, read_judgments
+    from crn_repro.judgments import human_source, read_judgments
 
     monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: _simulated_copy(responses))
     out = analyze_study(tmp_path, num_resamples=20)
@@ -196,7 +196,7 @@ def test_only_simulated_answers_are_analysed_and_labelled_so(responses, tmp_path
     path = out["paths"]["judgments"]
     judgments = read_judgments([path])
     assert set(judgments.source) == {"simulated-web"} and len(judgments) == 2 * 14
-    assert _human_source(judgments, [path]) == "simulated participants (2, 2 excluded), not human judgments"
+    assert human_source(judgments, [path]) == "simulated participants (2, 2 excluded), not human judgments"
 
     # a real study beside it: the simulated judgments are dropped, and only real exclusions are counted
     real_dir = tmp_path / "real"
@@ -204,14 +204,14 @@ def test_only_simulated_answers_are_analysed_and_labelled_so(responses, tmp_path
     real = analyze_study(real_dir, num_resamples=20)["paths"]["judgments"]
     mixed = read_judgments([real, path])
     assert set(mixed.source) == {"web"} and len(mixed) == 2 * 14
-    assert _human_source(mixed, [real, path]) == "human judgments (2 participants, 2 excluded)"
-    assert _human_source(read_judgments([real]), [real]) == "human judgments (2 participants, 2 excluded)"
+    assert human_source(mixed, [real, path]) == "human judgments (2 participants, 2 excluded)"
+    assert human_source(read_judgments([real]), [real]) == "human judgments (2 participants, 2 excluded)"
 
 
 def test_an_all_excluded_simulated_study_is_still_not_human(responses, tmp_path, monkeypatch):
     import crn_repro.study.analyze as analyze
-    from crn_repro.evaluate import _human_source, read_judgments
+    from crn_repro.judgments import human_source, read_judgments
 
     monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: _simulated_copy(responses[responses.kind == "test"]))
     path = analyze_study(tmp_path, num_resamples=20)["paths"]["judgments"]  # nobody answered a sentinel
-    assert _human_source(read_judgments([path]), [path]) == "simulated participants (0, 4 excluded), not human judgments"
+    assert human_source(read_judgments([path]), [path]) == "simulated participants (0, 4 excluded), not human judgments"

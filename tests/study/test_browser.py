@@ -172,15 +172,15 @@ def test_timed_trials_answered_by_key_are_shown_within_a_frame_of_target(page, t
 
 
 def test_the_probe_catches_a_mask_one_frame_late(page, tmp_path):
-    """app.js with the mask swapped in one frame after the frame it measures: measured_ms still lies within a
+    """trial.js with the mask swapped in one frame after the frame it measures: measured_ms still lies within a
     frame of the target, so only the probe can tell."""
-    app_js = (resources.files("crn_repro.study") / "static" / "app.js").read_text()
-    swap = '  $("left").replaceChildren(masks[0]);'
-    assert app_js.count(swap) == 1
-    late = app_js.replace(swap, "  await nextFrame();\n" + swap)
+    trial_js = (resources.files("crn_repro.study") / "static" / "trial.js").read_text()
+    swap = "      view.left.replaceChildren(masks[0]);"
+    assert trial_js.count(swap) == 1
+    late = trial_js.replace(swap, "      await nextFrame();\n" + swap)
     study = write_study(tmp_path / "late", jobs=1, tests_per_job=2, sentinels_per_job=0, durations=(125,))
     with make_server(study, port=0) as server:
-        page.route(server.url + "/static/app.js", lambda route: route.fulfill(body=late, content_type="text/javascript"))
+        page.route(server.url + "/static/trial.js", lambda route: route.fulfill(body=late, content_type="text/javascript"))
         probe_presentations(page, ["left", "right"], server.url + "/images/mask.png")
         agree(page, server.url)
         for i in range(2):

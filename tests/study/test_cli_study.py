@@ -38,6 +38,7 @@ def test_errors_are_one_line(tmp_path, tiny_raw):
     assert result.exit_code == 1 and "run `crn-repro prepare`" in result.output
 
 
+@pytest.mark.slow
 def test_study_end_to_end(tmp_path, tiny_raw):
     raw = tiny_raw
     raw["models"] = ["crn", "image-space"]

@@ -1,15 +1,14 @@
-// Lab web app of the human perceptual study (paper Sec. 5.1, crn-facts §6): consent, then one pairwise
+// Lab web app of the human perceptual study (paper Sec. 5.1, docs/facts.md §6): consent, then one pairwise
 // "which is more realistic?" trial at a time, timed on requestAnimationFrame. The JSON API is documented
 // in crn_repro/study/server.py. Only the study's trusted instructions_html is inserted as HTML; every
 // other value reaches the page through textContent.
+// The trial itself (fixation, timed presentation, answer) is trial.js's CrnTrial, which the MTurk HIT shares.
 "use strict";
 
-const FIXATION_MS = 500;
-const KEYS = { f: "left", F: "left", ArrowLeft: "left", j: "right", J: "right", ArrowRight: "right" };
 const $ = (id) => document.getElementById(id);
-const nextFrame = () => new Promise((resolve) => requestAnimationFrame(resolve));
 let study = null;
 let storageKey = null;
+let trials = null; // CrnTrial presenter of this page
 
 // The page's phase, for people reading the DOM and for the browser tests.
 function setPhase(phase, extra = {}) {
@@ -41,81 +40,6 @@ function fail(text) {
   setPhase("error");
 }
 
-// A fully decoded image, so showing it costs no decode time on the onset frame.
-async function decoded(url) {
-  const img = new Image(400, 200);
-  img.alt = "";
-  img.src = url;
-  await img.decode();
-  return img;
-}
-
-async function maskElement() {
-  if (study.mask) return decoded(study.mask);
-  const blank = document.createElement("div");
-  blank.className = "blank-mask";
-  return blank;
-}
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-// Fixation cross for FIXATION_MS, measuring the display's frame interval from rAF timestamps meanwhile.
-async function fixation() {
-  const deltas = [];
-  let previous = await nextFrame();
-  const start = previous;
-  while (previous - start < FIXATION_MS || deltas.length < 3) {
-    const now = await nextFrame();
-    deltas.push(now - previous);
-    previous = now;
-  }
-  return median(deltas);
-}
-
-// Show the pair on a frame boundary; for timed trials replace it by the mask on the first frame where
-// elapsed >= target - half a frame. measured = rAF timestamp of that frame - timestamp of the onset frame.
-async function present(trial) {
-  const [left, right] = await Promise.all([decoded(trial.left), decoded(trial.right)]);
-  const masks = trial.duration_ms === null ? null : await Promise.all([maskElement(), maskElement()]);
-  $("stage").classList.add("blank");
-  $("left").replaceChildren(left);
-  $("right").replaceChildren(right);
-  $("fixation").hidden = false;
-  setPhase("fixation");
-  const frameMs = await fixation();
-  const onset = await nextFrame();
-  $("fixation").hidden = true;
-  $("stage").classList.remove("blank");
-  setPhase("stimulus");
-  if (masks === null) return { onset, measured: null, frameMs };
-  let now = onset;
-  while (now - onset < trial.duration_ms - frameMs / 2) now = await nextFrame();
-  $("left").replaceChildren(masks[0]);
-  $("right").replaceChildren(masks[1]);
-  return { onset, measured: now - onset, frameMs };
-}
-
-function awaitAnswer() {
-  return new Promise((resolve) => {
-    const panels = [$("left"), $("right")];
-    const finish = (side) => {
-      document.removeEventListener("keydown", onKey);
-      for (const panel of panels) panel.onclick = null;
-      resolve({ side, at: performance.now() });
-    };
-    const onKey = (event) => {
-      if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || !(event.key in KEYS)) return;
-      event.preventDefault();
-      finish(KEYS[event.key]);
-    };
-    document.addEventListener("keydown", onKey);
-    for (const panel of panels) panel.onclick = () => finish(panel.dataset.side);
-  });
-}
-
 function showProgress(progress) {
   $("progress-bar").style.width = `${(100 * progress.answered) / progress.total}%`;
   $("progress-text").textContent = `Trial ${progress.answered + 1} of ${progress.total}`;
@@ -126,10 +50,10 @@ async function runTrial(state, creds) {
   showProgress(state.progress);
   $("prompt").textContent = "";
   setPhase("loading", { job: state.job, trial: String(trial.index) });
-  const shown = await present(trial);
+  const shown = await trials.present(trial.left, trial.right, trial.duration_ms);
   setPhase("answer", { measured: shown.measured === null ? "" : shown.measured.toFixed(1) });
   $("prompt").textContent = "Left: F or \u2190 \u00a0\u00a0 Right: J or \u2192 \u00a0\u00a0 (or click an image)";
-  const answer = await awaitAnswer();
+  const answer = await trials.awaitAnswer();
   setPhase("saving");
   const body = {
     ...creds,
@@ -171,6 +95,10 @@ function storedCredentials() {
 
 async function main() {
   study = await api("GET", "/api/study");
+  trials = CrnTrial.presenter({
+    stage: $("stage"), left: $("left"), right: $("right"), fixation: $("fixation"), blankClass: "blank",
+    blankMaskClass: "blank-mask", maskUrl: study.mask, width: 400, height: 200, setPhase,
+  });
   storageKey = `crn-study:${study.study_id}`;
   document.title = study.question;
   const creds = storedCredentials();

@@ -1,0 +1,171 @@
+"""Pairwise judgments and their statistics (paper Sec. 5.1, Table 1, Fig. 3; docs/facts.md §6): the
+one place that turns "which image of a pair won" into preference rates, Wilson intervals, exact
+binomial p-values and cluster-bootstrap intervals, for the evaluate stage (Table 1 and Fig. 3 from
+human judgments, or from the automatic judge) and for `crn-repro study analyze` alike.
+
+Numbers in, tables out: pandas and ``stats`` only (no torch), so the study tools stay light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crn_repro import stats
+from crn_repro.files import read_table
+from crn_repro.study.records import REAL, is_simulated
+
+BOOTSTRAP_COLUMNS = ["boot_workers_low", "boot_workers_high", "boot_images_low", "boot_images_high"]
+TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
+PAIR_ORDER = {REAL: 0, "crn": 1}  # Fig. 3 names a pair type "Real > CRN", "CRN > pix2pix": real first, then crn
+
+
+def pair_order(a: str, b: str) -> tuple[str, str]:
+    """The pair (first, second) in display order: real images first, then crn, then by name."""
+    return tuple(sorted((a, b), key=lambda m: (PAIR_ORDER.get(m, 2), m)))
+
+
+def judgment_summary(group: pd.DataFrame, first: str, num_resamples: int = 1000, seed: int = 0) -> dict:
+    """One comparison: how often ``first`` won (columns winner, and optionally participant, layout),
+    with Wilson interval, exact binomial p and, where the columns exist, 95% cluster-bootstrap
+    intervals resampling whole participants (workers) and whole layouts (images); NaN where a column
+    is missing or names fewer than ``stats.MIN_BOOTSTRAP_CLUSTERS`` workers (images). The two are
+    separate one-way bootstraps, not a crossed (two-way) one: each ignores the other source of
+    variation, so each is somewhat too narrow."""
+    won = (group.winner == first).to_numpy(dtype=float)
+    out = {"wins": int(won.sum()), **_summary(int(won.sum()), len(won))}
+    for column, name in (("participant", "workers"), ("layout", "images")):
+        low = high = float("nan")
+        if column in group.columns and len(won) and group[column].notna().all():
+            low, high = stats.cluster_bootstrap_ci(won, group[column].astype(str).to_numpy(), num_resamples=num_resamples, seed=seed)
+        out[f"boot_{name}_low"], out[f"boot_{name}_high"] = low, high
+    return out
+
+
+def time_curves(judgments: pd.DataFrame, num_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paper Fig. 3: for each pair type (``pair_order``: Real > CRN, Real > pix2pix, CRN > pix2pix) and
+    exposure time, the fraction of judgments preferring ``first``, as ``judgment_summary``. Needs
+    columns model_a, model_b, winner, duration_ms (rows without a duration are skipped)."""
+    rows = []
+    timed = judgments.dropna(subset=["duration_ms"])
+    pair = timed[["model_a", "model_b"]].apply(lambda r: pair_order(r.model_a, r.model_b), axis=1)
+    for (first, second), group in timed.groupby(pair):
+        for duration, g in group.groupby("duration_ms"):
+            rows.append(dict(first=first, second=second, duration_ms=int(duration), **judgment_summary(g, first, num_resamples, seed)))
+    return pd.DataFrame(rows, columns=TIME_CURVE_COLUMNS)
+
+
+PREFERENCE_COLUMNS = ["reference", "baseline", "wins", "source", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
+
+
+def human_source(judgments: pd.DataFrame, paths: list[Path]) -> str:
+    """"human judgments", with participants counted where the study analysis says who they were; or
+    "simulated participants (N, M excluded), not human judgments" when the study's ``source`` column
+    says every judgment came from simulated participants (`crn-repro study simulate`). Where the
+    analysis left out mistimed trials (``mistimed.csv`` beside ``judgments.csv``), the counts end with
+    ", K mistimed trials left out"."""
+
+    tables = []  # exclusions.csv, written next to judgments.csv by `crn-repro study analyze`
+    for path in paths:
+        try:
+            table = pd.read_csv(path.parent / "exclusions.csv")
+            table["excluded"] = table["excluded"].astype(bool)
+            tables.append(table)
+        except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            tables = None  # who was excluded is not known here
+            break
+    if "source" in judgments.columns and len(judgments):
+        simulated = bool(is_simulated(judgments.source).all())
+    else:  # no judgment left (all excluded, say): the exclusions say who answered
+        sources = [t.source for t in tables or () if "source" in t.columns and len(t)]
+        simulated = bool(sources) and all(is_simulated(s).all() for s in sources)
+
+    if "participant" not in judgments.columns:
+        return "simulated participants, not human judgments" if simulated else "human judgments"
+    included = judgments.participant.nunique()
+    excluded = None if tables is None else sum(
+        int((t.excluded & (is_simulated(t.source) == simulated)).sum()) if "source" in t.columns else int(t.excluded.sum())
+        for t in tables
+    )
+    mistimed = _mistimed_count(paths, simulated)
+    left_out = f", {mistimed} mistimed trials left out" if mistimed else ""
+    if simulated:
+        counts = f"{included}" if excluded is None else f"{included}, {excluded} excluded"
+        return f"simulated participants ({counts}{left_out}), not human judgments"
+    if excluded is None:
+        return f"human judgments ({included} participants{left_out})"
+    return f"human judgments ({included} participants, {excluded} excluded{left_out})"
+
+
+def _mistimed_count(paths: list[Path], simulated: bool) -> int:
+    """Timed trials `crn-repro study analyze` left out for their measured on-screen time (its
+    ``mistimed.csv`` beside each ``judgments.csv``; 0 where there is none), of the sources analysed."""
+    count = 0
+    for path in paths:
+        try:
+            table = pd.read_csv(path.parent / "mistimed.csv")
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue  # an older analysis, or judgments from elsewhere: nothing known to be left out
+        count += int((is_simulated(table.source) == simulated).sum()) if "source" in table.columns else len(table)
+    return count
+
+
+def preference_table(
+    reference: str, baselines: list[str], realism: dict[str, np.ndarray], judgment_files: tuple[str, ...] = (),
+    num_resamples: int = 1000, seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 1 and Fig. 3's data: ``reference`` against each of ``baselines``. From the human judgments
+    in ``judgment_files`` if any (their timed rows give the time curves), else from the automatic judge
+    (per layout, the higher realism score wins; ties are dropped; no time curves).
+    Returns (preference table, time curves)."""
+    rows = []
+    curves = pd.DataFrame(columns=TIME_CURVE_COLUMNS)
+    if judgment_files:
+        paths = [Path(f) for f in judgment_files]
+        judgments = read_judgments(paths)
+        if "duration_ms" in judgments.columns:  # time-limited study: Fig. 3 data
+            curves = time_curves(judgments, num_resamples, seed)
+        source = human_source(judgments, paths)
+        for other in baselines:
+            pair = judgments[((judgments.model_a == reference) & (judgments.model_b == other))
+                             | ((judgments.model_a == other) & (judgments.model_b == reference))]
+            if "duration_ms" in pair.columns:  # Table 1 is the unlimited-time experiment
+                pair = pair[pair.duration_ms.isna()]
+            rows.append(dict(reference=reference, baseline=other, source=source,
+                             **judgment_summary(pair, reference, num_resamples, seed)))
+        return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS), curves
+    for other in baselines:
+        a, b = realism[reference], realism[other]
+        decided = a != b
+        wins, n = int((a[decided] > b[decided]).sum()), int(decided.sum())
+        rows.append(dict(reference=reference, baseline=other, wins=wins, source="automatic proxy, not human judgments",
+                         **_summary(wins, n)))
+    return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS), curves
+
+
+def read_judgments(paths: list[Path]) -> pd.DataFrame:
+    """The human judgment CSVs, concatenated (columns model_a, model_b, winner, and optionally
+    duration_ms, participant, layout, source); one-line errors name the file. Judgments of simulated
+    participants (source "simulated-...") are dropped where real ones exist."""
+    frames = []
+    for path in paths:
+        judgments = read_table(
+            path, ("model_a", "model_b", "winner"),
+            missing="evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null",
+        )
+        frames.append(judgments)
+    judgments = pd.concat(frames, ignore_index=True)
+    if "source" in judgments.columns:  # `crn-repro study analyze`'s: simulated participants never pass as people
+        simulated = is_simulated(judgments.source)
+        if simulated.any() and not simulated.all():  # real judgments exist: use only them
+            judgments = judgments[~simulated].reset_index(drop=True)
+    return judgments
+
+
+def _summary(wins: int, n: int) -> dict:
+    if n == 0:
+        return {"n": 0, "rate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan")}
+    s = stats.preference_summary(wins, n)
+    return {"n": n, "rate": s["rate"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p_value": s["p_value"]}
