@@ -1,7 +1,9 @@
 """Statistics for the perceptual experiments (Sec. 5.1, Table 1, Fig. 3; docs/facts.md §6) and for
 per-image automatic scores (docs/facts.md §7).
 
-Pure functions: numbers in, numbers out (numpy/scipy only, no files, no strings). Table 1 reports,
+Pure functions: numbers in, numbers out (numpy/scipy only, no files, no strings). The Wilson interval,
+the exact binomial test and the bootstrap intervals are scipy.stats'; what scipy does not offer is
+here: the exact power of the binomial test over many n at once, and the cluster bootstrap. Table 1 reports,
 per baseline, the fraction of pairwise A/B comparisons in which the CRN image was judged more
 realistic, "with p < 1e-3"; one such row is :func:`preference_summary`. The paper does not state
 how many judgments stand behind each rate, so :func:`judgments_needed` says how many an exact test
@@ -15,11 +17,11 @@ deliberate NaN: :func:`cluster_bootstrap_ci` with fewer than ``MIN_BOOTSTRAP_CLU
 
 from __future__ import annotations
 
-import functools
+import warnings
 from typing import Callable
 
 import numpy as np
-from scipy import special
+import scipy.stats
 from scipy.stats import binom
 
 # Outcomes whose probability is within this relative tolerance of the observed one count as "no
@@ -28,6 +30,7 @@ from scipy.stats import binom
 _LOG_RELATIVE_TOLERANCE = np.log1p(1e-7)
 
 BOOTSTRAP_METHODS = ("percentile", "basic", "bca")
+_SCIPY_METHODS = {"percentile": "percentile", "basic": "basic", "bca": "BCa"}
 
 
 def _check_count(successes: int, n: int) -> None:
@@ -42,37 +45,28 @@ def _check_open_unit(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
 
 
-def _two_sided_z(confidence: float) -> float:
-    _check_open_unit("confidence", confidence)
-    return float(special.ndtri(0.5 + confidence / 2.0))
-
-
 # --------------------------------------------------------------------------------------------
 # Binomial proportions: one row of Table 1
 # --------------------------------------------------------------------------------------------
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Wilson 1927, JASA 22:209).
+    """Wilson score interval for a binomial proportion (Wilson 1927, JASA 22:209), as
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")`` computes it.
 
     Inverts the score test: the p with |p_hat - p| <= z sqrt(p (1 - p) / n). Unlike the Wald
     interval it stays inside [0, 1] and keeps near-nominal coverage at rates close to 0 or 1 (e.g.
     Table 1's 99.7%). n = 0 raises ``ValueError`` (no judgments, no interval).
     """
     _check_count(successes, n)
-    z = _two_sided_z(confidence)
-    p_hat = successes / n
-    z2_over_n = z * z / n
-    center = (p_hat + z2_over_n / 2.0) / (1.0 + z2_over_n)
-    half_width = z / (1.0 + z2_over_n) * np.sqrt(p_hat * (1.0 - p_hat) / n + z2_over_n / (4.0 * n))
-    # At k = 0 (k = n) the bound is 0 (1) in exact arithmetic; rounding must not push it outside.
-    low = 0.0 if successes == 0 else max(0.0, center - half_width)
-    high = 1.0 if successes == n else min(1.0, center + half_width)
-    return float(low), float(high)
+    _check_open_unit("confidence", confidence)
+    ci = scipy.stats.binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def _two_sided_p_values(n: int, p: float) -> np.ndarray:
-    """Exact two-sided binomial p-value of every outcome k = 0..n (the ``binomial_test`` rule)."""
+    """Exact two-sided binomial p-value of every outcome k = 0..n at once (the rule of ``binomial_test``,
+    with scipy's relative tolerance), for the exact power of a whole rejection region."""
     k = np.arange(n + 1)
     log_pmf = binom.logpmf(k, n, p)  # orders outcomes; stays finite where the pmf underflows
     pmf = binom.pmf(k, n, p)  # summed; more accurate than exp(logpmf) for large n
@@ -84,15 +78,13 @@ def _two_sided_p_values(n: int, p: float) -> np.ndarray:
 
 
 def binomial_test(successes: int, n: int, p: float = 0.5) -> float:
-    """Exact two-sided binomial test (the "minimum likelihood" rule; Hollander & Wolfe, 1999).
-
-    p-value = total null probability of the outcomes no more likely than the observed one, with the
-    relative tolerance 1e-7 of ``scipy.stats.binomtest(k, n, p).pvalue``, which it reproduces.
-    """
+    """Exact two-sided binomial test (the "minimum likelihood" rule; Hollander & Wolfe, 1999):
+    ``scipy.stats.binomtest(k, n, p).pvalue``, the total null probability of the outcomes no more
+    likely than the observed one."""
     _check_count(successes, n)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must lie in [0, 1], got {p}")
-    return float(_two_sided_p_values(int(n), p)[int(successes)])
+    return float(scipy.stats.binomtest(int(successes), int(n), p).pvalue)
 
 
 def preference_summary(wins: int, n: int, confidence: float = 0.95) -> dict:
@@ -195,44 +187,6 @@ def judgments_needed(
 # --------------------------------------------------------------------------------------------
 
 
-def _jackknife(num_items: int, statistic: Callable, vectorized: bool) -> np.ndarray:
-    """Leave-one-item-out values of the statistic (for the BCa acceleration)."""
-    if not vectorized:
-        everything = np.arange(num_items)
-        return np.array([statistic(np.delete(everything, i)) for i in range(num_items)], dtype=float)
-    rows_per_block = max(1, 1_000_000 // max(1, num_items - 1))  # bound memory at ~1e6 indices
-    values = []
-    for start in range(0, num_items, rows_per_block):
-        left_out = np.arange(start, min(start + rows_per_block, num_items))
-        # Row r lists 0..n-1 without left_out[r]: shift every index >= the left-out one by one.
-        kept = np.arange(num_items - 1)[None, :]
-        values.append(np.asarray(statistic(kept + (kept >= left_out[:, None])), dtype=float))
-    return np.concatenate(values)
-
-
-def _bootstrap_interval(
-    boot: np.ndarray, theta_hat: float, confidence: float, method: str, jackknife: Callable[[], np.ndarray]
-) -> tuple[float, float]:
-    tail = (1.0 - confidence) / 2.0
-    if np.all(boot == boot[0]):  # degenerate (one item, or a constant statistic)
-        return float(theta_hat), float(theta_hat)
-    if method == "percentile":
-        low, high = np.quantile(boot, [tail, 1.0 - tail])
-    elif method == "basic":
-        q_low, q_high = np.quantile(boot, [tail, 1.0 - tail])
-        low, high = 2.0 * theta_hat - q_high, 2.0 * theta_hat - q_low
-    else:  # "bca": Efron (1987); bias correction z0, acceleration a from the jackknife
-        z0 = special.ndtri(np.mean(boot < theta_hat))
-        leave_one_out = jackknife()
-        deviation = leave_one_out.mean() - leave_one_out
-        denominator = 6.0 * np.sum(deviation**2) ** 1.5
-        a = np.sum(deviation**3) / denominator if denominator > 0 else 0.0
-        z = special.ndtri(np.array([tail, 1.0 - tail]))
-        levels = special.ndtr(z0 + (z0 + z) / (1.0 - a * (z0 + z)))
-        low, high = np.quantile(boot, levels)
-    return float(low), float(high)
-
-
 def bootstrap_ci(
     items: int | np.ndarray,
     statistic: Callable[[np.ndarray], float | np.ndarray],
@@ -253,7 +207,9 @@ def bootstrap_ci(
     The resamples (with replacement) depend only on ``seed``, not on ``vectorized``.
 
     method: "percentile" (the default), "basic" (reflected percentile), or "bca" (bias-corrected
-    and accelerated, Efron 1987; costs num_items more evaluations for the jackknife).
+    and accelerated, Efron 1987; costs num_items more evaluations for the jackknife). Computed by
+    ``scipy.stats.bootstrap`` over the index array; one item, or a statistic that is the same in every
+    resample, gives the zero-width interval at the statistic's value.
     """
     num_items = int(items) if np.ndim(items) == 0 else len(items)
     if num_items < 1:
@@ -264,16 +220,28 @@ def bootstrap_ci(
         raise ValueError(f"unknown bootstrap method {method!r}; choose one of {BOOTSTRAP_METHODS}")
     _check_open_unit("confidence", confidence)
 
-    resamples = np.random.default_rng(seed).integers(0, num_items, size=(num_resamples, num_items))
     everything = np.arange(num_items)
-    if vectorized:
-        theta_hat = float(np.asarray(statistic(everything[None, :]))[0])
-        boot = np.asarray(statistic(resamples), dtype=float).reshape(num_resamples)
-    else:
-        theta_hat = float(statistic(everything))
-        boot = np.array([statistic(row) for row in resamples], dtype=float)
-    jackknife = functools.partial(_jackknife, num_items, statistic, vectorized)  # run only for "bca"
-    return _bootstrap_interval(boot, theta_hat, confidence, method, jackknife)
+
+    def theta_hat() -> float:
+        return float(np.asarray(statistic(everything[None, :] if vectorized else everything)).reshape(-1)[0])
+
+    if num_items == 1:  # one item: every resample is the item itself (scipy needs two)
+        return theta_hat(), theta_hat()
+    with warnings.catch_warnings():  # a degenerate BCa interval warns; it is handled below
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        result = scipy.stats.bootstrap(
+            (everything,),
+            lambda index, axis=-1: statistic(index),
+            n_resamples=num_resamples,
+            vectorized=vectorized,
+            confidence_level=confidence,
+            method=_SCIPY_METHODS[method],
+            rng=np.random.default_rng(seed),
+        )
+    boot = result.bootstrap_distribution
+    if np.all(boot == boot[0]):  # degenerate (a constant statistic): no spread to report
+        return theta_hat(), theta_hat()
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def bootstrap_mean_ci(
