@@ -32,7 +32,7 @@ from crn_repro.datasets import PreparedSplit
 from crn_repro.params import parse_params
 from crn_repro.prepare import prepare
 from crn_repro.registry import BuildContext, get_spec
-from crn_repro.trainer import batch_indices, setup_runtime
+from crn_repro.trainer import Run, batch_indices, build_networks, setup_runtime, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,25 +68,20 @@ def time_cache_read(split: PreparedSplit, batch_size: int, seconds: float = 3.0)
 
 
 def time_step(params, device_rt, steps: int) -> float:
-    spec, mp = get_spec("crn"), params.model("crn")
+    """Images per second of the trainer's own CRN step (``trainer.train_step``) at batch 1, the batch
+    read from the cache as the trainer reads it."""
+    mp = params.model("crn")
     split = PreparedSplit(Path(params.paths.prepared), "train")
     ctx = BuildContext((256, 512), split.num_classes, params.vgg, len(split), Path(params.paths.runs))
-    net = spec.networks["G"][0](**spec.networks["G"][1](mp.network, ctx))
-    fmt = torch.channels_last if device_rt.channels_last else torch.contiguous_format
-    net.to(device_rt.device, memory_format=fmt)
-    objective = spec.objective(mp.objective, ctx).to(device_rt.device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    kwargs, nets, objective, optimizers = build_networks("crn", mp, ctx, device_rt, [])
+    run = Run("crn", get_spec("crn"), mp.train, 1, split, "layout", kwargs, nets, optimizers, objective, "", Path(params.paths.runs), {})
     autocast = torch.autocast(device_rt.device.type, dtype=device_rt.autocast_dtype, enabled=device_rt.autocast_dtype is not None)
     times = []
     for step in range(steps + 1):  # the first step warms up (cuDNN autotuning, allocation)
         t0 = time.perf_counter()
-        layout, image = split.batch(batch_indices(0, step, len(split), 1), device_rt.device)
-        layout, image = layout.contiguous(memory_format=fmt), image.contiguous(memory_format=fmt)
-        with autocast:
-            losses = objective("G", {"G": net}, (layout, image))
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt.step()
+        batch = split.to_device(split.read(batch_indices(0, step, len(split), 1)), device_rt.device)
+        batch = tuple(t.contiguous(memory_format=device_rt.memory_format) for t in batch)
+        train_step(run, device_rt, step, batch, autocast)
         if device_rt.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

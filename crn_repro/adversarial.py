@@ -39,7 +39,7 @@ class _AdversarialObjective(Objective):
         raise NotImplementedError
 
     def forward(self, phase: str, nets: dict[str, nn.Module], batch) -> dict[str, torch.Tensor]:
-        layout, image = batch
+        layout, image = batch[0], batch[1]
         if phase == "D":
             self._fake = nets["G"](layout)
             real = _bce(self.discriminate(nets, layout, image), 1.0)
@@ -93,6 +93,8 @@ class GANSemSegObjective(_AdversarialObjective):
     the pixelwise cross-entropy of a frozen segmentation network applied to the generated image
     against the input layout."""
 
+    frozen_modules = ("segmenter",)  # an input, not training state: always the file's
+
     def __init__(self, params: GANSemSegObjectiveParams, segmenter: nn.Module, segmenter_identity: dict):
         super().__init__()
         self.params = params
@@ -102,15 +104,6 @@ class GANSemSegObjective(_AdversarialObjective):
     def identity(self) -> dict:
         """The segmenter file's content (its sha256): a retrained segmenter makes a saved state stale."""
         return dict(self._segmenter_identity)
-
-    def state_dict(self, *args, **kwargs):
-        """The frozen segmenter is an input, not training state: it is always the file's."""
-        state = super().state_dict(*args, **kwargs)
-        return type(state)((k, v) for k, v in state.items() if not k.startswith("segmenter."))
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        own = {k: v for k, v in super().state_dict().items() if k.startswith("segmenter.")}
-        return super().load_state_dict({**state_dict, **own}, strict, assign)
 
     def train(self, mode: bool = True):
         super().train(mode)

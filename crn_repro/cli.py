@@ -6,6 +6,7 @@ import enum
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -84,10 +85,15 @@ def train(
     model: ModelName = typer.Option(..., "--model", "-m", help="model from the registry"),
     until_step: Optional[int] = typer.Option(None, help="stop after this step (resumable); default: train.total_steps"),
 ) -> None:
-    """Stage `train`: train one model; running it again resumes from the last checkpoint."""
-    from crn_repro.trainer import train as run
+    """Stage `train`: train one model; running it again resumes from the last checkpoint. With
+    train.processes above 1 it runs itself under `torchrun --standalone` (one process per GPU)."""
+    from crn_repro.trainer import launch_under_torchrun, train as run
 
-    summary = run(_params(), model.value, until_step=until_step, console=err_console)
+    params = _params()
+    processes = params.model(model.value).train.processes
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch_under_torchrun(processes, sys.argv[1:]))
+    summary = run(params, model.value, until_step=until_step, console=err_console)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         console.print(f"{model.value}: step {summary['steps']}/{summary['total_steps']}, {summary['wall_time_s']} s")
 
@@ -118,6 +124,41 @@ def report() -> None:
     from crn_repro.report import write_report
 
     console.print(f"wrote {write_report(_params())}")
+
+
+@_command
+def bench(
+    model: Optional[ModelName] = typer.Option(None, "--model", "-m", help="model from the registry (default: crn)"),
+    preset: Optional[str] = typer.Option(None, help="measure with presets/NAME.yaml (e.g. cityscapes-1024p) instead of --params"),
+    quick: bool = typer.Option(False, "--quick", help="a few steps; on a CPU at 1/4 of the height and width (--scale 4)"),
+    scale: Optional[int] = typer.Option(None, help="time the networks at 1/SCALE of the height and width"),
+    steps: Optional[int] = typer.Option(None, help="timed steps (default 10, --quick 2)"),
+    table: bool = typer.Option(False, "--table", help="print every result in benchmarks/results/ as a markdown table and stop"),
+) -> None:
+    """Training and synthesis speed, FLOPs, fraction of the measured matmul peak, memory and projected
+    schedule time of a model on this machine (benchmarks/results/<device>.json).
+
+    Example: crn-repro bench --model crn --preset cityscapes-1024p"""
+    from crn_repro.bench import bench as run, results_table
+
+    if table:
+        print(results_table())
+        return
+    path = Path("presets") / f"{preset}.yaml" if preset else STATE["params"]
+    if preset and not path.is_file():
+        raise CrnError(f"--preset {preset}: {path} not found (presets: {', '.join(p.stem for p in sorted(Path('presets').glob('*.yaml')))})")
+    from crn_repro.params import load_params
+
+    name = model.value if model else "crn"
+    entry = run(load_params(path), name, str(path), scale=scale, quick=quick, steps=steps, console=err_console)
+    console.print(
+        f"{name} ({path}, {entry['precision']}, {entry['device']}): train {entry['train_images_per_s']:.3g} img/s "
+        f"({entry['train_tflops_per_s']:.3g} TFLOP/s, {entry['train_fraction_of_peak']:.0%} of the matmul peak "
+        f"{entry['matmul_peak_tflops_per_s']:.3g}), synthesis {entry['synthesis_images_per_s']:.3g} img/s "
+        f"({entry['synthesis_fraction_of_peak']:.0%}); schedule of {entry['total_steps']} steps: "
+        f"{entry['projected_schedule_hours']:.2f} h ({entry['projection']}) -> {entry['path']}",
+        highlight=False, soft_wrap=True,
+    )
 
 
 @_command

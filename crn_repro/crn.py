@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from crn_repro.config import doc
 
@@ -95,6 +96,9 @@ class RefinementModule(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
         self.norm2 = LayerNorm2d(width)
 
+    def weight_requires_grad(self) -> bool:
+        return self.conv1.weight.requires_grad
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.norm1(self.conv1(x)), 0.2)
         return F.leaky_relu(self.norm2(self.conv2(x)), 0.2)
@@ -124,6 +128,7 @@ class CRN(nn.Module):
             previous = width
         self.cascade = nn.ModuleList(blocks)
         self.to_rgb = nn.Conv2d(previous, 3 * num_outputs, 1, bias=True)
+        self.activation_checkpointing = False  # set by the trainer (train.activation_checkpointing)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -155,5 +160,9 @@ class CRN(nn.Module):
             else:
                 up = F.interpolate(features, size=layout_i.shape[-2:], mode="bilinear", align_corners=True)
                 x = torch.cat([up, layout_i.to(up.dtype)], dim=1)  # [features, layout] order
-            features = module(x)
+            if self.activation_checkpointing and torch.is_grad_enabled() and module.weight_requires_grad():
+                # keep only x; the backward pass runs the module again (same result: it has no randomness)
+                features = checkpoint(module, x, use_reentrant=False)
+            else:
+                features = module(x)
         return (self.to_rgb(features) + 1.0) / 2.0 * 255.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +28,15 @@ LABEL_SUFFIXES = {"label_ids": "_gtFine_labelIds.png", "color": "_gtFine_color.p
 LABEL_SUFFIX = LABEL_SUFFIXES["label_ids"]
 SPLITS = ("train", "val")
 READS = ("layout", "label_colors")  # what a model's networks read of a layout (PreparedSplit.batch)
+
+
+class Batch(NamedTuple):
+    """A training batch as objectives receive it: what the networks read of the layouts, the images
+    (B, 3, H, W) in 0..255, and the images' indices in the training split (their identity)."""
+
+    layout: torch.Tensor
+    image: torch.Tensor
+    keys: tuple[int, ...]
 
 
 # --- the normalise / denormalise pair -------------------------------------------------------------
@@ -209,18 +219,29 @@ class PreparedSplit:
                 "input 'color'); set cityscapes.keep_label_ids: true and run `crn-repro prepare` again"
             )
 
+    def read(self, indices, reads: str = "layout", pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 arrays of a batch, on the CPU: (layout channels (B, H, W), or labelIds for
+        ``reads`` 'label_colors'; images (B, H, W, 3)). ``pin`` puts them in pinned memory, so that
+        the copy to a GPU can run asynchronously (``to_device``)."""
+        self.require(reads)
+        indices = np.asarray(indices)
+        labels = self.label_ids if reads == "label_colors" else self.labels
+        raw = (torch.from_numpy(np.ascontiguousarray(labels[indices])), torch.from_numpy(np.ascontiguousarray(self.images[indices])))
+        return tuple(t.pin_memory() for t in raw) if pin else raw
+
+    def to_device(self, raw: tuple[torch.Tensor, torch.Tensor], device: torch.device | str, reads: str = "layout"):
+        """``read``'s uint8 arrays copied to ``device`` (non-blocking) and expanded there: (layout as
+        the networks read it, image (B, 3, H, W) in 0..255)."""
+        labels, images = (t.to(device, non_blocking=True) for t in raw)
+        if reads == "label_colors":
+            return label_ids_to_color_map(labels, self.id_colors), image_to_tensor(images)
+        return channels_to_layout(labels, self.num_classes), image_to_tensor(images)
+
     def batch(self, indices, device: torch.device | str = "cpu", reads: str = "layout") -> tuple[torch.Tensor, torch.Tensor]:
         """(layout as the networks read it, image (B, 3, H, W) in 0..255) for the given indices: the
         one-hot layout (B, c, H, W) for ``reads`` 'layout', the official colour label map (B, 3, H, W)
         in 0..255 for 'label_colors'. The uint8 arrays travel to the device first and are expanded there."""
-        self.require(reads)
-        indices = np.asarray(indices)
-        images = torch.from_numpy(np.ascontiguousarray(self.images[indices])).to(device, non_blocking=True)
-        if reads == "label_colors":
-            ids = torch.from_numpy(np.ascontiguousarray(self.label_ids[indices])).to(device, non_blocking=True)
-            return label_ids_to_color_map(ids, self.id_colors), image_to_tensor(images)
-        labels = torch.from_numpy(np.ascontiguousarray(self.labels[indices])).to(device, non_blocking=True)
-        return channels_to_layout(labels, self.num_classes), image_to_tensor(images)
+        return self.to_device(self.read(indices, reads), device, reads)
 
     @property
     def num_classes(self) -> int:

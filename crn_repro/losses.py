@@ -2,7 +2,8 @@
 
 An objective is an ``nn.Module`` (so its state, e.g. the adaptive lambda_l, is part of the
 resumable training state) with ``phases`` = names of the networks it updates, in order, and
-``forward(phase, nets, batch) -> {name: loss, ..., "total": loss}``.
+``forward(phase, nets, batch) -> {name: loss, ..., "total": loss}``; ``batch`` is (layout, image), in
+training a ``datasets.Batch`` that also carries the images' ``keys``.
 """
 
 from __future__ import annotations
@@ -67,9 +68,28 @@ class FeatureMatchingParams:
 
 
 class Objective(nn.Module):
-    """Base class: an objective declares its phases and computes named losses."""
+    """Base class: an objective declares its phases and computes named losses.
+
+    Pretrained networks an objective holds (a VGG-19, a segmenter) are inputs, not training state:
+    their submodule names are ``frozen_modules``, and ``state_dict`` leaves them out (a training state
+    holds what is trained; which weights the frozen networks have is part of ``identity``)."""
 
     phases: tuple[str, ...] = ("G",)
+    frozen_modules: tuple[str, ...] = ()
+
+    def _is_frozen_key(self, key: str) -> bool:
+        return any(key.startswith(name + ".") for name in self.frozen_modules)
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        return type(state)((k, v) for k, v in state.items() if not self._is_frozen_key(k))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load the trained state; the frozen networks keep their own weights (entries for them in an
+        older state file are ignored)."""
+        own = {k: v for k, v in super().state_dict().items() if self._is_frozen_key(k)}
+        trained = {k: v for k, v in state_dict.items() if not self._is_frozen_key(k)}
+        return super().load_state_dict({**trained, **own}, strict, assign)
 
     def after_step(self, step: int) -> None:
         """Called by the trainer after optimizer step ``step`` (1-based); default: nothing."""
@@ -88,6 +108,10 @@ class Objective(nn.Module):
         """The perception network whose features the losses compare, in words, for the run's facts
         (e.g. which VGG-19 weights); default: none."""
         return "not used"
+
+    def set_reference_cache(self, enabled: bool) -> None:
+        """Keep the perception network's features of each training image after their first use
+        (``train.cache_reference_features``; batches then carry ``keys``); default: nothing to keep."""
 
 
 class FeatureMatchingLoss(nn.Module):
@@ -116,17 +140,39 @@ class FeatureMatchingLoss(nn.Module):
         self.rescale_at_step = (
             max(1, math.ceil(params.lambda_rescale_after_epochs * steps_per_epoch)) if params.lambda_mode == "paper" else None
         )
+        self.reference_cache: dict[int, tuple[torch.Tensor, ...]] | None = None  # set_reference_cache
+        # Host copies of `rescaled` and `running_count`, so that a training step never waits for the
+        # device to read them; refreshed whenever the buffers are loaded from a training state.
+        self._rescaled, self._count = False, 0
+        self.register_load_state_dict_post_hook(lambda module, keys: module._read_host_copies())
 
-    def error_maps(self, image: torch.Tensor, generated: torch.Tensor) -> list[torch.Tensor]:
+    def _read_host_copies(self) -> None:
+        self._rescaled, self._count = bool(self.rescaled), int(self.running_count)
+
+    def reference_features(self, image: torch.Tensor, keys: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+        """Phi_l(I) of the reference images (no gradient). With the cache on and ``keys`` (the images'
+        indices in the training split) given, each image's features are computed once and kept: the
+        training data has no augmentation, so they never change. Each is computed alone, so its value
+        does not depend on the batch it first came in, and a resumed run (whose cache starts empty)
+        computes the same values again."""
+        with torch.no_grad():
+            if self.reference_cache is None or keys is None:
+                return self.vgg(image)
+            for i, key in enumerate(keys):
+                if key not in self.reference_cache:
+                    self.reference_cache[key] = tuple(f[0] for f in self.vgg(image[i : i + 1]))
+            return [torch.stack(layer) for layer in zip(*(self.reference_cache[key] for key in keys))]
+
+    def error_maps(self, image: torch.Tensor, generated: torch.Tensor, keys: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         """|Phi_l(I) - Phi_l(g_u(L))| averaged over feature channels, per term l: a list of
         (B, k, h_l, w_l) float32 maps. ``image`` (B, 3, H, W) is the reference (no gradient),
-        ``generated`` (B, 3k, H, W) the k synthesized images, all in 0..255."""
+        ``generated`` (B, 3k, H, W) the k synthesized images, all in 0..255; ``keys`` identify the
+        reference images for ``reference_features``."""
         b, k = image.shape[0], generated.shape[1] // 3
         fake_images = generated.reshape(b * k, 3, *generated.shape[-2:])
         maps = [(image.float().unsqueeze(1) - generated.float().reshape(b, k, 3, *generated.shape[-2:])).abs().mean(2)]
         if self.vgg is not None:
-            with torch.no_grad():
-                real = self.vgg(image)
+            real = self.reference_features(image, keys)
             fake = self.vgg(fake_images)
             for r, f in zip(real, fake):
                 f = f.reshape(b, k, *f.shape[1:])
@@ -145,26 +191,31 @@ class FeatureMatchingLoss(nn.Module):
 
     def observe(self, errors: torch.Tensor) -> None:
         """Accumulate the weighted terms over the epoch before the rescaling step (paper mode)."""
-        if self.rescale_at_step is None or bool(self.rescaled):
+        if self.rescale_at_step is None or self._rescaled:
             return
-        self.running_sum += self.weighted(errors.detach()).reshape(-1, errors.shape[-1]).double().mean(0)  # over B (and k)
+        batch_mean = self.weighted(errors.detach()).reshape(-1, errors.shape[-1]).double().mean(0)  # over B (and k)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank sees its own share of the batch: average now, so that every rank (and the training
+            # state rank 0 saves) holds the sums of the whole batches (an asynchronous collective on GPUs)
+            torch.distributed.all_reduce(batch_mean)
+            batch_mean /= torch.distributed.get_world_size()
+        self.running_sum += batch_mean
         self.running_count += 1
+        self._count += 1
 
     def after_step(self, step: int) -> None:
-        if self.rescale_at_step is None or bool(self.rescaled):
+        if self.rescale_at_step is None or self._rescaled:
             return
         if step == self.rescale_at_step - self.steps_per_epoch:
             self.running_sum.zero_()
             self.running_count.zero_()
-        if step >= self.rescale_at_step and int(self.running_count) > 0:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # every rank saw its own shard: average, so all ranks rescale identically
-                torch.distributed.all_reduce(self.running_sum)
-                self.running_sum /= torch.distributed.get_world_size()
-            expected = self.running_sum / int(self.running_count)
+            self._count = 0
+        if step >= self.rescale_at_step and self._count > 0:
+            expected = self.running_sum / self._count
             target = expected.mean()
             self.lambdas *= torch.where(expected > 0, target / expected, torch.ones_like(expected))
             self.rescaled.fill_(True)
+            self._rescaled = True
 
 
 def hindsight_loss(weighted_errors: torch.Tensor, mean_term_weight: float) -> torch.Tensor:
@@ -200,6 +251,7 @@ class FeatureMatchingObjective(Objective):
     collection of k > 1 images, Eq. 2 or Eq. 3 by ``collection_loss``."""
 
     phases = ("G",)
+    frozen_modules = ("loss.vgg",)
 
     def __init__(self, params: FeatureMatchingParams, vgg: VggParams, steps_per_epoch: int):
         super().__init__()
@@ -207,9 +259,9 @@ class FeatureMatchingObjective(Objective):
         self.loss = FeatureMatchingLoss(params, vgg, steps_per_epoch)
 
     def forward(self, phase: str, nets: dict[str, nn.Module], batch) -> dict[str, torch.Tensor]:
-        layout, image = batch
+        layout, image = batch[0], batch[1]
         generated = nets["G"](layout)
-        maps = self.loss.error_maps(image, generated)
+        maps = self.loss.error_maps(image, generated, getattr(batch, "keys", None) if self.training else None)
         errors = torch.stack([m.flatten(2).mean(2) for m in maps], dim=-1)  # (B, k, n_terms)
         if self.training:
             self.loss.observe(errors)
@@ -232,3 +284,6 @@ class FeatureMatchingObjective(Objective):
 
     def perception_network(self) -> str:
         return self.loss.vgg.source_description if self.loss.vgg is not None else "not used"
+
+    def set_reference_cache(self, enabled: bool) -> None:
+        self.loss.reference_cache = {} if enabled and self.loss.vgg is not None else None

@@ -11,10 +11,12 @@ size networks far too large to execute (only shapes are computed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from itertools import chain
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crn_repro.registry import count_parameters
@@ -68,3 +70,87 @@ def compare_activation_memory(networks: dict[str, nn.Module], layout: torch.Tens
             "activation_bytes_per_parameter": nbytes / parameters if parameters else float("inf"),
         }
     return table
+
+
+# --- the memory of one training step ----------------------------------------------------------------
+
+
+class _AutocastLike(torch.overrides.TorchFunctionMode):
+    """The dtypes ``torch.autocast(dtype=torch.bfloat16)`` gives the tensors a step saves, on the meta
+    device (where autocast itself does not apply): convolutions and matrix products run in bf16 (their
+    inputs and weights cast, as autocast does), normalisations and losses in fp32."""
+
+    LOW = {torch.conv2d, torch.conv_transpose2d, torch.matmul, torch.mm, torch.bmm, torch.addmm, F.linear}
+    FP32 = {F.group_norm, torch.group_norm, F.layer_norm, F.batch_norm, F.cross_entropy, F.binary_cross_entropy_with_logits}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dtype = torch.bfloat16 if func in self.LOW else torch.float32 if func in self.FP32 else None
+        if dtype is not None:
+            cast = lambda x: x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x  # noqa: E731
+            args = tuple(cast(a) for a in args)
+            kwargs = {k: cast(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+def training_step_memory(
+    nets: dict[str, nn.Module], phase: str, objective: nn.Module, layout: torch.Tensor, image: torch.Tensor, *,
+    bf16: bool, checkpointing: bool,
+) -> dict:
+    """Bytes one training step holds at its peak, from shapes on the meta device: for every network,
+    its weights and, for every trainable parameter, a gradient and Adam's two moments (fp32); the
+    activations autograd saves in the forward pass of ``phase`` (the generator's; with ``bf16``, in the
+    dtypes autocast gives them, plus autocast's bf16 copies of the weights); and, with ``checkpointing``,
+    only each refinement module's input instead of its activations, plus one module's activations at a
+    time while the backward pass recomputes it. ``workspace`` allows for the gradient buffers of the
+    backward pass (twice the largest saved tensor). Everything must be on the meta device."""
+    generator = nets[phase]
+    modules = list(getattr(generator, "cascade", []))
+    region: list[int | None] = [None]
+    saved: dict[int, tuple[int, int | None]] = {}  # storage id -> (bytes, module index or None)
+    inputs: dict[int, int] = {}
+    keep = []  # storages referenced, so that ids stay unique
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        keep.append(storage)
+        saved.setdefault(id(storage), (storage.nbytes(), region[0]))
+        return tensor
+
+    def enter(index):
+        def hook(module, args):
+            region[0] = index
+            storage = args[0].untyped_storage()
+            keep.append(storage)
+            inputs[id(storage)] = storage.nbytes()
+        return hook
+
+    handles = [m.register_forward_pre_hook(enter(i)) for i, m in enumerate(modules)]
+    handles += [m.register_forward_hook(lambda module, args, out: region.__setitem__(0, None)) for m in modules]
+    parameters = [p for net in nets.values() for p in net.parameters()]
+    excluded = {id(t.untyped_storage()) for t in chain(parameters, objective.parameters(), objective.buffers())}
+    context = _AutocastLike() if bf16 else contextlib.nullcontext()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), context:
+            objective(phase, nets, (layout, image))
+    finally:
+        for handle in handles:
+            handle.remove()
+    saved = {k: v for k, v in saved.items() if k not in excluded}
+    if checkpointing and modules:
+        outside = {k: n for k, (n, where) in saved.items() if where is None} | inputs
+        inside = [sum(n for k, (n, where) in saved.items() if where == i and k not in outside) for i in range(len(modules))]
+        activations = sum(outside.values()) + max(inside)
+    else:
+        activations = sum(n for n, _ in saved.values())
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    weights = sum(p.numel() for p in parameters) * (4 + (2 if bf16 else 0))  # fp32, and autocast's bf16 copies
+    held = {"weights": weights, "gradients": trainable * 4, "adam_moments": trainable * 8}
+    workspace = 2 * max((n for n, _ in saved.values()), default=0)
+    return {
+        **held,
+        "activations": activations,
+        "workspace": workspace,
+        "total": sum(held.values()) + activations + workspace,
+        "trainable_parameters": trainable,
+    }

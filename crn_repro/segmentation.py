@@ -162,7 +162,7 @@ class SegmentationObjective(Objective):
         self.params = params
 
     def forward(self, phase: str, nets: dict[str, nn.Module], batch) -> dict[str, torch.Tensor]:
-        layout, image = batch
+        layout, image = batch[0], batch[1]
         loss = pixelwise_cross_entropy(nets[NET_NAME](image), layout, self.params.ignore_void)
         return {"cross_entropy": loss.detach(), "total": loss}
 

@@ -3,7 +3,13 @@ objective, and runs the objective's phases every step. It never branches on the 
 
 Resuming is running the same command again: the training state holds step, networks, optimizers
 and the objective's state, and every random choice at step s derives from (seed, s), so an
-interrupted run continues exactly as an uninterrupted one. Multi-GPU runs use torchrun (DDP).
+interrupted run continues exactly as an uninterrupted one. Multi-GPU runs use torchrun (DDP); a
+step's global batch is split over the processes, so N processes with ``batch_size_per_process`` b
+compute what one process with N b would.
+
+The loop keeps a GPU busy: batches are read ahead in a background thread (pinned, copied
+asynchronously, expanded on the device), and the host waits for the device only every
+``log_every_steps`` steps, when the losses accumulated on the device are logged and checked.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import hashlib
 import json
 import math
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +40,7 @@ from crn_repro.checkpoint import (
     unwrap,
 )
 from crn_repro.config import to_dict
-from crn_repro.datasets import PreparedSplit, read_prepared_meta
+from crn_repro.datasets import Batch, PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError, one_line
 from crn_repro.files import atomic_write_json, atomic_write_text
 from crn_repro.losses import Objective
@@ -70,9 +78,13 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
 
 def setup_runtime(tp: TrainParams) -> Runtime:
-    """Device, DDP process group (under torchrun), precision and memory format."""
+    """Device, DDP process group (under torchrun), precision, memory format and CPU threads."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -87,19 +99,23 @@ def setup_runtime(tp: TrainParams) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
+        if tp.cpu_threads is not None:
+            torch.set_num_threads(tp.cpu_threads)
     use_bf16 = tp.precision == "bf16" or (tp.precision == "auto" and cuda)
     channels_last = tp.channels_last == "on" or (tp.channels_last == "auto" and cuda)
     return Runtime(device, rank, world_size, torch.bfloat16 if use_bf16 else None, channels_last)
 
 
-def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_identity: dict) -> str:
+def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_identity: dict, global_batch: int) -> str:
     """Hash of every setting that makes a saved state incompatible with the current params: the
     networks, objective, optimizers, the training data (the prepared cache's dataset, size, label
     space, how labels were read, and its training split's count and class frequencies), seed and
-    batch size, the initialisation file and frozen modules, and what the objective itself depends
-    on (e.g. the VGG weights, a frozen segmenter's file). Other paths, validation-only settings
-    and step counts are left out, so changing them resumes instead of starting over. (The
-    initialisation file only matters at step 0: a resumed run neither rereads nor needs it.)"""
+    global batch size (which fix the batch of every step), the initialisation file and frozen modules,
+    and what the objective itself depends on (e.g. the VGG weights, a frozen segmenter's file). Other
+    paths, validation-only settings, step counts and how the step is computed (processes for the
+    same global batch, precision, compilation, checkpointing) are left out, so changing them resumes
+    instead of starting over. (The initialisation file only matters at step 0: a resumed run neither
+    rereads nor needs it.)"""
     mp = params.model(model)
     data = params.data
     meta = read_prepared_meta(Path(params.paths.prepared))
@@ -115,7 +131,7 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_
         "data": [data.dataset, list(data.image_size_hw), data.max_train_images],
         "prepared": meta,
         "seed": mp.train.seed,
-        "batch_size": mp.train.batch_size,
+        "batch_size": global_batch,
         "init_from": mp.train.init_from,
         "train_last_modules": mp.train.train_last_modules,
     }
@@ -129,6 +145,7 @@ class Run:
     model: str
     spec: ModelSpec
     train: TrainParams  # the global `train` section with this model's overrides
+    global_batch: int  # images per step over all processes
     data: PreparedSplit
     reads: str  # what the networks read of a layout (datasets.READS)
     network_kwargs: dict[str, dict]
@@ -166,8 +183,7 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     position = resume(run, rt, console)
     if position.step == 0:
         _initialise(model, run.nets, run.train, console if rt.is_main else None)
-    if rt.world_size > 1:
-        run.nets = wrap_for_ddp(run.nets, rt)
+    run.nets = prepare_networks(run.nets, run.train, rt)
     stop = run.train.total_steps if until_step is None else min(run.train.total_steps, until_step)
     live = _open_live(run.run_dir, resume=position.step > 0, start_step=position.step) if rt.is_main else None
     if rt.is_main:
@@ -177,14 +193,80 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     return finish(run, rt, params, position, live)
 
 
+def launch_under_torchrun(processes: int, argv: list[str]) -> int:
+    """Run this command again as ``torchrun --standalone --nproc_per_node processes`` (one machine; several
+    machines start torchrun themselves, see docs/multi-gpu.md) and return its exit status. SIGINT and
+    SIGTERM are passed on to torchrun, which stops its workers."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "crn_repro", *argv]
+    child = subprocess.Popen(command)
+    forward = {sig: signal.signal(sig, lambda number, frame: child.send_signal(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in forward.items():
+            signal.signal(sig, handler)
+
+
+def build_networks(model: str, mp, ctx: BuildContext, rt: Runtime, notes: list[str]):
+    """A model's networks (initialised from (seed, INIT), frozen or checkpointed where asked), its
+    objective and its optimizers, on the runtime's device and memory format. Returns (network
+    constructor kwargs, networks, objective, optimizers); ``notes`` collects what to tell the user."""
+    spec = get_spec(model)
+    tp = mp.train
+    network_kwargs = {}
+    for name, (_, resolve) in spec.networks.items():
+        try:
+            network_kwargs[name] = resolve(mp.network, ctx)
+        except ValueError as error:
+            raise CrnError(f"{model}.network: {error}") from None
+    torch.manual_seed(derive_seed(tp.seed, INIT))
+    nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
+    generator = nets[spec.main_network]
+    if tp.train_last_modules is not None:
+        if not spec.cascade:
+            raise CrnError(f"{model}.train.train_last_modules: only CRN-architecture models have refinement modules; set it to null")
+        try:
+            generator.freeze_all_but_last(tp.train_last_modules)
+        except ValueError as error:
+            raise CrnError(f"{model}.train.train_last_modules: {error}") from None
+    if tp.activation_checkpointing:
+        if spec.cascade:
+            generator.activation_checkpointing = True
+        else:
+            notes.append(f"{model}: train.activation_checkpointing applies to CRN models only; training without it")
+    objective = spec.objective(mp.objective, ctx)
+    objective.set_reference_cache(tp.cache_reference_features)
+    for net in nets.values():
+        net.to(rt.device, memory_format=rt.memory_format)
+    objective.to(rt.device)
+    optimizers = {
+        name: torch.optim.Adam(
+            [p for p in nets[name].parameters() if p.requires_grad], lr=opt.lr, betas=tuple(opt.betas),
+            fused=True if tp.fused_adam else None,
+        )
+        for name, opt in mp.optimizer.items()
+    }
+    return network_kwargs, nets, objective, optimizers
+
+
 def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
     """The run's data, networks (initialised from (seed, INIT), frozen where asked), objective and
     optimizers, on the runtime's device and memory format, and the facts its files record."""
     spec = get_spec(model)
     mp = params.model(model)
     tp = mp.train
-    if tp.batch_size % rt.world_size:
-        raise CrnError(f"{model}.train.batch_size: {tp.batch_size} is not divisible by {rt.world_size} processes")
+    global_batch = tp.batch_size_per_process * rt.world_size
+    notes: list[str] = []
+    if rt.world_size > 1 and int(os.environ.get("LOCAL_WORLD_SIZE", rt.world_size)) != tp.processes:
+        notes.append(
+            f"{model}: {os.environ.get('LOCAL_WORLD_SIZE')} processes per node from torchrun (train.processes: "
+            f"{tp.processes} only says how many `crn-repro train` launches by itself)"
+        )
 
     data = PreparedSplit(Path(params.paths.prepared), "train")
     if data.size_hw != tuple(params.data.image_size_hw):
@@ -192,49 +274,26 @@ def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
             f"{params.paths.prepared}: prepared at {data.size_hw}, but data.image_size_hw is "
             f"{tuple(params.data.image_size_hw)}; run `crn-repro prepare` again"
         )
-    steps_per_epoch = math.ceil(len(data) / tp.batch_size)
+    steps_per_epoch = math.ceil(len(data) / global_batch)
     space = data.label_space
-    notes: list[str] = []
     ctx = BuildContext(
         tuple(params.data.image_size_hw), space.num_classes, params.vgg, steps_per_epoch, Path(params.paths.runs),
         space.colors, data.dataset, data.label_ids is not None, notes.append,
     )
-    network_kwargs = {}
-    for name, (_, resolve) in spec.networks.items():
-        try:
-            network_kwargs[name] = resolve(mp.network, ctx)
-        except ValueError as error:
-            raise CrnError(f"{model}.network: {error}") from None
+    network_kwargs, nets, objective, optimizers = build_networks(model, mp, ctx, rt, notes)
     if rt.is_main:
         for note in dict.fromkeys(notes):  # networks resolved alike say it once
             console.print(note, highlight=False, markup=False)
     reads = spec.reads(network_kwargs)
     data.require(reads)
-
-    torch.manual_seed(derive_seed(tp.seed, INIT))
-    nets = {name: cls(**network_kwargs[name]) for name, (cls, _) in spec.networks.items()}
-    if tp.train_last_modules is not None:
-        if not spec.cascade:
-            raise CrnError(f"{model}.train.train_last_modules: only CRN-architecture models have refinement modules; set it to null")
-        try:
-            nets[spec.main_network].freeze_all_but_last(tp.train_last_modules)
-        except ValueError as error:
-            raise CrnError(f"{model}.train.train_last_modules: {error}") from None
-    objective = spec.objective(mp.objective, ctx)
-    memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
-    for net in nets.values():
-        net.to(rt.device, memory_format=memory_format)
-    objective.to(rt.device)
-    optimizers = {
-        name: torch.optim.Adam([p for p in nets[name].parameters() if p.requires_grad], lr=opt.lr, betas=tuple(opt.betas))
-        for name, opt in mp.optimizer.items()
-    }
     facts = {
         "model": model,
         "dataset": params.data.dataset,
         "image_size_hw": list(params.data.image_size_hw),
         "train_images": len(data),
-        "batch_size": tp.batch_size,
+        "batch_size": global_batch,
+        "batch_size_per_process": tp.batch_size_per_process,
+        "processes": rt.world_size,
         "total_steps": tp.total_steps,
         "vgg": objective.perception_network(),
         "vgg_pooling": params.vgg.pooling,
@@ -246,9 +305,10 @@ def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
         "device": str(rt.device) + (f" x{rt.world_size}" if rt.world_size > 1 else ""),
         "precision": "bf16 autocast" if rt.autocast_dtype else "fp32",
     }
+    fingerprint = run_fingerprint(model, network_kwargs, params, objective.identity(), global_batch)
     return Run(
-        model, spec, tp, data, reads, network_kwargs, nets, optimizers, objective,
-        run_fingerprint(model, network_kwargs, params, objective.identity()), Path(params.paths.runs) / model, facts,
+        model, spec, tp, global_batch, data, reads, network_kwargs, nets, optimizers, objective, fingerprint,
+        Path(params.paths.runs) / model, facts,
     )
 
 
@@ -279,16 +339,21 @@ def resume(run: Run, rt: Runtime, console: Console) -> Position:
     return Position(int(state["step"]), float(state["wall_time_s"]), dict(state.get("last_losses", {})))
 
 
-def wrap_for_ddp(nets: dict[str, torch.nn.Module], rt: Runtime) -> dict[str, torch.nn.Module]:
-    """Every network with trainable parameters in DistributedDataParallel (torchrun)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def prepare_networks(nets: dict[str, torch.nn.Module], tp: TrainParams, rt: Runtime) -> dict[str, torch.nn.Module]:
+    """The networks as the loop runs them: compiled (``train.compile``), then, under torchrun, every
+    network with trainable parameters in DistributedDataParallel. ``checkpoint.unwrap`` undoes both."""
+    if tp.compile:
+        nets = {name: torch.compile(net) for name, net in nets.items()}
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return {
-        name: DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        if any(p.requires_grad for p in net.parameters())
-        else net
-        for name, net in nets.items()
-    }
+        nets = {
+            name: DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            if any(p.requires_grad for p in net.parameters())
+            else net
+            for name, net in nets.items()
+        }
+    return nets
 
 
 def save_checkpoint(run: Run, position: Position) -> None:
@@ -310,31 +375,140 @@ def save_checkpoint(run: Run, position: Position) -> None:
     save_model_file(run.model_path, run.model, run.network_kwargs, run.nets, facts)
 
 
-def train_step(run: Run, rt: Runtime, step: int, autocast) -> dict[str, float]:
-    """One optimizer step of every phase the objective declares, on the global batch of ``step``
-    (this rank's share of it); returns the logged losses, "<phase>/<name>"."""
-    tp = run.train
-    indices = batch_indices(tp.seed, step, len(run.data), tp.batch_size)
-    torch.manual_seed(derive_seed(tp.seed, STEP_NOISE, step, rt.rank))
-    layout, image = run.data.batch(indices[rt.rank :: rt.world_size], rt.device, run.reads)
-    memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
-    batch = (layout.contiguous(memory_format=memory_format), image.contiguous(memory_format=memory_format))
-    logged = {}
-    for phase in run.objective.phases:
-        with autocast:
-            losses = run.objective(phase, run.nets, batch)
-        run.optimizers[phase].zero_grad(set_to_none=True)
-        losses["total"].backward()
+class BatchPrefetcher:
+    """The batches of steps start, start + 1, ... read ahead in a background thread: this process's
+    share of each global batch, as uint8 arrays from the memory-mapped cache (pinned on CUDA, so the
+    copy to the GPU overlaps compute). ``get(step)`` returns them on the device, expanded there."""
+
+    def __init__(self, run: Run, rt: Runtime, start: int, stop: int, depth: int):
+        self.run, self.rt = run, rt
+        self.pin = rt.device.type == "cuda"
+        self.depth = depth
+        self.next_step = start
+        if depth > 0:
+            self.queue: queue.Queue = queue.Queue(maxsize=depth)
+            self.stopped = threading.Event()
+            self.thread = threading.Thread(target=self._produce, args=(start, stop), daemon=True)
+            self.thread.start()
+
+    def _read(self, step: int):
+        tp, rt = self.run.train, self.rt
+        indices = batch_indices(tp.seed, step, len(self.run.data), self.run.global_batch)[rt.rank :: rt.world_size]
+        return tuple(int(i) for i in indices), self.run.data.read(indices, self.run.reads, pin=self.pin)
+
+    def _produce(self, start: int, stop: int) -> None:
+        for step in range(start, stop):
+            try:
+                item = (step, self._read(step), None)
+            except BaseException as error:  # handed to the loop, which raises it
+                item = (step, (None, None), error)
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self.stopped.is_set() or item[2] is not None:
+                return
+
+    def get(self, step: int) -> Batch:
+        if self.depth > 0:
+            ready, (keys, raw), error = self.queue.get()
+            if error is not None:
+                raise error
+            assert ready == step, (ready, step)
+        else:
+            keys, raw = self._read(step)
+        layout, image = self.run.data.to_device(raw, self.rt.device, self.run.reads)
+        fmt = self.rt.memory_format
+        return Batch(layout.contiguous(memory_format=fmt), image.contiguous(memory_format=fmt), keys)
+
+    def close(self) -> None:
+        if self.depth > 0:
+            self.stopped.set()
+            self.thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _no_parameter_gradients(nets: list[torch.nn.Module]):
+    """The trainable parameters of ``nets`` require no gradient inside the block (then again)."""
+    params = [p for net in nets for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _without_ddp(net: torch.nn.Module) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return net.module if isinstance(net, DDP) else net
+
+
+def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, torch.Tensor]:
+    """One optimizer step of every phase the objective declares, on this rank's share of the global
+    batch of ``step``; returns the losses as detached device tensors, "<phase>/<name>" (no host sync).
+
+    A network already updated in this step (a GAN's D in the G phase) takes part in later phases
+    without parameter gradients and outside DDP: the G phase then back-propagates through D to the
+    image only, not into D's weights."""
+    torch.manual_seed(derive_seed(run.train.seed, STEP_NOISE, step, rt.rank))
+    losses_out = {}
+    for i, phase in enumerate(run.objective.phases):
+        stepped = run.objective.phases[:i]
+        nets = {name: _without_ddp(net) if name in stepped else net for name, net in run.nets.items()}
+        with _no_parameter_gradients([run.nets[name] for name in stepped]):
+            with autocast:
+                losses = run.objective(phase, nets, batch)
+            run.optimizers[phase].zero_grad(set_to_none=True)
+            losses["total"].backward()
         run.optimizers[phase].step()
         for name, value in losses.items():
-            logged[f"{phase}/{name}"] = float(value.detach())
+            losses_out[f"{phase}/{name}"] = value.detach().float()
     run.objective.after_step(step + 1)
-    return logged
+    return losses_out
+
+
+class LossLog:
+    """Losses summed on the device between log steps, with the first step at which any was not
+    finite; ``flush`` synchronises once, averages over the interval and checks finiteness, the same
+    answer on every rank (so all ranks stop together)."""
+
+    NONE = torch.iinfo(torch.int64).max
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.first_bad = torch.full((), self.NONE, dtype=torch.int64, device=rt.device)
+
+    def add(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        finite = torch.stack([torch.isfinite(v).all() for v in losses.values()]).all()
+        self.first_bad = torch.minimum(self.first_bad, torch.where(finite, self.NONE, step))
+        for key, value in losses.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.count += 1
+
+    def flush(self) -> tuple[dict[str, float], int | None]:
+        """(mean of each loss over the interval, the first step with a non-finite loss or None)."""
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).double() / max(self.count, 1)
+        if self.rt.world_size > 1:
+            dist.all_reduce(self.first_bad, op=dist.ReduceOp.MIN)
+        host = values.tolist()
+        first_bad = int(self.first_bad)
+        self.sums, self.count = {}, 0
+        return dict(zip(keys, host)), (None if first_bad == self.NONE else first_bad)
 
 
 def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, console: Console) -> Position:
-    """The loop: steps from ``position`` up to ``stop``, logging every step and checkpointing every
-    ``checkpoint_every_steps`` and at ``stop``. A non-finite loss stops every rank together."""
+    """The loop: steps from ``position`` up to ``stop``. Every ``log_every_steps`` (and at ``stop``)
+    the host reads the averaged losses, logs and checks them (a non-finite loss stops every rank with
+    an error naming the first such step), and every ``checkpoint_every_steps`` (and at ``stop``) it
+    writes the checkpoint, always after a check, so no checkpoint holds a diverged run."""
     tp = run.train
     autocast = (
         torch.autocast(rt.device.type, dtype=rt.autocast_dtype) if rt.autocast_dtype else contextlib.nullcontext()
@@ -352,31 +526,43 @@ def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, consol
         console=console,
         disable=not rt.is_main,
     )
-    with progress:
-        task = progress.add_task("train", total=tp.total_steps, completed=step, status="")
-        for net in run.nets.values():
-            net.train()
-        run.objective.train()
-        while step < stop:
-            t0 = time.perf_counter()
-            last.update(train_step(run, rt, step, autocast))
-            step += 1
-            finite = torch.tensor(float(all(math.isfinite(v) for v in last.values())))
-            if rt.world_size > 1:  # every rank stops together, none waits in an all-reduce
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not finite:
-                raise CrnError(f"{run.model}: loss became non-finite at step {step} ({last}); lower the learning rate")
-            images_per_s = tp.batch_size / max(time.perf_counter() - t0, 1e-9)
-            if live is not None:
-                live.step = step
-                for name, value in last.items():
-                    live.log_metric(f"train/{name}", value)
-                live.log_metric("train/images_per_s", images_per_s)
-                live.next_step()
-            total = last.get(run.objective.phases[-1] + "/total", 0)
-            progress.update(task, completed=step, status=f"loss {total:.4g}  {images_per_s:.1f} img/s")
-            if rt.is_main and (step % tp.checkpoint_every_steps == 0 or step == stop):
-                save_checkpoint(run, Position(step, position.wall_time_s + time.perf_counter() - started, last))
+    log = LossLog(rt)
+    batches = BatchPrefetcher(run, rt, step, stop, tp.prefetch_batches)
+    try:
+        with progress:
+            task = progress.add_task("train", total=tp.total_steps, completed=step, status="")
+            for net in run.nets.values():
+                net.train()
+            run.objective.train()
+            interval_start, interval_steps = time.perf_counter(), 0
+            while step < stop:
+                log.add(step + 1, train_step(run, rt, step, batches.get(step), autocast))
+                step += 1
+                interval_steps += 1
+                progress.update(task, completed=step)
+                if step % tp.log_every_steps and step != stop:
+                    continue
+                means, first_bad = log.flush()
+                if first_bad is not None:
+                    raise CrnError(
+                        f"{run.model}: loss became non-finite at step {first_bad} (mean losses of steps {step - interval_steps + 1}"
+                        f"-{step}: {means}); lower the learning rate"
+                    )
+                last.update(means)
+                images_per_s = run.global_batch * interval_steps / max(time.perf_counter() - interval_start, 1e-9)
+                if live is not None:
+                    live.step = step
+                    for name, value in last.items():
+                        live.log_metric(f"train/{name}", value)
+                    live.log_metric("train/images_per_s", images_per_s)
+                    live.next_step()
+                total = last.get(run.objective.phases[-1] + "/total", 0)
+                progress.update(task, status=f"loss {total:.4g}  {images_per_s:.1f} img/s")
+                if rt.is_main and (step % tp.checkpoint_every_steps == 0 or step == stop):
+                    save_checkpoint(run, Position(step, position.wall_time_s + time.perf_counter() - started, last))
+                interval_start, interval_steps = time.perf_counter(), 0
+    finally:
+        batches.close()
     return Position(step, position.wall_time_s + time.perf_counter() - started, last)
 
 

@@ -41,7 +41,8 @@ def tiny_raw_params(root: Path) -> dict:
     raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
     raw["data"]["image_size_hw"] = [16, 32]
     raw["synthetic"].update(num_train=6, num_val=5, image_size_hw=[32, 64])
-    raw["train"].update(total_steps=4, batch_size=2, checkpoint_every_steps=2)
+    raw["train"].update(total_steps=4, batch_size_per_process=2, checkpoint_every_steps=2, log_every_steps=1,
+                        precision="auto", cache_reference_features=False)  # the demo's speed settings have tests of their own
     raw["models"] = ["crn"]
     raw["evaluate"]["baselines"] = None  # every other listed model
     raw["study"]["unlimited"]["models"] = None
@@ -74,3 +75,18 @@ def prepared_tiny(tmp_path_factory):
     params = parse_params(tiny_raw_params(root), "tiny params")
     prepare(params)
     return root, params
+
+
+SMALL_SIZE = (32, 64)  # the smallest size every model runs at (pix2pix needs 2^5 | H)
+
+
+@pytest.fixture(scope="session")
+def prepared_small(tmp_path_factory):
+    """A prepared synthetic dataset at 32x64 (``SMALL_SIZE``), shared by tests that only read it."""
+    from crn_repro.prepare import prepare
+
+    root = tmp_path_factory.mktemp("prepared_small")
+    raw = tiny_raw_params(root)
+    raw["data"]["image_size_hw"] = list(SMALL_SIZE)
+    prepare(parse_params(raw))
+    return root / "data/prepared"

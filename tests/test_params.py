@@ -38,8 +38,8 @@ def test_dvc_yaml_stages_use_params_sections():
     "mutate,needle",
     [
         (lambda r: r["train"].update(totl_steps=3), "train.totl_steps: unknown key"),
-        (lambda r: r["train"].pop("batch_size"), "train.batch_size: missing key"),
-        (lambda r: r["train"].update(batch_size="four"), "train.batch_size: expected int"),
+        (lambda r: r["train"].pop("batch_size_per_process"), "train.batch_size_per_process: missing key"),
+        (lambda r: r["train"].update(batch_size_per_process="four"), "train.batch_size_per_process: expected int"),
         (lambda r: r["vgg"].update(pooling="median"), "vgg.pooling: 'median' is not one of"),
         (lambda r: r.update(extra={}), "extra: unknown section"),
         (lambda r: r.update(models=["crn", "nope"]), "unknown model 'nope'"),
@@ -76,7 +76,7 @@ def test_model_train_overrides_merge_with_global(tiny_raw):
     tiny_raw["crn"]["train"] = {"total_steps": 7}
     params = parse_params(tiny_raw)
     assert params.model("crn").train.total_steps == 7
-    assert params.model("crn").train.batch_size == params.train.batch_size
+    assert params.model("crn").train.batch_size_per_process == params.train.batch_size_per_process
 
 
 def test_progressive_keys_are_per_model(tiny_raw):

@@ -100,7 +100,7 @@ def test_pix2pix_reads_the_official_color_labels_in_training_and_synthesis(tmp_p
     # G then D (real), D (fake) in the D phase, D (fake) in the G phase: four encodings of one batch per step.
     assert len(recorded_inputs) == 4 * tp.total_steps
     for step in range(tp.total_steps):
-        indices = batch_indices(tp.seed, step, len(train_split), tp.batch_size)
+        indices = batch_indices(tp.seed, step, len(train_split), tp.batch_size_per_process)
         expected = np.stack([official_color(root, "train", train_split.names[i]) for i in indices])
         for seen in recorded_inputs[4 * step : 4 * step + 4]:
             assert np.array_equal(as_color_images(seen), expected)

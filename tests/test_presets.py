@@ -42,7 +42,7 @@ def test_preset_loads_and_every_model_builds(name):
     assert params.data.dataset == dataset and tuple(params.data.image_size_hw) == size_hw
     assert num_classes_for(params) == num_classes
     assert params.vgg.weights != "random" and params.evaluate.inception != "none"  # faithful runs only
-    assert params.train.batch_size == 1  # paper
+    assert params.train.batch_size_per_process == 1  # paper
     ctx = BuildContext(size_hw, num_classes, params.vgg, 1, Path(params.paths.runs), ((0, 0, 0),) * num_classes)
     counts = {}
     for model in MODELS:

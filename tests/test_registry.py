@@ -10,9 +10,10 @@ from crn_repro.checkpoint import save_model_file
 from crn_repro.params import parse_params
 from crn_repro.registry import GENERATORS, MODELS, BuildContext, get_spec
 from crn_repro.trainer import train
+from conftest import SMALL_SIZE
 
 # Small networks for 32x64 images (the shipped params are for 64x128; pix2pix needs 2^5 | H).
-SIZE = (32, 64)
+SIZE = SMALL_SIZE
 TINY_NETWORKS = {
     "crn": {"preset": None, "widths": [8, 8, 8, 8], "num_outputs": 1},
     "image-space": {"preset": None, "widths": [8, 8, 8, 8], "num_outputs": 1},
@@ -23,18 +24,6 @@ TINY_NETWORKS = {
     "gan-semseg": {"ngf": 4, "ndf": 4, "num_downs": 3, "num_downs_d": 3},
     "segmenter": {"base_width": 4, "depth": 2, "max_width": 8},
 }
-
-
-@pytest.fixture(scope="session")
-def prepared_small(tmp_path_factory):
-    from conftest import tiny_raw_params
-    from crn_repro.prepare import prepare
-
-    root = tmp_path_factory.mktemp("prepared_small")
-    raw = tiny_raw_params(root)
-    raw["data"]["image_size_hw"] = list(SIZE)
-    prepare(parse_params(raw))
-    return root / "data/prepared"
 
 
 def tiny_model_params(raw, runs):
