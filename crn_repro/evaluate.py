@@ -200,7 +200,8 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             # Frechet distance in the segmenter's feature space (always available), FID/KID with Inception.
             entry["frechet_distance_segmenter"] = _interval(
                 fd_seg(fake_seg),
-                stats.bootstrap_ci(len(fake_seg), lambda idx: fd_seg(fake_seg[idx]), num_resamples=n_boot, seed=seed),
+                stats.bootstrap_ci(len(fake_seg), lambda idx: fd_seg.resampled(fake_seg, idx), num_resamples=n_boot, seed=seed,
+                                   vectorized=True),
                 f"Frechet distance between Gaussians fitted to segmenter bottleneck features (global average pooled) of the "
                 f"{len(real_seg)} real and {len(fake_seg)} synthesized validation images; bootstrap over synthesized images",
             )
@@ -208,7 +209,8 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 fake_inc = torch.cat(fake_inc).numpy()
                 entry["fid"] = _interval(
                     fd_inc(fake_inc),
-                    stats.bootstrap_ci(len(fake_inc), lambda idx: fd_inc(fake_inc[idx]), num_resamples=n_boot, seed=seed),
+                    stats.bootstrap_ci(len(fake_inc), lambda idx: fd_inc.resampled(fake_inc, idx), num_resamples=n_boot,
+                                       seed=seed, vectorized=True),
                     f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized images",
                 )
                 kid_mean, kid_std = M.kernel_inception_distance(real_inc, fake_inc, seed=seed)
@@ -240,13 +242,12 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 fake_stacked = stack_moments(fake_moments)
 
                 def colour(idx, fake_stacked=fake_stacked):
-                    per_class = M.colour_moment_distance(sum_moments(real_moments, idx), sum_moments(fake_stacked, idx))
-                    return float(np.mean(list(per_class.values()))) if per_class else float("nan")
+                    return M.resampled_colour_distance(real_moments, fake_stacked, idx)
 
                 per_class = M.colour_moment_distance(sum_moments(real_moments, every), sum_moments(fake_stacked, every))
                 entry["colour_distance"] = _interval(
-                    colour(every),
-                    stats.bootstrap_ci(len(every), colour, num_resamples=n_boot, seed=seed),
+                    float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+                    stats.bootstrap_ci(len(every), colour, num_resamples=n_boot, seed=seed, vectorized=True),
                     "mean over classes of the Frechet distance between Gaussians fitted to the RGB colours (0..255) of "
                     "real and synthesized pixels of each class over the same layouts; bootstrap over images",
                     per_class={val.label_space.names[c]: float(v) for c, v in per_class.items()},

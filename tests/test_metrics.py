@@ -272,3 +272,32 @@ def test_frechet_reference_matches_frechet_distance():
     reference = FrechetReference(a)
     assert reference(b) == pytest.approx(frechet_distance(a, b), rel=1e-6, abs=1e-8)
     assert reference(a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vectorised_resamples_equal_one_distance_per_resample():
+    """The bootstrap's vectorised statistics (every resample at once) give, resample by resample, the
+    distance the scalar functions compute on the resampled set."""
+    from crn_repro.evaluate import stack_moments, sum_moments
+    from crn_repro.metrics import FrechetReference, colour_moment_distance, resampled_colour_distance
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(60, 5))
+    b = rng.normal(size=(40, 5)) * 1.5 + 0.3
+    reference = FrechetReference(a)
+    index = rng.integers(0, len(b), size=(7, len(b)))
+    expected = [reference(b[row]) for row in index]
+    np.testing.assert_allclose(reference.resampled(b, index, chunk=3), expected, rtol=1e-9, atol=1e-12)
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 4, (6, 8, 8), generator=g)
+    ids[:3, :2] = 7  # a class only some images have: absent from resamples without them
+    layouts = layouts_of(ids)
+    real = torch.rand(6, 3, 8, 8, generator=g) * 255
+    fake = torch.rand(6, 3, 8, 8, generator=g) * 200
+    real_m = stack_moments([colour_moments(real[i : i + 1], layouts[i : i + 1]) for i in range(6)])
+    fake_m = stack_moments([colour_moments(fake[i : i + 1], layouts[i : i + 1]) for i in range(6)])
+    index = np.array([[0, 1, 2, 3, 4, 5], [3, 3, 4, 5, 5, 4], [0, 0, 0, 0, 0, 0]])
+    vectorised = resampled_colour_distance(real_m, fake_m, index)
+    for row, value in zip(index, vectorised):
+        per_class = colour_moment_distance(sum_moments(real_m, row), sum_moments(fake_m, row))
+        assert value == pytest.approx(np.mean(list(per_class.values())), rel=1e-9)
