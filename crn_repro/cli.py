@@ -18,10 +18,13 @@ from crn_repro.registry import GENERATORS, MODELS
 
 app = typer.Typer(
     help="Cascaded Refinement Networks (Chen & Koltun, ICCV 2017) and its baselines: prepare, train, "
-    "synthesize, report. Every setting comes from params.yaml.",
+    "synthesize, evaluate, report (the stages of `dvc repro`), plus bench, info and the human study. Every "
+    "setting comes from params.yaml.\n\nExamples: dvc repro  |  crn-repro train --model crn  |  crn-repro report  "
+    "|  crn-repro preset cityscapes-256p (params.yaml for the paper's 256p experiment)",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -61,17 +64,30 @@ def _params():
     return load_params(STATE["params"])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from crn_repro import __version__
+
+        print(f"crn-repro {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
-    params: Path = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (the single source of truth)"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", "-p", metavar="FILE", help="params file (the single source of truth)"),
+    debug: bool = typer.Option(False, "--debug", metavar="", help="show tracebacks for errors"),
+    version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True, help="print the version and exit"),
 ) -> None:
     STATE["params"], STATE["debug"] = params, debug
 
 
 @_command
 def prepare() -> None:
-    """Stage `prepare`: generate the synthetic city or read Cityscapes, and write the prepared cache."""
+    """Stage `prepare`: generate the synthetic city or read Cityscapes, and write the prepared cache.
+
+    \b
+    Example: crn-repro prepare
+    For the paper's data: crn-repro preset cityscapes-256p && crn-repro prepare"""
     from crn_repro.prepare import prepare as run
 
     params = _params()
@@ -83,10 +99,14 @@ def prepare() -> None:
 @_command
 def train(
     model: ModelName = typer.Option(..., "--model", "-m", help="model from the registry"),
-    until_step: Optional[int] = typer.Option(None, help="stop after this step (resumable); default: train.total_steps"),
+    until_step: Optional[int] = typer.Option(None, metavar="STEP", help="stop after this step (resumable); default: train.total_steps"),
 ) -> None:
     """Stage `train`: train one model; running it again resumes from the last checkpoint. With
-    train.processes above 1 it runs itself under `torchrun --standalone` (one process per GPU)."""
+    train.processes above 1 it runs itself under `torchrun --standalone` (one process per GPU).
+
+    \b
+    Example: crn-repro train --model crn
+    A time-sliced job: crn-repro train --model crn --until-step 5000"""
     from crn_repro.trainer import launch_under_torchrun, train as run
 
     params = _params()
@@ -100,7 +120,10 @@ def train(
 
 @_command
 def synthesize(model: GeneratorName = typer.Option(..., "--model", "-m", help="image synthesis model from the registry")) -> None:
-    """Stage `synthesize`: write the model's images for every validation layout (PNG)."""
+    """Stage `synthesize`: write the model's images for every validation layout (PNG).
+
+    \b
+    Example: crn-repro synthesize --model crn"""
     from crn_repro.synthesize import synthesize as run
 
     params = _params()
@@ -110,7 +133,10 @@ def synthesize(model: GeneratorName = typer.Option(..., "--model", "-m", help="i
 
 @_command
 def evaluate() -> None:
-    """Stage `evaluate`: metrics with bootstrap intervals and the preference table (reports/metrics.json)."""
+    """Stage `evaluate`: metrics with bootstrap intervals and the preference table (reports/metrics.json).
+
+    \b
+    Example: crn-repro evaluate"""
     from crn_repro.evaluate import evaluate as run
 
     params = _params()
@@ -120,7 +146,10 @@ def evaluate() -> None:
 
 @_command
 def report() -> None:
-    """Stage `report`: write reports/report.md and its figures."""
+    """Stage `report`: write reports/report.md and its figures.
+
+    \b
+    Example: crn-repro report"""
     from crn_repro.report import write_report
 
     console.print(f"wrote {write_report(_params())}")
@@ -129,30 +158,37 @@ def report() -> None:
 @_command
 def bench(
     model: Optional[ModelName] = typer.Option(None, "--model", "-m", help="model from the registry (default: crn)"),
-    preset: Optional[str] = typer.Option(None, help="measure with presets/NAME.yaml (e.g. cityscapes-1024p) instead of --params"),
-    quick: bool = typer.Option(False, "--quick", help="a few steps; on a CPU at 1/4 of the height and width (--scale 4)"),
-    scale: Optional[int] = typer.Option(None, help="time the networks at 1/SCALE of the height and width"),
-    steps: Optional[int] = typer.Option(None, help="timed steps (default 10, --quick 2)"),
-    table: bool = typer.Option(False, "--table", help="print every result in benchmarks/results/ as a markdown table and stop"),
+    preset: Optional[str] = typer.Option(None, metavar="NAME", help="measure with preset NAME (e.g. cityscapes-1024p, see `crn-repro preset`) instead of --params"),
+    quick: bool = typer.Option(False, "--quick", metavar="", help="a few steps; on a CPU at 1/4 of the height and width (--scale 4)"),
+    scale: Optional[int] = typer.Option(None, metavar="S", help="time the networks at 1/SCALE of the height and width"),
+    steps: Optional[int] = typer.Option(None, metavar="N", help="timed steps (default 10, --quick 2)"),
+    table: bool = typer.Option(False, "--table", metavar="", help="print every result in benchmarks/results/ as a markdown table and stop"),
 ) -> None:
     """Training and synthesis speed, FLOPs, fraction of the measured matmul peak, memory and projected
     schedule time of a model on this machine (benchmarks/results/<device>.json).
 
+    \b
     Example: crn-repro bench --model crn --preset cityscapes-1024p"""
     from crn_repro.bench import bench as run, results_table
 
     if table:
         print(results_table())
         return
-    path = Path("presets") / f"{preset}.yaml" if preset else STATE["params"]
-    if preset and not path.is_file():
-        raise CrnError(f"--preset {preset}: {path} not found (presets: {', '.join(p.stem for p in sorted(Path('presets').glob('*.yaml')))})")
-    from crn_repro.params import load_params
+    from crn_repro.params import load_params, parse_params
+    from crn_repro.presets import preset_names, resolve
 
+    if preset:
+        if preset not in preset_names():
+            raise CrnError(f"--preset {preset}: no presets/{preset}.yaml (presets: {', '.join(preset_names())})")
+        import yaml
+
+        params, source = parse_params(yaml.safe_load(resolve(preset)), f"preset {preset}"), f"preset {preset}"
+    else:
+        params, source = load_params(STATE["params"]), str(STATE["params"])
     name = model.value if model else "crn"
-    entry = run(load_params(path), name, str(path), scale=scale, quick=quick, steps=steps, console=err_console)
+    entry = run(params, name, source, scale=scale, quick=quick, steps=steps, console=err_console)
     console.print(
-        f"{name} ({path}, {entry['precision']}, {entry['device']}): train {entry['train_images_per_s']:.3g} img/s "
+        f"{name} ({source}, {entry['precision']}, {entry['device']}): train {entry['train_images_per_s']:.3g} img/s "
         f"({entry['train_tflops_per_s']:.3g} TFLOP/s, {entry['train_fraction_of_peak']:.0%} of the matmul peak "
         f"{entry['matmul_peak_tflops_per_s']:.3g}), synthesis {entry['synthesis_images_per_s']:.3g} img/s "
         f"({entry['synthesis_fraction_of_peak']:.0%}); schedule of {entry['total_steps']} steps: "
@@ -162,12 +198,34 @@ def bench(
 
 
 @_command
+def preset(
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="a preset of presets/ (without it: list them)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace a params file that holds edits of its own"),
+) -> None:
+    """Write the params file (--params, default params.yaml) for a preset: presets/demo.yaml, the
+    defaults, with the preset's overrides merged in. The paper's experiments are presets.
+
+    \b
+    Example: crn-repro preset cityscapes-256p && dvc repro
+    Back to the embedded demo: crn-repro preset demo"""
+    from crn_repro.presets import preset_names, write_preset
+
+    if name is None:
+        console.print("presets: " + ", ".join(preset_names()) + "  (crn-repro preset NAME writes params.yaml)")
+        return
+    console.print(f"wrote {write_preset(name, STATE['params'], force)} from presets/{name}.yaml")
+
+
+@_command
 def info(
     model: ModelName = typer.Option(..., "--model", "-m", help="model from the registry"),
-    preset: Optional[str] = typer.Option(None, help="named configuration, e.g. cityscapes-1024p (default: the --params file)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    preset: Optional[str] = typer.Option(None, metavar="NAME", help="named configuration, e.g. cityscapes-1024p (default: the --params file)"),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="print one JSON object"),
 ) -> None:
-    """Parameter counts of a model's networks (exact trainable counts)."""
+    """Parameter counts of a model's networks (exact trainable counts).
+
+    \b
+    Example: crn-repro info --model crn --preset cityscapes-1024p --json"""
     from crn_repro.info import describe
 
     result = describe(_params(), model.value, preset)
@@ -183,6 +241,7 @@ def info(
 # --- the human perceptual study (Sec. 5.1): `crn-repro study ...` ---------------------------------
 
 study_app = typer.Typer(
+    short_help="Human perceptual study: make, serve, export-mturk, analyze, power, simulate.",
     help="Human perceptual study (paper Sec. 5.1): build it, run it in a browser or on MTurk, analyse it.",
     no_args_is_help=True,
 )
@@ -204,16 +263,19 @@ class Via(str, enum.Enum):
     mturk = "mturk"
 
 
-StudyDir = typer.Argument(..., help="study folder written by `crn-repro study make`")
+StudyDir = typer.Argument(..., metavar="STUDY", help="study folder written by `crn-repro study make`")
 
 
 @_study_command("make")
 def study_make(
     design: Optional[Design] = typer.Option(None, help="default: study.design"),
-    out: Optional[Path] = typer.Option(None, help="study folder to write; default: study.dir"),
-    force: bool = typer.Option(False, "--force", help="replace a study that already holds responses or an MTurk export (they are lost)"),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="study folder to write; default: study.dir"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace a study that already holds responses or an MTurk export (they are lost)"),
 ) -> None:
-    """Build a study folder (manifest.json + 400x200 stimuli) from the synthesized validation sets."""
+    """Build a study folder (manifest.json + 400x200 stimuli) from the synthesized validation sets.
+
+    \b
+    Example: crn-repro study make --design timed --out studies/timed"""
     from crn_repro.study.make import make_study
 
     params = _params()
@@ -228,10 +290,13 @@ def study_make(
 @_study_command("serve")
 def study_serve(
     study: Path = StudyDir,
-    host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
-    port: int = typer.Option(8000, help="port (0: any free one)"),
+    host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="address to listen on (127.0.0.1: this machine only)"),
+    port: int = typer.Option(8000, metavar="PORT", help="port (0: any free one)"),
 ) -> None:
-    """Run the study's web app for lab participants until Ctrl-C; answers are saved as they are given."""
+    """Run the study's web app for lab participants until Ctrl-C; answers are saved as they are given.
+
+    \b
+    Example: crn-repro study serve studies/demo --port 8000"""
     from crn_repro.study.server import serve
 
     serve(study, host, port)
@@ -240,10 +305,13 @@ def study_serve(
 @_study_command("export-mturk")
 def study_export_mturk(
     study: Path = StudyDir,
-    out_dir: Path = typer.Argument(..., help="folder for hit.html and batch_input.csv"),
-    base_url: str = typer.Option(..., help="http(s) URL where you host the study folder's images/ (e.g. an S3 bucket)"),
+    out_dir: Path = typer.Argument(..., metavar="OUT_DIR", help="folder for hit.html and batch_input.csv"),
+    base_url: str = typer.Option(..., metavar="URL", help="http(s) URL where you host the study folder's images/ (e.g. an S3 bucket)"),
 ) -> None:
-    """Write an MTurk HIT template (one HIT per job) and its batch input CSV."""
+    """Write an MTurk HIT template (one HIT per job) and its batch input CSV.
+
+    \b
+    Example: crn-repro study export-mturk studies/demo studies/demo/mturk --base-url https://example.org/study"""
     from crn_repro.study.mturk import export_mturk
 
     paths = export_mturk(study, out_dir, base_url)
@@ -255,10 +323,13 @@ def study_export_mturk(
 @_study_command("analyze")
 def study_analyze(
     study: Path = StudyDir,
-    mturk: list[Path] = typer.Option([], "--mturk", help="MTurk batch results CSV (repeatable)"),
-    no_web: bool = typer.Option(False, "--no-web", help="ignore the web app's responses.sqlite"),
+    mturk: list[Path] = typer.Option([], "--mturk", metavar="CSV", help="MTurk batch results CSV (repeatable)"),
+    no_web: bool = typer.Option(False, "--no-web", metavar="", help="ignore the web app's responses.sqlite"),
 ) -> None:
-    """Exclude by sentinels, then preference rates with Wilson intervals, binomial p and bootstrap over workers and images."""
+    """Exclude by sentinels, then preference rates with Wilson intervals, binomial p and bootstrap over workers and images.
+
+    \b
+    Example: crn-repro study analyze studies/demo --mturk Batch_123_batch_results.csv"""
     import pandas as pd
     from rich.table import Table
 
@@ -301,11 +372,14 @@ def study_analyze(
 
 @_study_command("power")
 def study_power(
-    rate: Optional[float] = typer.Option(None, help="true preference rate in (0, 1), not 0.5 (default: a table from 0.55 to 0.99)"),
-    alpha: float = typer.Option(1e-3, help="significance level (paper: p < 1e-3)"),
-    power: float = typer.Option(0.9, help="probability of reaching it"),
+    rate: Optional[float] = typer.Option(None, metavar="RATE", help="true preference rate in (0, 1), not 0.5 (default: a table from 0.55 to 0.99)"),
+    alpha: float = typer.Option(1e-3, metavar="ALPHA", help="significance level (paper: p < 1e-3)"),
+    power: float = typer.Option(0.9, metavar="POWER", help="probability of reaching it"),
 ) -> None:
-    """How many judgments a comparison needs for p < alpha at a given true preference rate."""
+    """How many judgments a comparison needs for p < alpha at a given true preference rate.
+
+    \b
+    Example: crn-repro study power --rate 0.7"""
     from rich.table import Table
 
     from crn_repro.stats import SUSTAINED_SEARCH_FACTOR
@@ -336,15 +410,18 @@ def study_power(
 @_study_command("simulate")
 def study_simulate(
     study: Path = StudyDir,
-    participants: int = typer.Option(..., "--participants", "-n", help="simulated participants"),
+    participants: int = typer.Option(..., "--participants", "-n", metavar="N", help="simulated participants"),
     via: Via = typer.Option(Via.web, help="web: through the real web app over HTTP | mturk: an MTurk results CSV"),
-    seed: int = typer.Option(0, help="seed of the simulated observers"),
-    careless_fraction: float = typer.Option(0.1, help="fraction of participants who answer at random"),
-    mturk_input: Optional[Path] = typer.Option(None, help="batch_input.csv (default: STUDY/mturk/batch_input.csv)"),
-    out: Optional[Path] = typer.Option(None, help="results CSV to write (default: STUDY/mturk/simulated_results.csv)"),
+    seed: int = typer.Option(0, metavar="SEED", help="seed of the simulated observers"),
+    careless_fraction: float = typer.Option(0.1, metavar="FRACTION", help="fraction of participants who answer at random"),
+    mturk_input: Optional[Path] = typer.Option(None, metavar="CSV", help="batch_input.csv (default: STUDY/mturk/batch_input.csv)"),
+    out: Optional[Path] = typer.Option(None, metavar="CSV", help="results CSV to write (default: STUDY/mturk/simulated_results.csv)"),
 ) -> None:
     """Simulated participants (a seeded observer model) answer the study end to end, for tests and planning.
-    Their answers are marked simulated and never count as human judgments."""
+    Their answers are marked simulated and never count as human judgments.
+
+    \b
+    Example: crn-repro study simulate studies/demo -n 20 --via web"""
     from crn_repro.study.observer import observer_factory
 
     if participants < 1 or not 0.0 <= careless_fraction <= 1.0:

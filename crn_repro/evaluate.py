@@ -16,6 +16,7 @@ model file) and written as files: ``metrics.json``, ``per_image/<model>.csv``, `
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +24,15 @@ import pandas as pd
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import Progress
 
 from crn_repro import metrics as M
 from crn_repro import stats
-from crn_repro.files import atomic_write_json, atomic_write_text
+from crn_repro.files import atomic_replace_dir, atomic_write_json, atomic_write_text
 from crn_repro.judgments import preference_table
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
 from crn_repro.params import EvaluateParams, Params
+from crn_repro.progress import StageProgress
 from crn_repro.registry import SEGMENTER, load_segmenter
 from crn_repro.segmentation import confusion_matrix, predict, segmentation_scores
 from crn_repro.synthesize import output_names
@@ -140,7 +141,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     reports = Path(params.paths.reports)
     per_image_dir = reports / "per_image"
     per_image_dir.mkdir(parents=True, exist_ok=True)
-    with Progress(console=console) as progress:
+    with StageProgress(console) as progress:
         task = progress.add_task("evaluate", total=len(params.models) * len(val))
         for model in params.models:
             folder = Path(params.paths.synth) / model
@@ -274,6 +275,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     atomic_write_text(reports / "time_curves.csv", curves.to_csv(index=False))
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset}
     atomic_write_json(reports / "metrics.json", out)
+    write_headlines(reports / "headline", results, preference)
     return out
 
 
@@ -287,3 +289,30 @@ def table_baselines(params: Params) -> list[str]:
                 f"evaluate.baselines: {model!r} is not one of the other models in `models` ({', '.join(params.models)})"
             )
     return chosen
+
+
+HEADLINE_KEYS = {  # metrics.json entry -> headline key (short: `dvc metrics show` prints one column each)
+    "segmentation_miou": "miou",
+    "segmentation_pixel_accuracy": "pixel_acc",
+    "frechet_distance_segmenter": "fd_seg",
+    "fid": "fid",
+    "kid": "kid",
+    "realism_score": "realism",
+    "colour_distance": "colour",
+    "diversity": "diversity",
+}
+
+
+def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataFrame) -> None:
+    """One small JSON per model (``reports/headline/<model>.json``, the evaluate stage's DVC metrics):
+    each metric's value to 4 significant digits and, for a Table 1 baseline, how often the reference
+    model was preferred over it. Intervals, protocols and per-class values stay in metrics.json."""
+    preferred = dict(zip(preference.baseline, preference.rate))
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for model, entry in results.items():  # built aside and swapped in: no file of a model no longer evaluated stays
+        headline = {short: stats.significant(entry[name]["value"]) for name, short in HEADLINE_KEYS.items() if name in entry}
+        if model in preferred:
+            headline["ref_preferred"] = stats.significant(float(preferred[model]))
+        atomic_write_json(tmp / f"{model}.json", headline)
+    atomic_replace_dir(tmp, folder)

@@ -7,6 +7,7 @@ below document the keys but hold no defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,10 @@ class TrainParams:
         "relaunches itself through `torchrun --standalone --nproc_per_node N`; under an outer torchrun "
         "(several nodes) torchrun's world size counts and this must match its processes per node"
     )
+    schedule_scale: float = doc(
+        "multiplies every model's total_steps, its own `train:` override included (rounded, at least 1): one "
+        "setting for a smoke run, `dvc exp run -S train.schedule_scale=0.05`, or a longer one; 1 = as written"
+    )
     checkpoint_every_steps: int = doc("write the model file and training state every N steps (a multiple of log_every_steps)")
     log_every_steps: int = doc(
         "steps between synchronisations with the host: the losses averaged over the interval are logged, "
@@ -162,6 +167,8 @@ class TrainParams:
             yield "checkpoint_every_steps", f"must be a multiple of log_every_steps ({self.log_every_steps})"
         if self.prefetch_batches < 0:
             yield "prefetch_batches", "must be >= 0"
+        if not self.schedule_scale > 0:
+            yield "schedule_scale", "must be > 0"
         if self.cpu_threads is not None and self.cpu_threads < 1:
             yield "cpu_threads", "must be >= 1 or null"
         if self.train_last_modules is not None and self.train_last_modules < 1:
@@ -303,6 +310,8 @@ def _model_section(name: str, raw: Any, global_train: Any, problems: Problems) -
     train = None
     if isinstance(global_train, dict):
         train = from_dict(TrainParams, {**global_train, **overrides}, f"{name}.train", problems)
+    if train is not None and train.schedule_scale != 1.0:  # every model's schedule, its own override included
+        train = dataclasses.replace(train, total_steps=max(1, round(train.total_steps * train.schedule_scale)))
     return ModelParams(network, objective, optimizer, train)
 
 

@@ -29,13 +29,13 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from numpy.lib.format import open_memmap
 from rich.console import Console
-from rich.progress import Progress
 
 from crn_repro.files import atomic_replace_dir
 from crn_repro.datasets import SPLITS, find_pairs, load_pair
 from crn_repro.errors import CrnError
 from crn_repro.labels import CITYSCAPES_SPACE, ID_COLORS, LabelSpace
 from crn_repro.params import Params
+from crn_repro.progress import StageProgress
 from crn_repro.synthetic import generate_synthetic_cityscapes
 
 SYNTHETIC_DIR = "synthetic-city"
@@ -84,7 +84,7 @@ def _cityscapes_source(
     )
 
 
-def _nyu_source(params: Params, stack: contextlib.ExitStack, progress: Progress) -> Source:
+def _nyu_source(params: Params, stack: contextlib.ExitStack, progress: StageProgress) -> Source:
     from crn_repro import nyu
 
     cfg = params.nyu
@@ -128,7 +128,7 @@ def prepare(params: Params, console: Console | None = None) -> dict:
     dataset = params.data.dataset
     meta = {"dataset": dataset, "image_size_hw": [h, w], "splits": {}}
     try:
-        with Progress(console=console) as progress, contextlib.ExitStack() as stack:
+        with StageProgress(console) as progress, contextlib.ExitStack() as stack:
             if dataset == "synthetic":
                 syn = params.synthetic
                 task = progress.add_task("generate synthetic city", total=syn.num_train + syn.num_val)
@@ -185,7 +185,7 @@ def _in_order(pool: Executor, load: Callable, count: int, window: int) -> Iterat
             future.cancel()
 
 
-def _write_split(folder: Path, source: Source, split: str, limit: int | None, size_hw, progress: Progress) -> dict:
+def _write_split(folder: Path, source: Source, split: str, limit: int | None, size_hw, progress: StageProgress) -> dict:
     names = list(source.names[split])[:limit]
     num_classes = source.label_space.num_classes
     h, w = size_hw

@@ -33,6 +33,14 @@ BOOTSTRAP_METHODS = ("percentile", "basic", "bca")
 _SCIPY_METHODS = {"percentile": "percentile", "basic": "basic", "bca": "BCa"}
 
 
+def significant(value: float | None, digits: int = 4) -> float | None:
+    """``value`` rounded to ``digits`` significant digits (None and NaN stay as they are): the headline
+    files a person reads in a table; the full files keep every digit."""
+    if value is None or value != value:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
 def _check_count(successes: int, n: int) -> None:
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")

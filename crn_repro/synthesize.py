@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import Progress
 
 from crn_repro.datasets import PreparedSplit, tensor_to_image
 from crn_repro.files import atomic_write_json
 from crn_repro.params import Params
+from crn_repro.progress import StageProgress
 from crn_repro.registry import get_spec, load_model
 
 
@@ -44,7 +44,7 @@ def synthesize(params: Params, model: str, console: Console | None = None) -> di
     bf16 = device.type == "cuda" and info["facts"].get("precision", "").startswith("bf16")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     k = None
-    with Progress(console=console) as progress:
+    with StageProgress(console) as progress:
         task = progress.add_task(f"synthesize {model}", total=len(val))
         for start in range(0, len(val), params.synthesize.batch_size):
             indices = np.arange(start, min(start + params.synthesize.batch_size, len(val)))

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from crn_repro.checkpoint import (
     STATE_FORMAT,
@@ -40,11 +39,14 @@ from crn_repro.checkpoint import (
     unwrap,
 )
 from crn_repro.config import to_dict
-from crn_repro.datasets import Batch, PreparedSplit, read_prepared_meta
+from crn_repro.datasets import Batch, PreparedSplit, read_prepared_meta, tensor_to_image
 from crn_repro.errors import CrnError, one_line
 from crn_repro.files import atomic_write_json, atomic_write_text
+from crn_repro.labels import colorize_channels
 from crn_repro.losses import Objective
 from crn_repro.params import Params, TrainParams
+from crn_repro.progress import StageProgress
+from crn_repro.stats import significant
 from crn_repro.registry import BuildContext, ModelSpec, count_parameters, get_spec
 
 
@@ -155,6 +157,7 @@ class Run:
     fingerprint: str  # run_fingerprint: a saved state with another one is not resumed
     run_dir: Path
     facts: dict  # what the model file and summary say about the run
+    validation: PreparedSplit | None = None  # the val split, for the checkpoints' validation (rank 0)
 
     @property
     def state_path(self) -> Path:
@@ -306,9 +309,10 @@ def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
         "precision": "bf16 autocast" if rt.autocast_dtype else "fp32",
     }
     fingerprint = run_fingerprint(model, network_kwargs, params, objective.identity(), global_batch)
+    validation = PreparedSplit(Path(params.paths.prepared), "val") if rt.is_main else None
     return Run(
         model, spec, tp, global_batch, data, reads, network_kwargs, nets, optimizers, objective, fingerprint,
-        Path(params.paths.runs) / model, facts,
+        Path(params.paths.runs) / model, facts, validation,
     )
 
 
@@ -516,21 +520,12 @@ def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, consol
     last = position.last_losses  # kept in the state, so a finished run's summary keeps them
     started = time.perf_counter()
     step = position.step
-    progress = Progress(
-        TextColumn(f"train {run.model}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not rt.is_main,
-    )
+    progress = StageProgress(console, disable=not rt.is_main)
     log = LossLog(rt)
     batches = BatchPrefetcher(run, rt, step, stop, tp.prefetch_batches)
     try:
         with progress:
-            task = progress.add_task("train", total=tp.total_steps, completed=step, status="")
+            task = progress.add_task(f"train {run.model}", total=tp.total_steps, completed=step)
             for net in run.nets.values():
                 net.train()
             run.objective.train()
@@ -550,20 +545,55 @@ def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, consol
                     )
                 last.update(means)
                 images_per_s = run.global_batch * interval_steps / max(time.perf_counter() - interval_start, 1e-9)
+                checkpoint = step % tp.checkpoint_every_steps == 0 or step == stop
                 if live is not None:
                     live.step = step
                     for name, value in last.items():
                         live.log_metric(f"train/{name}", value)
                     live.log_metric("train/images_per_s", images_per_s)
+                    if checkpoint:
+                        log_validation(run, rt, live)
                     live.next_step()
                 total = last.get(run.objective.phases[-1] + "/total", 0)
-                progress.update(task, status=f"loss {total:.4g}  {images_per_s:.1f} img/s")
-                if rt.is_main and (step % tp.checkpoint_every_steps == 0 or step == stop):
+                progress.update(task, status=f"loss {total:.4g} | {images_per_s:.1f} img/s")
+                if rt.is_main and checkpoint:
                     save_checkpoint(run, Position(step, position.wall_time_s + time.perf_counter() - started, last))
                 interval_start, interval_steps = time.perf_counter(), 0
     finally:
         batches.close()
     return Position(step, position.wall_time_s + time.perf_counter() - started, last)
+
+
+VALIDATION_SAMPLES = 4  # validation frames scored (and, for generators, drawn) at every checkpoint
+
+
+@torch.no_grad()
+def log_validation(run: Run, rt: Runtime, live) -> None:
+    """At a checkpoint (rank 0): the objective's losses on the first validation frames, in eval mode,
+    as dvclive metrics ``val/<phase>/<name>``, and for a generator the images it synthesizes for the
+    first two of them as dvclive images ``samples/val_<i>.png`` (with the layout and the reference),
+    so `dvc plots show` follows training as it goes."""
+    val = run.validation
+    if val is None:
+        return
+    batch = val.batch(range(min(VALIDATION_SAMPLES, len(val))), rt.device, run.reads)
+    nets = {name: unwrap(net) for name, net in run.nets.items()}
+    for net in run.nets.values():
+        net.eval()
+    run.objective.eval()
+    try:
+        for name, value in run.objective(run.spec.main_network, nets, batch).items():
+            live.log_metric(f"val/{run.spec.main_network}/{name}", float(value))
+        if run.spec.role == "generator":
+            generated = nets[run.spec.main_network](batch[0][:2]).float()
+            reference = tensor_to_image(batch[1][:2])
+            for i, image in enumerate(tensor_to_image(generated[:, :3])):
+                layout = colorize_channels(np.asarray(val.labels[i]), val.label_space.palette)
+                live.log_image(f"samples/val_{i}.png", np.concatenate([layout, image, reference[i]], axis=1))
+    finally:
+        for net in run.nets.values():
+            net.train()
+        run.objective.train()
 
 
 def finish(run: Run, rt: Runtime, params: Params, position: Position, live) -> dict:
@@ -592,7 +622,25 @@ def finish(run: Run, rt: Runtime, params: Params, position: Position, live) -> d
         live.end()
     if rt.is_main:
         atomic_write_json(run.run_dir / "summary.json", summary)
+        atomic_write_json(run.run_dir / "metrics.json", headline_metrics(run, summary))
     return summary
+
+
+def headline_metrics(run: Run, summary: dict) -> dict:
+    """The few numbers of a run that `dvc metrics show` and `dvc exp show` print (metrics.json): steps,
+    the loss that shows progress (``ModelSpec.progress_loss``, averaged over the last log interval),
+    minutes, images/s, and the held-out scores of the validation; summary.json has everything else."""
+    wall = summary["wall_time_s"]
+    out = {
+        "steps": summary["steps"],
+        "loss": significant(summary["final_losses"].get(run.spec.progress_loss)),
+        "minutes": round(wall / 60, 2),
+        "images_per_s": significant(run.global_batch * summary["steps"] / wall) if wall > 0 else None,
+    }
+    for name in ("pixel_accuracy", "mean_iou"):
+        if isinstance(summary.get("validation", {}).get(name), float):
+            out[f"val_{name}"] = significant(summary["validation"][name])
+    return out
 
 
 def _initialise(model: str, nets: dict, tp: TrainParams, console: Console | None) -> None:

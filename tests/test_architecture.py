@@ -35,6 +35,35 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def _module_path(module: str) -> Path:
+    path = REPO / (module.replace(".", "/") + ".py")
+    return path if path.exists() else REPO / module.replace(".", "/") / "__init__.py"
+
+
+def top_level_imports(module: str, graph: dict[str, set[str]]) -> set[str]:
+    """The project modules ``module`` imports at its top level (when it is imported)."""
+    found = set()
+    for node in ast.parse(_module_path(module).read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m in graph}
+
+
+def stage_code(command_module: str) -> set[str]:
+    """The source files a stage runs: what `crn-repro` imports to start (the CLI's top-level imports and
+    theirs) and everything the stage's library module imports, anywhere, transitively."""
+    graph = import_graph()
+    seen, stack = set(), [*top_level_imports("crn_repro.cli", graph), "crn_repro", command_module]
+    while stack:
+        module = stack.pop()
+        if module not in seen:
+            seen.add(module)
+            stack.extend(graph[module])
+    return {str(_module_path(m).relative_to(REPO)) for m in seen | {"crn_repro.cli", "crn_repro.__main__"}}
+
+
 def test_imports_form_no_cycle():
     graph = import_graph()
     done, on_path, cycles = set(), [], []
@@ -70,3 +99,24 @@ def test_study_tools_and_judgment_statistics_do_not_load_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+STAGE_MODULES = {"prepare": "crn_repro.prepare", "train": "crn_repro.trainer", "synthesize": "crn_repro.synthesize",
+                 "evaluate": "crn_repro.evaluate", "report": "crn_repro.report"}
+
+
+def test_every_stage_depends_on_exactly_the_code_it_runs():
+    """dvc.yaml lists, per stage, the source files `crn-repro <stage>` imports (no folder), so a change
+    reruns the stages that run the changed code and no other."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    checked = set()
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        command = stage["cmd"].split()[1]
+        declared = {d for d in stage["deps"] if d.endswith(".py") or d in PACKAGES or d.rstrip("/") in ("crn_repro", "baselines")}
+        expected = stage_code(STAGE_MODULES[command])
+        assert declared == expected, f"{name}: dvc.yaml should list:\n" + "\n".join(f"- {f}" for f in sorted(expected))
+        checked.add(command)
+    assert checked == set(STAGE_MODULES)

@@ -58,7 +58,7 @@ def test_bench_at_a_smaller_scale_projects_to_the_full_size(tiny_raw, tmp_path):
 def test_bench_cli_names_an_unknown_preset(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["bench", "--preset", "no-such-preset"])
     assert result.exit_code == 1
-    assert "--preset no-such-preset: presets/no-such-preset.yaml not found (presets: cityscapes-1024p" in result.output
+    assert "--preset no-such-preset: no presets/no-such-preset.yaml (presets: cityscapes-1024p" in result.output
 
 
 def _crn_1024p_step(bf16: bool, checkpointing: bool) -> dict:

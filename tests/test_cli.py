@@ -90,3 +90,37 @@ def test_stages_end_to_end(tmp_path, tiny_raw):
     assert (tmp_path / "reports/figures/qualitative.png").stat().st_size > 1000
     synth = sorted(p.name for p in (tmp_path / "data/synth/crn").glob("*.png"))
     assert len(synth) == 5
+
+
+def _commands(app_, prefix=()):
+    """Every command path of the CLI, e.g. ("train",), ("study", "make")."""
+    import typer.main
+
+    group = typer.main.get_command(app_)
+    paths = []
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            paths += [(name, sub) for sub in command.commands]
+        else:
+            paths.append((name,))
+    return paths
+
+
+def test_every_command_has_an_example_and_clean_help():
+    runner = CliRunner()
+    leaked = ("<bool>", "<list", "<int>", "<float>", "<str>", "<Path", "Optional[", "NoneType", "ModelName.", "Via.")
+    commands = _commands(app)
+    assert {("train",), ("study", "make"), ("bench",)} <= set(commands)
+    for path in commands:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Example: crn-repro" in result.output, path
+        options = result.output.split("Options:", 1)[1]
+        assert not [word for word in leaked if word in options], (path, options)
+
+
+def test_version():
+    from crn_repro import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"crn-repro {__version__}"

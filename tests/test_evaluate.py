@@ -2,6 +2,7 @@
 preference table from the automatic judge or from human judgments, and the self-contained HTML."""
 
 import json
+import re
 import time
 
 import pandas as pd
@@ -66,9 +67,33 @@ def test_report_html_is_self_contained(tiny_run):
     html = (root / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert 'src="figures/' not in html
-    for name in ("qualitative", "diversity_crn-diverse", "training_curves", "metric_segmentation_miou"):
+    for name in ("qualitative", "legend", "diversity_crn-diverse", "training_curves", "metrics"):
         assert (root / f"reports/figures/{name}.png").stat().st_size > 1000, name
         assert (root / f"reports/figures/{name}.pdf").is_file(), name
+
+
+def test_report_carries_tables_gallery_provenance_and_the_papers_numbers(tiny_run):
+    root, _ = tiny_run
+    reports = root / "reports"
+    report = (reports / "report.md").read_text()
+    assert "Produced by the code at git revision `" in report and "params.json" in report
+    assert json.loads((reports / "params.json").read_text())["models"] == ["crn", "crn-diverse"]
+    for name in ("runs", "preference", "metrics", "memory", "published_automatic"):
+        csv = pd.read_csv(reports / "tables" / f"{name}.csv")
+        assert len(csv), name
+        tex = (reports / "tables" / f"{name}.tex").read_text()
+        assert tex.startswith("\\begin{tabular}") and "\\bottomrule" in tex, name
+    preference = pd.read_csv(reports / "tables/preference.csv")
+    assert "paper (cityscapes)" in preference.columns  # the synthetic city stands in for Cityscapes
+    assert "52.4" in report and "Park et al. 2019 (SPADE)" in report  # published scores, in their own section
+    index = (reports / "gallery/index.html").read_text()
+    assert 'href="crn.html"' in index and 'href="crn-diverse.html"' in index
+    page = (reports / "gallery/crn-diverse.html").read_text()
+    names = json.loads((root / "data/prepared/val/names.json").read_text())
+    assert page.count("<tr>") == len(names) + 1  # the header and every validation layout
+    assert "u = 1" in page and "inputs/" in page
+    for src in re.findall(r'src="([^"]+)"', page):
+        assert (reports / "gallery" / src).resolve().is_file(), src  # every image the page shows exists
 
 
 def test_report_rerun_rewrites_identical_figures(tiny_run):
@@ -150,13 +175,14 @@ def test_table_baselines_are_chosen_and_checked(tiny_run, tmp_path):
 def test_report_shows_too_few_clusters_as_n_a():
     """A comparison with one worker has no worker-bootstrap interval (stats.MIN_BOOTSTRAP_CLUSTERS): the table
     keeps both bootstrap columns (the image bootstrap exists) and says n/a, never "nan"."""
-    from crn_repro.report import _preference_rows
+    from crn_repro.report import markdown, preference_table
 
     nan = float("nan")
     table = pd.DataFrame([{"baseline": "pix2pix", "rate": 0.7, "ci_low": 0.4, "ci_high": 0.9, "p_value": 0.34, "n": 10,
                            "boot_workers_low": nan, "boot_workers_high": nan, "boot_images_low": 0.5, "boot_images_high": 0.9}])
-    head, _, row = _preference_rows(table, ("baseline",))
+    head, _, row = markdown(preference_table(table, "cityscapes"))
     assert "95% bootstrap, workers" in head and "95% bootstrap, images" in head
-    assert row == "| pix2pix | 70.0% | 40.0% - 90.0% | n/a | 50.0% - 90.0% | 0.340 | 10 |"
+    assert row == "| pix2pix | 70.0% | 40.0% - 90.0% | n/a | 50.0% - 90.0% | 0.340 | 10 | 96.9% |"
     no_boot = table.assign(boot_images_low=nan, boot_images_high=nan)  # e.g. the automatic judge: no columns at all
-    assert "bootstrap" not in _preference_rows(no_boot, ("baseline",))[0]
+    assert "bootstrap" not in markdown(preference_table(no_boot, "nyu"))[0]
+    assert markdown(preference_table(no_boot, "nyu"))[2].endswith("| 77.2% |")  # NYU's own row of Table 1

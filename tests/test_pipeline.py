@@ -45,7 +45,14 @@ def test_dvc_repro_tiny(tmp_path):
     again = subprocess.run(["dvc", "status"], cwd=work, env=env, capture_output=True, text=True)
     assert "up to date" in again.stdout, again.stdout
     metrics = subprocess.run(["dvc", "metrics", "show"], cwd=work, env=env, capture_output=True, text=True)
-    assert "summary.json" in metrics.stdout and "metrics.json" in metrics.stdout
+    assert "runs/crn/metrics.json" in metrics.stdout and "reports/headline/crn.json" in metrics.stdout, metrics.stdout
+    assert max(len(line) for line in metrics.stdout.splitlines()) <= 160, metrics.stdout  # readable in a terminal
+    # Each stage depends on the code it runs: a comment in report.py makes the report stale, nothing else.
+    report_py = work / "crn_repro/report.py"
+    report_py.write_text(report_py.read_text() + "\n# a comment\n")
+    stale = subprocess.run(["dvc", "status"], cwd=work, env=env, capture_output=True, text=True)
+    assert [line for line in stale.stdout.splitlines() if line.endswith(":") and not line[:1].isspace()] == ["report:"], stale.stdout
+    report_py.write_text(report_py.read_text().removesuffix("\n# a comment\n"))
     # The experiment's raw dataset is a dependency of prepare: another dataset arriving changes nothing,
     # a change to this one reruns prepare (and what depends on it).
     (work / "data/raw/cityscapes").mkdir()

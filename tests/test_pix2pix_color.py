@@ -67,12 +67,13 @@ def official_ids(root, split, stem):
 
 @pytest.fixture
 def recorded_inputs(monkeypatch):
-    """Every tensor handed to a pix2pix network's input encoding (G's and D's), in call order."""
+    """Every tensor handed to a pix2pix network's input encoding (G's and D's), in call order, with
+    whether the network was training (a checkpoint's validation runs in eval mode)."""
     calls = []
     forward = ConditionInput.forward
 
     def recording(self, layout):
-        calls.append(layout.detach().clone())
+        calls.append((self.training, layout.detach().clone()))
         return forward(self, layout)
 
     monkeypatch.setattr(ConditionInput, "forward", recording)
@@ -97,17 +98,21 @@ def test_pix2pix_reads_the_official_color_labels_in_training_and_synthesis(tmp_p
     for name in ("G", "D"):  # the model file says which colour source it was trained on
         assert info["network_kwargs"][name]["color_source"] == "label_ids" and "colors" not in info["network_kwargs"][name]
     tp = params.model("pix2pix").train
+    training = [x for is_training, x in recorded_inputs if is_training]
     # G then D (real), D (fake) in the D phase, D (fake) in the G phase: four encodings of one batch per step.
-    assert len(recorded_inputs) == 4 * tp.total_steps
+    assert len(training) == 4 * tp.total_steps
     for step in range(tp.total_steps):
         indices = batch_indices(tp.seed, step, len(train_split), tp.batch_size_per_process)
         expected = np.stack([official_color(root, "train", train_split.names[i]) for i in indices])
-        for seen in recorded_inputs[4 * step : 4 * step + 4]:
+        for seen in training[4 * step : 4 * step + 4]:
             assert np.array_equal(as_color_images(seen), expected)
+    validation = [x for is_training, x in recorded_inputs if not is_training]  # the checkpoint's validation
+    assert validation and all(np.array_equal(as_color_images(x), np.stack(
+        [official_color(root, "val", stem) for stem in stems["val"][: len(x)]])) for x in validation)
 
     recorded_inputs.clear()
     synthesize(params, "pix2pix", console=Console(quiet=True))
-    seen = np.concatenate([as_color_images(x) for x in recorded_inputs])
+    seen = np.concatenate([as_color_images(x) for _, x in recorded_inputs])
     expected = np.stack([official_color(root, "val", stem) for stem in stems["val"]])
     assert np.array_equal(seen, expected)  # pixel for pixel, every val frame
     ids = np.stack([official_ids(root, "val", stem) for stem in stems["val"]])
@@ -158,7 +163,7 @@ def test_layout_input_on_cityscapes_needs_no_ids(tmp_path, tiny_raw, recorded_in
     params = parse_params(raw)
     prepare(params)
     train(params, "pix2pix", until_step=1, console=Console(quiet=True))
-    assert recorded_inputs[0].shape[1] == 20  # the one-hot layout
+    assert recorded_inputs[0][1].shape[1] == 20  # the one-hot layout
 
 
 def _nyu(tiny_raw, tmp_path):
@@ -188,7 +193,7 @@ def test_without_ids_color_is_the_dataset_palette(tmp_path, tiny_raw, recorded_i
     _, info = load_model(tmp_path / "runs/pix2pix/model.pt")
     kwargs = info["network_kwargs"]["G"]
     assert kwargs["color_source"] == "channels" and kwargs["colors"] == [list(c) for c in split.label_space.colors]
-    layout = recorded_inputs[0]
+    layout = recorded_inputs[0][1]
     assert layout.shape[1] == split.num_classes  # the one-hot layout, coloured inside the network
     indices = batch_indices(params.model("pix2pix").train.seed, 0, len(split), 2)
     expected = split.label_space.palette[np.asarray(split.labels[indices])]
@@ -201,12 +206,15 @@ def test_shipped_params_keep_ids_where_pix2pix_trains_on_colour():
     training stops at once); the 256p preset, the paper's comparisons, does."""
     from conftest import REPO
 
-    from crn_repro.params import load_params
+    import yaml
+
+    from crn_repro.params import parse_params
+    from crn_repro.presets import preset_names, resolve
 
     trains_on_colour = []
-    for path in [REPO / "params.yaml", *sorted((REPO / "presets").glob("*.yaml"))]:
-        params = load_params(path)
+    for name in preset_names(REPO / "presets"):
+        params = parse_params(yaml.safe_load(resolve(name, REPO / "presets")))
         if params.data.dataset == "cityscapes" and "pix2pix" in params.models and params.model("pix2pix").network.input == "color":
-            assert params.cityscapes.keep_label_ids, path.name
-            trains_on_colour.append(path.stem)
+            assert params.cityscapes.keep_label_ids, name
+            trains_on_colour.append(name)
     assert "cityscapes-256p" in trains_on_colour

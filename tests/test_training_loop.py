@@ -5,6 +5,7 @@ weights alone, and training states without frozen networks."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -248,7 +249,7 @@ def test_cached_reference_features_give_the_same_training(prepared_tiny, tiny_ra
     real = FeatureMatchingLoss.reference_features
 
     def counting(self, image, keys=None):
-        if self.reference_cache is not None:
+        if self.reference_cache is not None and keys is not None:  # training batches (validation has no keys)
             images_through_vgg.extend(k for k in keys if k not in self.reference_cache)
         return real(self, image, keys)
 
@@ -258,3 +259,18 @@ def test_cached_reference_features_give_the_same_training(prepared_tiny, tiny_ra
     assert summary["finished"]
     assert sorted(images_through_vgg) == list(range(6))  # 9 steps x 2 = 3 epochs of 6 images, each computed once
     _close(_weights(tmp_path / "plain"), _weights(tmp_path / "cached"), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_log_validation_losses_and_sample_images(prepared_tiny, tiny_raw, tmp_path):
+    from PIL import Image
+
+    root, _ = prepared_tiny
+    train(_params(tiny_raw, root, tmp_path / "runs", total_steps=4, checkpoint_every_steps=2), "crn")
+    live = tmp_path / "runs/crn/live/plots"
+    rows = (live / "metrics/val/G/total.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in rows[1:]] == ["2", "4"]  # one row per checkpoint
+    assert all(float(row.split("\t")[1]) > 0 for row in rows[1:])
+    sample = Image.open(live / "images/samples/val_0.png")
+    assert sample.size == (3 * 32, 16)  # layout | synthesized | reference, at 16x32
+    metrics = json.loads((tmp_path / "runs/crn/metrics.json").read_text())
+    assert set(metrics) == {"steps", "loss", "minutes", "images_per_s"} and metrics["steps"] == 4

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from rich.console import Console
-from rich.progress import Progress
 
 from crn_repro.files import atomic_replace_dir, atomic_write_json, read_table
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError
 from crn_repro.params import Params
+from crn_repro.progress import StageProgress
 from crn_repro.study.design import Design, build_jobs, study_design
 from crn_repro.study.manifest import FORMAT, MANIFEST, validate_manifest
 from crn_repro.study.mturk import mturk_exports
@@ -186,7 +186,7 @@ def make_study(
         return written[(model, layout)]
 
     total = sum(len(job["trials"]) for job in jobs)
-    with Progress(console=console) as progress:
+    with StageProgress(console) as progress:
         task = progress.add_task(f"study {design_name}: stimuli", total=total)
         for job in jobs:
             for trial in job["trials"]:
