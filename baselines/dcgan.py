@@ -31,10 +31,10 @@ from crn_repro.config import doc
 class DCGANNetworkParams:
     """params.yaml ``<model>.network`` for the DCGAN-style generator and discriminator."""
 
-    ngf: int = doc("generator width of the first encoder layer; doubles per layer up to 8 * ngf")
-    ndf: int = doc("discriminator width of the first layer; doubles per layer up to 8 * ndf")
-    num_downs: int = doc("stride-2 layers of the generator's encoder (and decoder); 6 takes 256x512 to 4x8")
-    num_downs_d: int = doc("stride-2 layers of the discriminator before its image-sized logit layer")
+    ngf: int = doc("generator width of the first encoder layer; doubles per layer up to 8 * ngf", 1, 65536)
+    ndf: int = doc("discriminator width of the first layer; doubles per layer up to 8 * ndf", 1, 65536)
+    num_downs: int = doc("stride-2 layers of the generator's encoder (and decoder); 6 takes 256x512 to 4x8", 1, 16)
+    num_downs_d: int = doc("stride-2 layers of the discriminator before its image-sized logit layer", 1, 16)
 
     def validate(self):
         if self.ngf < 1 or self.ndf < 1:

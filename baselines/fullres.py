@@ -28,11 +28,11 @@ from crn_repro.crn import CRN, LayerNorm2d
 class FullResNetworkParams:
     """params.yaml ``<model>.network`` for the full-resolution network."""
 
-    num_layers: int = doc("dilated 3x3 layers, all at full resolution (paper: 10)")
-    width: int = doc("feature maps per layer (paper: 256)")
+    num_layers: int = doc("dilated 3x3 layers, all at full resolution (paper: 10)", 1, 100)
+    width: int = doc("feature maps per layer (paper: 256)", 1, 65536)
     max_dilation: int | None = doc(
         "dilation of the first layer, halved by each later one down to 1; null = the largest power of 2 "
-        "not above min(H, W) / 4, so the receptive field 1 + 2 * sum(dilations) spans about min(H, W)"
+        "not above min(H, W) / 4, so the receptive field 1 + 2 * sum(dilations) spans about min(H, W)", 1, 65536
     )
 
     def validate(self):

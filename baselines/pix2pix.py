@@ -53,11 +53,11 @@ class Pix2PixNetworkParams:
         "what the networks read: 'layout' (one-hot, c channels) or 'color' (pix2pix's Cityscapes setup: the official "
         "gtFine_color map, which needs cityscapes.keep_label_ids; without Cityscapes ids, the dataset palette over the layout)"
     )
-    num_downs: int = doc("U-Net levels; 8 = unet_256, H and W must be divisible by 2^num_downs")
-    ngf: int = doc("generator width of the outermost level (64 in pix2pix); capped at 8 * ngf")
-    ndf: int = doc("discriminator width of the first layer (64 in pix2pix)")
-    n_layers_d: int = doc("PatchGAN stride-2 layers; 3 = the 70x70 PatchGAN")
-    dropout: float = doc("dropout in the decoder's 8*ngf levels below the bottleneck (0.5 in pix2pix; 0 = none)")
+    num_downs: int = doc("U-Net levels; 8 = unet_256, H and W must be divisible by 2^num_downs", 1, 16)
+    ngf: int = doc("generator width of the outermost level (64 in pix2pix); capped at 8 * ngf", 1, 65536)
+    ndf: int = doc("discriminator width of the first layer (64 in pix2pix)", 1, 65536)
+    n_layers_d: int = doc("PatchGAN stride-2 layers; 3 = the 70x70 PatchGAN", 1, 16)
+    dropout: float = doc("dropout in the decoder's 8*ngf levels below the bottleneck (0.5 in pix2pix; 0 = none)", 0, 1, high_open=True)
 
     def validate(self):
         if self.num_downs < MIN_DOWNS:

@@ -29,10 +29,10 @@ class UNetNetworkParams:
 
     depth: int | None = doc(
         "number of 2x downsamplings; null = as many as leave a bottleneck no smaller than the CRN's "
-        "4x8 base (6 at 256x512); H and W must be divisible by 2^depth"
+        "4x8 base (6 at 256x512); H and W must be divisible by 2^depth", 1, 16
     )
-    base_width: int = doc("feature maps at full resolution, doubled at each downsampling (Ronneberger et al.: 64)")
-    max_width: int = doc("cap on the feature maps of the coarser levels (Ronneberger et al.: 1024)")
+    base_width: int = doc("feature maps at full resolution, doubled at each downsampling (Ronneberger et al.: 64)", 1, 65536)
+    max_width: int = doc("cap on the feature maps of the coarser levels (Ronneberger et al.: 1024)", 1, 65536)
 
     def validate(self):
         if self.depth is not None and self.depth < 1:

@@ -59,7 +59,7 @@ class _AdversarialObjective(Objective):
 class Pix2PixObjectiveParams:
     """params.yaml ``pix2pix.objective``: conditional GAN + lambda L1 (Isola et al. 2017, Eq. 4)."""
 
-    l1_weight: float = doc("lambda of the L1 term (pix2pix: 100), on images scaled to [-1, 1]")
+    l1_weight: float = doc("lambda of the L1 term (pix2pix: 100), on images scaled to [-1, 1]", 0, 1e6)
 
 
 class Pix2PixObjective(_AdversarialObjective):
@@ -84,7 +84,7 @@ class Pix2PixObjective(_AdversarialObjective):
 class GANSemSegObjectiveParams:
     """params.yaml ``gan-semseg.objective`` (paper Sec. 4, "GAN and semantic segmentation")."""
 
-    segmentation_weight: float = doc("weight of the pixelwise cross-entropy term (UNCONFIRMED; GAN term has weight 1)")
+    segmentation_weight: float = doc("weight of the pixelwise cross-entropy term (UNCONFIRMED; GAN term has weight 1)", 0, 1e6)
     segmenter: str | None = doc("segmentation model file; null = the pipeline's own (paths.runs/segmenter/model.pt)")
 
 

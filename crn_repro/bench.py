@@ -143,12 +143,18 @@ def bench(
     with tempfile.TemporaryDirectory() as runs:
         for required in spec.requires:  # e.g. gan-semseg's segmenter: an untrained one of the params' shape
             _untrained_model_file(params, required, Path(runs), full_hw, num_classes)
-        ctx = BuildContext(full_hw, num_classes, vgg, 1000, Path(runs), None, params.data.dataset, False, notes.append)
+        # the inputs are random: a model that reads Cityscapes' colour label maps gets random ones (no data needed)
+        ctx = BuildContext(full_hw, num_classes, vgg, 1000, Path(runs), None, params.data.dataset,
+                           params.data.dataset == "cityscapes", notes.append)
         run = _build(model, mp, ctx, rt, notes)
         meta = trainer.Runtime(torch.device("meta"), 0, 1, None, False)  # FLOPs do not depend on the dtype
         plain = dataclasses.replace(mp, train=dataclasses.replace(tp, fused_adam=False, compile=False))
         meta_run = _build(model, plain, ctx, meta, notes)
     run.nets = trainer.prepare_networks(run.nets, tp, rt)
+    usable = _runnable_scale(meta_run, spec, num_classes, full_hw, batch_size, scale)
+    if usable != scale:  # e.g. pix2pix's U-Net needs H and W divisible by 2^num_downs
+        console.print(f"bench {model}: the network does not run at 1/{scale} of the size; timing at 1/{usable}", highlight=False)
+        scale, size_hw = usable, (full_hw[0] // usable, full_hw[1] // usable)
 
     # FLOPs and memory at the full size, from shapes on the meta device (nothing is computed)
     meta_batch = _inputs(spec, run.network_kwargs, num_classes, full_hw, batch_size, meta.device, torch.contiguous_format)
@@ -216,6 +222,21 @@ def bench(
     return dict(entry, path=str(path))
 
 
+def _runnable_scale(meta_run: trainer.Run, spec, num_classes: int, full_hw, batch: int, scale: int) -> int:
+    """The largest divisor of ``scale`` (halving) at which the generator runs, tried on the meta device."""
+    generator = meta_run.nets[spec.main_network]
+    while scale > 1:
+        hw = (full_hw[0] // scale, full_hw[1] // scale)
+        try:
+            with torch.no_grad():
+                generator(_inputs(spec, meta_run.network_kwargs, num_classes, hw, batch, torch.device("meta"),
+                                  torch.contiguous_format)[0])
+            return scale
+        except (RuntimeError, ValueError):
+            scale //= 2
+    return 1
+
+
 def _build(model: str, mp, ctx: BuildContext, rt: trainer.Runtime, notes: list[str]) -> trainer.Run:
     """A ``trainer.Run`` without data: networks, objective and optimizers as training builds them."""
     spec = get_spec(model)
@@ -265,6 +286,11 @@ def results_table(out_dir: Path = RESULTS) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(Path(out_dir).glob("*.json")):
+        try:
+            if not isinstance(json.loads(path.read_text()), list):
+                continue  # another benchmark's file (e.g. loader_vs_step-cpu.json), not crn-repro bench's
+        except (OSError, ValueError):
+            pass  # _read_results names the file
         for e in _read_results(path):
             h, w = e["image_size_hw"]
             th, tw = e["timed_at_hw"]

@@ -87,6 +87,16 @@ def init_from_model_file(path: Path, nets: dict[str, nn.Module]) -> dict[str, di
     for name, net in nets.items():
         source = data["state_dicts"].get(name, {})
         target = unwrap(net).state_dict()
+        children = [child for child, _ in unwrap(net).named_children()]
+        last = children[-1] + "." if children else None  # the output layer may differ (k = 9 -> k = 1 outputs)
+        clash = [k for k, v in source.items() if k in target and tuple(v.shape) != tuple(target[k].shape)
+                 and not (last and k.startswith(last))]
+        if clash:
+            raise CrnError(
+                f"{path}: {len(clash)} tensors of network {name} have other shapes than the network being trained "
+                f"(first: {clash[0]} {tuple(source[clash[0]].shape)} vs {tuple(target[clash[0]].shape)}); "
+                f"train.init_from needs a model of the same widths"
+            )
         copied = {k: v for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
         unwrap(net).load_state_dict(copied, strict=False)
         report[name] = {"copied": sorted(copied), "fresh": sorted(set(target) - set(copied))}

@@ -6,12 +6,14 @@ import enum
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from crn_repro.errors import CrnError
 from crn_repro.registry import GENERATORS, MODELS
@@ -34,6 +36,15 @@ ModelName = enum.Enum("ModelName", {name: name for name in MODELS}, type=str)
 GeneratorName = enum.Enum("GeneratorName", {name: name for name in GENERATORS}, type=str)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, torchrun stopping its workers), raised where the program is, so that
+    it unwinds as Ctrl-C does: temporary files removed, the previous outputs intact."""
+
+
+def _terminate(number, frame) -> None:
+    raise Terminated
+
+
 def _handled(fn):
     """A command whose user errors print as one line and exit 1 (traceback with --debug)."""
 
@@ -44,11 +55,13 @@ def _handled(fn):
         except CrnError as error:
             if STATE["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: the last checkpoint is intact; run the same command to resume")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as stop:
+            name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+            err_console.print(f"[yellow]interrupted[/] ({name}): every output is written whole or not at all; run the same "
+                              "command again (training resumes from its last checkpoint)", soft_wrap=True)
+            raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
     return wrapper
 
@@ -109,6 +122,8 @@ def train(
     A time-sliced job: crn-repro train --model crn --until-step 5000"""
     from crn_repro.trainer import launch_under_torchrun, train as run
 
+    if until_step is not None and until_step < 1:
+        raise CrnError(f"--until-step {until_step}: must be a step >= 1 (or left out: train.total_steps)")
     params = _params()
     processes = params.model(model.value).train.processes
     if processes > 1 and "WORLD_SIZE" not in os.environ:
@@ -119,16 +134,53 @@ def train(
 
 
 @_command
-def synthesize(model: GeneratorName = typer.Option(..., "--model", "-m", help="image synthesis model from the registry")) -> None:
-    """Stage `synthesize`: write the model's images for every validation layout (PNG).
+def synthesize(
+    model: GeneratorName = typer.Option(..., "--model", "-m", help="image synthesis model from the registry"),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="DIR", help="synthesize from these label images (any size) instead of the validation split"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="with --labels: the folder to write (required)"),
+    label_format: str = typer.Option("label_ids", "--label-format", metavar="FORMAT", help="with --labels: label_ids (Cityscapes labelIds PNG) | color (Cityscapes colour labels) | nyu (0 = unlabeled, 1.. classes)"),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", metavar="FILE", help="with --labels: the model file (default: paths.runs/<model>/model.pt)"),
+    release_layout: bool = typer.Option(False, "--release-layout", help="with --labels: the release's files, <name>_output.jpg, k outputs as one grid"),
+) -> None:
+    """Stage `synthesize`: write the model's images for every validation layout (PNG). With --labels, a
+    rendering engine for your own layouts: every label image in a folder, resized to the model's size.
 
     \b
-    Example: crn-repro synthesize --model crn"""
-    from crn_repro.synthesize import synthesize as run
+    Example: crn-repro synthesize --model crn
+    Your layouts: crn-repro synthesize --model crn --labels my_labels/ --out my_images/"""
+    from crn_repro.synthesize import synthesize as run, synthesize_layouts
 
     params = _params()
-    index = run(params, model.value, err_console)
-    console.print(f"{model.value}: {len(index['names'])} layouts x {index['k']} images -> {params.paths.synth}/{model.value}")
+    if labels is None:
+        index = run(params, model.value, err_console)
+        console.print(f"{model.value}: {len(index['names'])} layouts x {index['k']} images -> {params.paths.synth}/{model.value}")
+        return
+    if out is None:
+        raise CrnError("--labels needs --out DIR, the folder to write the images to")
+    file = model_file or Path(params.paths.runs) / model.value / "model.pt"
+    index = synthesize_layouts(file, labels, out, label_format, release_layout, params.synthesize.batch_size, err_console,
+                               expected=model.value)
+    console.print(f"{index['model']}: {len(index['names'])} layouts x {index['k']} images -> {out}")
+
+
+@app.command("import-release")
+@_handled
+def import_release(
+    checkpoint: Path = typer.Argument(..., metavar="PREFIX", help="the release checkpoint's prefix, e.g. result_1024p/model.ckpt"),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="model file to write, e.g. runs/crn/model.pt"),
+    model: Optional[GeneratorName] = typer.Option(None, "--model", "-m", help="model name to record (default: crn, crn-diverse for k > 1)"),
+) -> None:
+    """Import one of the authors' released CRN checkpoints (TensorFlow; no TensorFlow needed) as a model
+    file that synthesize, evaluate and the study use.
+
+    \b
+    Example: crn-repro import-release result_1024p/model.ckpt --out runs/crn/model.pt"""
+    from crn_repro.release import import_release as run
+
+    facts = run(checkpoint, out, model.value if model else None)
+    h, w = facts["image_size_hw"]
+    console.print(f"{checkpoint} -> {out}: {facts['model']}, {h}x{w}, {facts['parameters']['G']:,} parameters; next: "
+                  f"`crn-repro synthesize --model {facts['model']}` with that model file in runs/{facts['model']}/", soft_wrap=True)
 
 
 @_command
@@ -448,4 +500,6 @@ def study_simulate(
 
 
 def main() -> None:
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a handler someone installed on purpose stays
+        signal.signal(signal.SIGTERM, _terminate)
     app()

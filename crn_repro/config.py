@@ -8,6 +8,7 @@ silently. Dataclass fields carry their documentation in ``metadata["doc"]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -15,9 +16,59 @@ from typing import Any, Literal, Union, get_args, get_origin
 from crn_repro.errors import CrnError
 
 
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field with a docstring (``metadata['doc']``); pass ``default=`` for optional ones."""
-    return dataclasses.field(metadata={"doc": text}, **kwargs)
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low``/``high`` bounds (None: unbounded on that side),
+    each inclusive unless ``*_open``. Every int and float in params.yaml declares one (a test checks),
+    so no out-of-range value reaches torch or numpy; NaN and infinities are never in range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str | None = None  # appended to the error: why the bound is there
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+SEED = Range(0, 2**32 - 1)  # what numpy and torch both accept
+
+
+def doc(text: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+        high_open: bool = False, why: str | None = None, range: Range | None = None, **kwargs: Any) -> Any:  # noqa: A002
+    """A dataclass field with a docstring (``metadata['doc']``) and, for numbers, the range of values it
+    accepts (``low``/``high`` or a ``Range``; checked on load, for every element of a list); pass
+    ``default=`` for optional ones."""
+    metadata = {"doc": text}
+    if range is None and (low is not None or high is not None):
+        range = Range(low, high, low_open, high_open, why)
+    if range is not None:
+        metadata["range"] = range
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def _range_problem(value: Any, allowed: Range) -> str | None:
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            message = _range_problem(v, allowed)
+            if message:
+                return message
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and not allowed.contains(v):
+            return f"{v!r} is out of range: must be {allowed}" + (f": {allowed.why}" if allowed.why else "")
+    return None
 
 
 class Problems(list):
@@ -108,7 +159,13 @@ def from_dict(cls: type, data: Any, where: str, problems: Problems | None = None
         kwargs = {}
         for name, field in fields.items():
             if name in data:
+                count = len(problems)
                 kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}", problems)
+                allowed = field.metadata.get("range")
+                if allowed is not None and len(problems) == count and kwargs[name] is not None:
+                    message = _range_problem(kwargs[name], allowed)
+                    if message:
+                        problems.add(f"{where}.{name}", message)
             elif field.default is not dataclasses.MISSING:
                 kwargs[name] = field.default
             else:

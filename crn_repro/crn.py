@@ -33,8 +33,8 @@ class CRNNetworkParams:
     """params.yaml ``<model>.network`` for CRN-architecture models."""
 
     preset: str | None = doc("named paper configuration (cityscapes-256p/512p/1024p) or null to use `widths`")
-    widths: tuple[int, ...] | None = doc("feature widths d_i, one per module from 4x8 up; null when `preset` is set")
-    num_outputs: int = doc("k, the number of images synthesized per layout (Sec. 3.4); 1 for the simple loss")
+    widths: tuple[int, ...] | None = doc("feature widths d_i, one per module from 4x8 up; null when `preset` is set", 1, 65536)
+    num_outputs: int = doc("k, the number of images synthesized per layout (Sec. 3.4); 1 for the simple loss", 1, 100)
 
     def validate(self):
         if (self.preset is None) == (self.widths is None):

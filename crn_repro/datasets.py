@@ -10,7 +10,6 @@ map (``gtFine_color``) in the same 0..255 range, coloured from the kept labelIds
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from crn_repro.errors import CrnError, one_line
+from crn_repro.files import read_array, read_json
 from crn_repro.labels import ID_TO_CHANNEL, NUM_LAYOUT_CHANNELS, LabelSpace, colors_to_label_ids, label_ids_to_channels
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -188,15 +188,21 @@ class PreparedSplit:
         self.label_space = read_label_space(prepared_dir)
         meta = read_prepared_meta(prepared_dir)
         self.dataset: str | None = meta.get("dataset")
-        self.images = np.load(folder / "images.npy", mmap_mode="r")
-        self.labels = np.load(folder / "labels.npy", mmap_mode="r")
-        self.names: list[str] = json.loads((folder / "names.json").read_text())
+        again = "run `crn-repro prepare` again (or `dvc repro prepare --force`)"
+        self.images = read_array(folder / "images.npy", again, shape_tail=(3,), dtype="uint8")
+        self.labels = read_array(folder / "labels.npy", again, dtype="uint8")
+        self.names: list[str] = read_json(folder / "names.json", again)
+        if not isinstance(self.names, list) or not all(isinstance(n, str) for n in self.names):
+            raise CrnError(f"{folder / 'names.json'}: expected a list of frame names; {again}")
+        if self.images.ndim != 4 or self.labels.shape != self.images.shape[:3]:
+            raise CrnError(f"{folder}: images.npy {tuple(self.images.shape)} and labels.npy {tuple(self.labels.shape)} "
+                           f"do not fit (N, H, W, 3) and (N, H, W); {again}")
         if not (len(self.images) == len(self.labels) == len(self.names)):
-            raise CrnError(f"{folder}: images, labels and names disagree in length; run `crn-repro prepare` again")
+            raise CrnError(f"{folder}: images, labels and names disagree in length; {again}")
         self.label_ids = None
         self.id_colors = None
         if (folder / "label_ids.npy").is_file():
-            self.label_ids = np.load(folder / "label_ids.npy", mmap_mode="r")
+            self.label_ids = read_array(folder / "label_ids.npy", again, dtype="uint8")
             colors = meta.get("label_id_colors")
             if self.label_ids.shape != self.labels.shape or not colors:
                 raise CrnError(f"{folder}: label_ids.npy does not fit labels.npy and meta.json; run `crn-repro prepare` again")
@@ -226,7 +232,13 @@ class PreparedSplit:
         self.require(reads)
         indices = np.asarray(indices)
         labels = self.label_ids if reads == "label_colors" else self.labels
-        raw = (torch.from_numpy(np.ascontiguousarray(labels[indices])), torch.from_numpy(np.ascontiguousarray(self.images[indices])))
+        batch_labels = np.ascontiguousarray(labels[indices])
+        if reads == "layout" and batch_labels.size and batch_labels.max() >= self.num_classes:  # cheap on the host
+            raise CrnError(
+                f"{self.folder / 'labels.npy'}: label {int(batch_labels.max())} in frames {indices.tolist()[:4]} is beyond the "
+                f"{self.num_classes} layout channels of meta.json; run `crn-repro prepare` again"
+            )
+        raw = (torch.from_numpy(batch_labels), torch.from_numpy(np.ascontiguousarray(self.images[indices])))
         return tuple(t.pin_memory() for t in raw) if pin else raw
 
     def to_device(self, raw: tuple[torch.Tensor, torch.Tensor], device: torch.device | str, reads: str = "layout"):
@@ -252,10 +264,7 @@ def read_prepared_meta(prepared_dir: Path) -> dict:
     path = Path(prepared_dir) / "meta.json"
     if not path.is_file():
         raise CrnError(f"{path}: missing; run `crn-repro prepare` (or `dvc repro prepare`) first")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CrnError(f"{path}: not valid JSON ({one_line(error)}); run `crn-repro prepare` again") from None
+    return read_json(path, "run `crn-repro prepare` again")
 
 
 def read_label_space(prepared_dir: Path) -> LabelSpace:

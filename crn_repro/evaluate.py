@@ -15,19 +15,16 @@ model file) and written as files: ``metrics.json``, ``per_image/<model>.csv``, `
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from rich.console import Console
 
 from crn_repro import metrics as M
 from crn_repro import stats
-from crn_repro.files import atomic_replace_dir, atomic_write_json, atomic_write_text
+from crn_repro.files import atomic_write_json, atomic_write_text, read_image, read_json, staged_dir
 from crn_repro.judgments import preference_table
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
@@ -53,10 +50,7 @@ def _read_images(folder: Path, names: list[str], k: int, model: str) -> np.ndarr
     for name in names:
         row = []
         for file in output_names(name, k):
-            path = folder / file
-            if not path.is_file():
-                raise CrnError(f"{path}: synthesized image missing; run `crn-repro synthesize --model {model}`")
-            row.append(np.asarray(Image.open(path).convert("RGB")))
+            row.append(read_image(folder / file, f"run `crn-repro synthesize --model {model}` again"))
         out.append(row)
     return np.asarray(out, dtype=np.uint8)
 
@@ -109,6 +103,10 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
 
         inception = load_inception(ep.inception, ep.inception_path).to(device)
     vgg = None
+    # a missing weights file: the metric is reported missing (with the file and where to get it), not replaced
+    lpips = None
+    if ep.lpips_backbone and Path(ep.lpips_backbone).is_file() and min(val.size_hw) >= M.Lpips.MIN_SIZE:
+        lpips = M.Lpips(ep.lpips_backbone, device)
     n_boot, seed = ep.bootstrap_resamples, ep.seed
 
     synthetic = params.data.dataset == "synthetic"
@@ -146,9 +144,10 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
         for model in params.models:
             folder = Path(params.paths.synth) / model
             index_path = folder / "index.json"
-            if not index_path.is_file():
-                raise CrnError(f"{index_path}: missing; run `crn-repro synthesize --model {model}` first")
-            index = json.loads(index_path.read_text())
+            again = f"run `crn-repro synthesize --model {model}` again"
+            index = read_json(index_path, again)
+            if not isinstance(index, dict) or not {"names", "k", "facts"} <= set(index):
+                raise CrnError(f"{index_path}: not a synthesized set's index (names, k, facts); {again}")
             if index["names"] != val.names:
                 raise CrnError(f"{folder}: synthesized for other layouts than the prepared val split; synthesize again")
             k = index["k"]
@@ -162,7 +161,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 vgg = load_vgg19(pv.weights, pv.path, pv.pooling, pv.allow_download, pv.seed).to(device)
 
             # One streamed pass over the model's images; the first output stands for the model.
-            conf, fake_seg, fake_inc, fake_moments, diversity = [], [], [], [], []
+            conf, fake_seg, fake_inc, fake_moments, diversity, diversity_lpips = [], [], [], [], [], []
             with torch.no_grad():
                 for idx, _, ids in val_batches():
                     collection = image_to_tensor(
@@ -179,6 +178,8 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                     if k > 1:
                         feats = [[f.cpu() for f in vgg(collection[:, u].to(device))] for u in range(k)]
                         diversity += M.pairwise_diversity(feats).tolist()
+                        if lpips is not None:
+                            diversity_lpips += lpips.pairwise_diversity([collection[:, u] for u in range(k)]).tolist()
                     progress.advance(task, len(idx))
             conf = torch.stack(conf).numpy()
             fake_seg = torch.cat(fake_seg).numpy()
@@ -255,15 +256,17 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 )
 
             # Diversity of a collection: mean pairwise perceptual distance between its k images.
-            if k > 1:
-                diversity = np.asarray(diversity)
-                entry["diversity"] = _interval(
-                    float(diversity.mean()),
-                    stats.bootstrap_mean_ci(diversity, num_resamples=n_boot, seed=seed),
-                    f"mean pairwise LPIPS-style distance (unit-normalised VGG-19 features, no learned weights; "
-                    f"{vgg.source_description}) between the {k} images of each layout's collection",
-                )
-                per_image["diversity"] = diversity
+            measures = {"diversity": (diversity, f"mean pairwise LPIPS-style distance (unit-normalised VGG-19 features, "
+                                                 f"no learned weights; {vgg.source_description if vgg else ''})")}
+            if lpips is not None:
+                measures["diversity_lpips"] = (diversity_lpips, f"mean pairwise LPIPS v0.1 (lpips package, AlexNet backbone "
+                                                                f"from {Path(ep.lpips_backbone).name}, images in [-1, 1] at {h}x{w})")
+            for name, (values, protocol) in measures.items():
+                if k > 1:
+                    values = np.asarray(values)
+                    entry[name] = _interval(float(values.mean()), stats.bootstrap_mean_ci(values, num_resamples=n_boot, seed=seed),
+                                            f"{protocol} between the {k} images of each layout's collection")
+                    per_image[name] = values
 
             results[model] = entry
             atomic_write_text(per_image_dir / f"{model}.csv", per_image.to_csv(index=False))
@@ -273,10 +276,32 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     )
     atomic_write_text(reports / "preference.csv", preference.to_csv(index=False))
     atomic_write_text(reports / "time_curves.csv", curves.to_csv(index=False))
-    out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset}
+    out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
+           "missing": missing_metrics(params, results)}
     atomic_write_json(reports / "metrics.json", out)
     write_headlines(reports / "headline", results, preference)
     return out
+
+
+def missing_metrics(params: Params, results: dict) -> list[dict]:
+    """The literature's metrics this evaluation could not compute, each with the file it needs and where
+    to get it (never silently replaced by another number)."""
+    ep = params.evaluate
+    missing = []
+    if ep.inception == "none":
+        missing.append({"metric": "FID and KID (Inception-v3 pool3, the published protocol)",
+                        "needs": "evaluate.inception: pytorch-fid and evaluate.inception_path: pt_inception-2015-12-05-6726825d.pth",
+                        "from": "the pytorch-fid project's GitHub release (github.com/mseitzer/pytorch-fid/releases)"})
+    if any("diversity" in entry and "diversity_lpips" not in entry for entry in results.values()):
+        where = f"the file {ep.lpips_backbone} (not found)" if ep.lpips_backbone else f"evaluate.lpips_backbone: {M.ALEXNET_FILE}"
+        if ep.lpips_backbone and Path(ep.lpips_backbone).is_file():
+            where = f"images of at least {M.Lpips.MIN_SIZE}x{M.Lpips.MIN_SIZE} pixels (AlexNet; these are {'x'.join(map(str, params.data.image_size_hw))})"
+        missing.append({"metric": "diversity with LPIPS (learned weights, AlexNet backbone)", "needs": where,
+                        "from": M.ALEXNET_WHERE})
+    if params.data.dataset == "cityscapes":
+        missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)",
+                        "needs": "not implemented yet in this suite", "from": "fyu/drn's drn-d-105_ms_cityscapes.pth"})
+    return missing
 
 
 def table_baselines(params: Params) -> list[str]:
@@ -300,6 +325,7 @@ HEADLINE_KEYS = {  # metrics.json entry -> headline key (short: `dvc metrics sho
     "realism_score": "realism",
     "colour_distance": "colour",
     "diversity": "diversity",
+    "diversity_lpips": "lpips_div",
 }
 
 
@@ -308,11 +334,9 @@ def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataF
     each metric's value to 4 significant digits and, for a Table 1 baseline, how often the reference
     model was preferred over it. Intervals, protocols and per-class values stay in metrics.json."""
     preferred = dict(zip(preference.baseline, preference.rate))
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for model, entry in results.items():  # built aside and swapped in: no file of a model no longer evaluated stays
-        headline = {short: stats.significant(entry[name]["value"]) for name, short in HEADLINE_KEYS.items() if name in entry}
-        if model in preferred:
-            headline["ref_preferred"] = stats.significant(float(preferred[model]))
-        atomic_write_json(tmp / f"{model}.json", headline)
-    atomic_replace_dir(tmp, folder)
+    with staged_dir(folder) as tmp:  # built aside and swapped in: no file of a model no longer evaluated stays
+        for model, entry in results.items():
+            headline = {short: stats.significant(entry[name]["value"]) for name, short in HEADLINE_KEYS.items() if name in entry}
+            if model in preferred:
+                headline["ref_preferred"] = stats.significant(float(preferred[model]))
+            atomic_write_json(tmp / f"{model}.json", headline)

@@ -6,12 +6,14 @@ atomically without importing the networks. Checkpoints (``checkpoint.py``) build
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from crn_repro.errors import CrnError, one_line
 
@@ -20,17 +22,80 @@ def atomic_write(path: Path, write: Callable) -> None:
     """Write via a temporary file in the same folder, fsync, then rename over ``path``: a kill at
     any moment leaves either the old file or the new one, never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_write_failure(error):
+            raise write_error(path, error) from None
         raise
+
+
+_WRITE_ADVICE = {
+    errno.ENOSPC: "the disk is full; free space and run the same command again",
+    errno.EDQUOT: "the disk quota is exceeded; free space and run the same command again",
+    errno.EROFS: "the file system is read-only; point paths.* in params.yaml at a writable folder",
+    errno.EACCES: "no permission to write there; make the folder writable or point paths.* elsewhere",
+    errno.EPERM: "no permission to write there; make the folder writable or point paths.* elsewhere",
+}
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """An error of the file system (full, read-only, no permission), not of the program: torch's
+    serializer reports a failed write as a RuntimeError of its C++ stream writer."""
+    if isinstance(error, OSError):
+        return True
+    return isinstance(error, RuntimeError) and ("PytorchStreamWriter" in str(error) or "file write failed" in str(error))
+
+
+def write_error(path: Path, error: BaseException) -> CrnError:
+    """The one line for a failed write of ``path``: what the file system said and what to do."""
+    code = getattr(error, "errno", None)
+    if code is None and isinstance(error, RuntimeError):  # torch's writer hides errno: ask the disk
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(Path(path).parent).free < 64 * 2**20:
+                code = errno.ENOSPC
+    advice = _WRITE_ADVICE.get(code, "check the disk and the folder's permissions, then run the same command again")
+    reason = os.strerror(code) if code else one_line(error)
+    return CrnError(f"{path}: cannot be written ({reason}); the previous version is untouched; {advice}")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A folder written aside (``<out>.partial``) and swapped in for ``out`` only when the block ends
+    without error; on any error, interruption included, the partial folder is removed and ``out``
+    stays as it was. A failed write of the file system becomes a one-line CrnError."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        atomic_replace_dir(tmp, out)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, CrnError) or not is_write_failure(error):
+            raise
+        raise write_error(Path(getattr(error, "filename", None) or tmp), error) from None
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files of atomic writes (``.<name>.*.tmp``) left in ``folder`` by a killed process
+    (a kill -9 skips every cleanup); call where a single writer starts, e.g. a training run."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,8 +133,59 @@ def read_table(path: Path, required: tuple[str, ...] = (), missing: str = "not f
         raise CrnError(f"{path}: {missing}")
     try:
         table = pd.read_csv(path, **read_csv_kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as error:  # UnicodeDecodeError too
         raise CrnError(f"{path}: not a readable CSV ({one_line(error)}){then}") from None
     if not set(required) <= set(table.columns):
         raise CrnError(f"{path}: needs columns {', '.join(sorted(required))}{then}")
     return table
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file the suite wrote, parsed; a missing, unreadable or corrupt (e.g. truncated) file is a
+    one-line error naming it, with ``fix`` saying what to do (which stage to run again)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrnError(f"{path}: missing; {fix}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CrnError(f"{path}: not readable JSON ({one_line(error)}); {fix}") from None
+
+
+def read_array(path: Path, fix: str, shape_tail: tuple | None = None, dtype: str | None = None):
+    """A ``.npy`` array the suite wrote, memory-mapped; missing, truncated or corrupt files, and arrays
+    whose dtype or trailing shape differ from what is expected, are one-line errors naming the file."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise CrnError(f"{path}: missing; {fix}")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # a truncated file fails the mmap size check
+        raise CrnError(f"{path}: not a readable .npy array ({one_line(error)}); {fix}") from None
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        raise CrnError(f"{path}: dtype {array.dtype}, expected {dtype}; {fix}")
+    if shape_tail is not None and tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail):
+        raise CrnError(f"{path}: shape {tuple(array.shape)}, expected (..., {', '.join(map(str, shape_tail))}); {fix}")
+    return array
+
+
+def read_image(path: Path, fix: str, size_wh: tuple[int, int] | None = None):
+    """An RGB image file the suite wrote, fully decoded (a truncated PNG fails here, not later), as a
+    uint8 array (H, W, 3); one-line errors name the file, and a size other than ``size_wh``."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CrnError(f"{path}: missing; {fix}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise CrnError(f"{path}: not a readable image ({one_line(error)}); {fix}") from None
+    if size_wh is not None and (pixels.shape[1], pixels.shape[0]) != tuple(size_wh):
+        raise CrnError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]} pixels, expected {size_wh[0]}x{size_wh[1]}; {fix}")
+    return pixels

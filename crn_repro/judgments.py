@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from crn_repro import stats
+from crn_repro.errors import CrnError
 from crn_repro.files import read_table
 from crn_repro.study.records import REAL, is_simulated
 
@@ -154,7 +155,15 @@ def read_judgments(paths: list[Path]) -> pd.DataFrame:
         judgments = read_table(
             path, ("model_a", "model_b", "winner"),
             missing="evaluate.human_judgments file not found; run `crn-repro study analyze` or set it to null",
+            fix="fix the file or write it again with `crn-repro study analyze`",
         )
+        bad = judgments[(judgments.winner != judgments.model_a) & (judgments.winner != judgments.model_b)]
+        if len(bad):  # a winner that is neither side would count as a loss of both
+            row = bad.index[0]
+            raise CrnError(
+                f"{path}: row {row + 2}: winner {bad.winner.iloc[0]!r} is neither model_a {bad.model_a.iloc[0]!r} nor "
+                f"model_b {bad.model_b.iloc[0]!r} ({len(bad)} such rows); fix the file or run `crn-repro study analyze` again"
+            )
         frames.append(judgments)
     judgments = pd.concat(frames, ignore_index=True)
     if "source" in judgments.columns:  # `crn-repro study analyze`'s: simulated participants never pass as people

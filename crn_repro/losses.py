@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crn_repro.config import doc
+from crn_repro.config import SEED, doc
 from crn_repro.vgg import LAYERS, load_vgg19
 
 TERMS = ("image",) + LAYERS  # Phi_0 = the image itself, then the VGG-19 layers (Sec. 3.3)
@@ -40,7 +40,7 @@ class VggParams:
     path: str | None = doc("weights file; null = torch's hub cache for torchvision")
     allow_download: bool = doc("let torchvision download its weights if missing")
     pooling: Literal["max", "avg"] = doc("max = standard VGG (paper), avg = the authors' release")
-    seed: int = doc("seed of the random weights (weights: random)")
+    seed: int = doc("seed of the random weights (weights: random)", range=SEED)
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class FeatureMatchingParams:
     lambda_mode: Literal["paper", "authors-256p", "authors-512p"] = doc(
         "paper: 1/numel, rescaled once to equal contributions; authors-*: the release's fixed constants"
     )
-    lambda_rescale_after_epochs: float = doc("paper mode: epochs before the one-time rescaling (paper: 100)")
+    lambda_rescale_after_epochs: float = doc("paper mode: epochs before the one-time rescaling (paper: 100)", 0, 1_000_000, low_open=True)
     collection_loss: Literal["hindsight", "per-class"] = doc(
         "k > 1 outputs: hindsight = Eq. 2 (min over u); per-class = Eq. 3 (min over u for each class)"
     )
     mean_term_weight: float = doc(
-        "k > 1: weight w of the mean over outputs added to the min, (1 - w) min + w mean (paper 0, release 0.001)"
+        "k > 1: weight w of the mean over outputs added to the min, (1 - w) min + w mean (paper 0, release 0.001)", 0, 1
     )
 
     def validate(self):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -434,3 +435,57 @@ def _check_features(shape: tuple, what: str, min_rows: int) -> None:
 def _same_dim(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape[1] != b.shape[1]:
         raise CrnError(f"feature sets differ in dimension ({a.shape[1]} vs {b.shape[1]})")
+
+
+# --- LPIPS (Zhang et al. 2018) through the lpips package --------------------------------------------
+
+
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+ALEXNET_WHERE = f"torchvision's AlexNet weights, https://download.pytorch.org/models/{ALEXNET_FILE}"
+
+
+class Lpips:
+    """LPIPS v0.1 with the AlexNet backbone: the `lpips` package's network and its learned linear weights
+    (shipped inside the package), the backbone's weights read from a torchvision AlexNet file given by
+    path (nothing is downloaded). ``distance(a, b)``: images (N, 3, H, W) in 0..255 -> (N,)."""
+
+    MIN_SIZE = 32  # AlexNet's fifth layer needs at least this many pixels per side
+
+    def __init__(self, backbone_path: str | Path, device: str | torch.device = "cpu"):
+        import lpips
+
+        path = Path(backbone_path)
+        if not path.is_file():
+            raise CrnError(f"{path}: LPIPS backbone not found; it is {ALEXNET_WHERE} (evaluate.lpips_backbone)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for a foreign file
+            raise CrnError(f"{path}: not a readable torchvision AlexNet file ({type(error).__name__}); it is {ALEXNET_WHERE}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's deprecation notice for `pretrained`
+            self.model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+        backbone = {}
+        for name in self.model.net.state_dict():  # slice<s>.<i>.weight <- features.<i>.weight
+            index_and_kind = name.split(".", 1)[1]
+            source = f"features.{index_and_kind}"
+            if source not in state or tuple(state[source].shape) != tuple(self.model.net.state_dict()[name].shape):
+                raise CrnError(f"{path}: no {source} of the expected shape; it is not {ALEXNET_WHERE}")
+            backbone[name] = state[source]
+        self.model.net.load_state_dict(backbone)
+        self.model = self.model.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        if min(a.shape[-2:]) < self.MIN_SIZE:
+            raise CrnError(f"LPIPS (AlexNet) needs images of at least {self.MIN_SIZE}x{self.MIN_SIZE} pixels, got {a.shape[-2]}x{a.shape[-1]}")
+        a = a.to(self.device, torch.float32) / 127.5 - 1.0  # the package's input range: [-1, 1]
+        b = b.to(self.device, torch.float32) / 127.5 - 1.0
+        return self.model(a, b).flatten().cpu()
+
+    def pairwise_diversity(self, outputs: Sequence[Tensor]) -> Tensor:
+        """Mean LPIPS over the k(k-1)/2 pairs of k outputs (each (N, 3, H, W) in 0..255) -> (N,)."""
+        k = len(outputs)
+        if k < 2:
+            raise CrnError(f"LPIPS diversity: needs k >= 2 outputs per layout, got {k}")
+        return torch.stack([self.distance(outputs[u], outputs[v]) for u in range(k) for v in range(u + 1, k)]).mean(0)

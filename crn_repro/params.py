@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from crn_repro.config import Problems, doc, from_dict, to_dict
+from crn_repro.config import SEED, Problems, doc, from_dict, to_dict
 from crn_repro.errors import CrnError
 from crn_repro.losses import VggParams
 from crn_repro.registry import GENERATORS, MODELS
@@ -37,9 +37,9 @@ class DataParams:
     dataset: Literal["synthetic", "cityscapes", "nyu"] = doc(
         "built-in synthetic city, real Cityscapes (section `cityscapes`) or NYU Depth v2 (section `nyu`)"
     )
-    image_size_hw: tuple[int, int] = doc("training and evaluation resolution (height, width), aspect 1:2")
-    max_train_images: int | None = doc("use only the first N training frames (null = all)")
-    max_val_images: int | None = doc("use only the first N validation frames (null = all)")
+    image_size_hw: tuple[int, int] = doc("training and evaluation resolution (height, width), aspect 1:2", 4, 16384)
+    max_train_images: int | None = doc("use only the first N training frames (null = all)", 1)
+    max_val_images: int | None = doc("use only the first N validation frames (null = all)", 1)
 
     def validate(self):
         if min(self.image_size_hw) < 4:
@@ -58,9 +58,9 @@ class CityscapesParams:
         "label_ids: *_gtFine_labelIds.png through the official table (paper); "
         "color: *_gtFine_color.png matched by colour, as the release did"
     )
-    expected_train: int | None = doc("frames the train split must hold (official: 2975; null = no check)")
-    expected_val: int | None = doc("frames the val split must hold (official: 500; null = no check)")
-    frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 1024x2048; null = no check)")
+    expected_train: int | None = doc("frames the train split must hold (official: 2975; null = no check)", 1)
+    expected_val: int | None = doc("frames the val split must hold (official: 500; null = no check)", 1)
+    frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 1024x2048; null = no check)", 1, 65536)
     keep_label_ids: bool = doc(
         "also keep each pixel's official labelId ({train,val}/label_ids.npy, 1 byte per pixel: +7.3 GB at "
         "1024p), from which pix2pix with input 'color' reads the official gtFine_color map; true only "
@@ -82,13 +82,13 @@ class NyuParams:
         "classMapping40.mat (mapClass, className) for the 40-class grouping; null = the `num_classes` "
         "most frequent raw classes of the training split"
     )
-    num_classes: int = doc("classes besides void (40 with the standard mapping); c = num_classes + 1")
+    num_classes: int = doc("classes besides void (40 with the standard mapping); c = num_classes + 1", 1, 1000)
     fit: Literal["crop", "pad"] = doc(
         "how 4:3 frames meet the cascade's 1:2: crop (central 320x640 band) or pad (to 480x960 with void)"
     )
-    num_frames: int = doc("frames the file must hold (official: 1449)")
-    frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 480x640; null = no check)")
-    num_train: int = doc("the first N frames train, the rest are the test (val) split (paper: 1200)")
+    num_frames: int = doc("frames the file must hold (official: 1449)", 2)
+    frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 480x640; null = no check)", 1, 65536)
+    num_train: int = doc("the first N frames train, the rest are the test (val) split (paper: 1200)", 1)
 
     def validate(self):
         if self.num_classes < 1:
@@ -99,11 +99,11 @@ class NyuParams:
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    seed: int = doc("seed of the synthetic city generator")
-    num_train: int = doc("training frames")
-    num_val: int = doc("validation frames")
-    image_size_hw: tuple[int, int] = doc("resolution the frames are rendered at (then resized like real data)")
-    num_cities: int = doc("cities per split")
+    seed: int = doc("seed of the synthetic city generator", range=SEED)
+    num_train: int = doc("training frames", 1, 1_000_000)
+    num_val: int = doc("validation frames", 1, 1_000_000)
+    image_size_hw: tuple[int, int] = doc("resolution the frames are rendered at (then resized like real data)", 4, 16384)
+    num_cities: int = doc("cities per split", 1, 10_000)
 
     def validate(self):
         if self.num_train < 1 or self.num_val < 1:
@@ -112,27 +112,27 @@ class SyntheticParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    seed: int = doc("seed; batches and noise at step s derive from (seed, s), so resuming is exact")
-    total_steps: int = doc("optimizer steps in total (a re-run resumes up to this)")
+    seed: int = doc("seed; batches and noise at step s derive from (seed, s), so resuming is exact", range=SEED)
+    total_steps: int = doc("optimizer steps in total (a re-run resumes up to this)", 1)
     batch_size_per_process: int = doc(
         "images per step in each process (paper: 1); the global batch of a step is this times the number of "
-        "processes (train.processes, or the world size of an outer torchrun)"
+        "processes (train.processes, or the world size of an outer torchrun)", 1, 4096
     )
     processes: int = doc(
         "training processes on this machine, one per GPU: above 1, `crn-repro train` (and so `dvc repro`) "
         "relaunches itself through `torchrun --standalone --nproc_per_node N`; under an outer torchrun "
-        "(several nodes) torchrun's world size counts and this must match its processes per node"
+        "(several nodes) torchrun's world size counts and this must match its processes per node", 1, 4096
     )
     schedule_scale: float = doc(
         "multiplies every model's total_steps, its own `train:` override included (rounded, at least 1): one "
-        "setting for a smoke run, `dvc exp run -S train.schedule_scale=0.05`, or a longer one; 1 = as written"
+        "setting for a smoke run, `dvc exp run -S train.schedule_scale=0.05`, or a longer one; 1 = as written", 0, 1000, low_open=True
     )
-    checkpoint_every_steps: int = doc("write the model file and training state every N steps (a multiple of log_every_steps)")
+    checkpoint_every_steps: int = doc("write the model file and training state every N steps (a multiple of log_every_steps)", 1)
     log_every_steps: int = doc(
         "steps between synchronisations with the host: the losses averaged over the interval are logged, "
-        "shown and checked for NaN/inf (a GPU is never kept waiting in between)"
+        "shown and checked for NaN/inf (a GPU is never kept waiting in between)", 1
     )
-    prefetch_batches: int = doc("batches read (and pinned, on CUDA) ahead of the step in a background thread; 0 = none")
+    prefetch_batches: int = doc("batches read (and pinned, on CUDA) ahead of the step in a background thread; 0 = none", 0, 64)
     precision: Literal["auto", "fp32", "bf16"] = doc("auto = bf16 autocast on CUDA, fp32 on CPU; bf16 also runs on CPUs")
     channels_last: Literal["auto", "on", "off"] = doc("auto = channels_last memory format on CUDA")
     compile: bool = doc("torch.compile the networks (pays off on GPUs over long runs; compiling takes minutes)")
@@ -141,6 +141,10 @@ class TrainParams:
         "(about a third more compute; the 1024p CRN then trains in 12 GB in bf16)"
     )
     fused_adam: bool = doc("Adam's fused implementation: one kernel for all parameters (CUDA and CPU)")
+    adam_epsilon: Literal["pytorch", "tensorflow"] = doc(
+        "where Adam's epsilon (1e-8) enters: pytorch = torch.optim.Adam (added to sqrt(v_hat)); tensorflow = "
+        "TensorFlow 1's epsilon hat, as the authors' release trained (docs/facts.md §3); they differ early in training"
+    )
     cache_reference_features: bool = doc(
         "keep the perception network's features of every training image after their first use (the data has "
         "no augmentation, so they never change): a third less VGG-19 work per step, for small datasets only "
@@ -148,7 +152,7 @@ class TrainParams:
     )
     cpu_threads: int | None = doc(
         "torch threads per process on a CPU (null: torch's default, one per core); on a shared machine fewer "
-        "threads than cores avoid oversubscription"
+        "threads than cores avoid oversubscription", 1, 4096
     )
     init_from: str | None = doc(
         "model.pt to initialise a fresh run from: every tensor whose name and shape match is copied "
@@ -156,7 +160,7 @@ class TrainParams:
     )
     train_last_modules: int | None = doc(
         "CRN models: train only the last N refinement modules (and the output layer), freezing the rest "
-        "(the release's 1024p run: 2); null = train everything"
+        "(the release's 1024p run: 2); null = train everything", 1
     )
 
     def validate(self):
@@ -177,13 +181,13 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class OptimizerParams:
-    lr: float = doc("Adam learning rate (paper: 1e-4)")
-    betas: tuple[float, float] = doc("Adam betas (paper/release: 0.9, 0.999)")
+    lr: float = doc("Adam learning rate (paper: 1e-4)", 0, 1, low_open=True)
+    betas: tuple[float, float] = doc("Adam betas (paper/release: 0.9, 0.999)", 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
 class SynthesizeParams:
-    batch_size: int = doc("layouts per forward pass")
+    batch_size: int = doc("layouts per forward pass", 1, 4096)
 
 
 @dataclass(frozen=True)
@@ -199,14 +203,18 @@ class EvaluateParams:
         "Inception weights for FID/KID: pytorch-fid (the published FID protocol), torchvision, or none"
     )
     inception_path: str | None = doc("the Inception weights file (pt_inception-2015-12-05-6726825d.pth for pytorch-fid)")
+    lpips_backbone: str | None = doc(
+        "torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) for diversity with LPIPS v0.1 (the lpips package's "
+        "learned weights); null: LPIPS diversity is reported as missing"
+    )
     human_judgments: str | tuple[str, ...] | None = doc(
         "CSV(s) of human pairwise judgments (judgments.csv of `crn-repro study analyze`; a list combines the "
         "unlimited and the timed study); null = none"
     )
-    bootstrap_resamples: int = doc("bootstrap resamples for every interval")
-    realism_k: int = doc("k of the k-NN radii of the realism score (Kynkäänniemi et al. 2019: 3)")
-    batch_size: int = doc("images per forward pass")
-    seed: int = doc("seed of the bootstrap")
+    bootstrap_resamples: int = doc("bootstrap resamples for every interval", 10, 1_000_000)
+    realism_k: int = doc("k of the k-NN radii of the realism score (Kynkäänniemi et al. 2019: 3)", 1, 1000)
+    batch_size: int = doc("images per forward pass", 1, 4096)
+    seed: int = doc("seed of the bootstrap", range=SEED)
 
     @property
     def judgment_files(self) -> tuple[str, ...]:
@@ -224,7 +232,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ReportParams:
-    figure_rows: int = doc("validation layouts shown in the qualitative figure")
+    figure_rows: int = doc("validation layouts shown in the qualitative figure", 1, 1000)
 
 
 @dataclass(frozen=True)
@@ -309,7 +317,10 @@ def _model_section(name: str, raw: Any, global_train: Any, problems: Problems) -
         return None
     train = None
     if isinstance(global_train, dict):
-        train = from_dict(TrainParams, {**global_train, **overrides}, f"{name}.train", problems)
+        merged = Problems()
+        train = from_dict(TrainParams, {**global_train, **overrides}, f"{name}.train", merged)
+        prefix = f"{name}.train."  # a problem of the global `train` section is reported once, as train.<key>
+        problems.extend(p for p in merged if not (p.startswith(prefix) and "train." + p[len(prefix):] in problems))
     if train is not None and train.schedule_scale != 1.0:  # every model's schedule, its own override included
         train = dataclasses.replace(train, total_steps=max(1, round(train.total_steps * train.schedule_scale)))
     return ModelParams(network, objective, optimizer, train)
@@ -383,8 +394,22 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise CrnError(f"{path}: params file not found; run from the repository root or pass --params")
+    return parse_params(read_yaml(path, "fix the file or write it again with `crn-repro preset NAME`"), str(path))
+
+
+def read_yaml(path: Path, fix: str) -> Any:
+    """A YAML file parsed, with one-line errors naming the file, and for a syntax error its line and
+    column; ``fix`` says what to do."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CrnError(f"{path}: not UTF-8 text (byte {error.start}); {fix}") from None
+    except OSError as error:
+        raise CrnError(f"{path}: cannot be read ({error.strerror}); {fix}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise CrnError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    return parse_params(raw, str(path))
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise CrnError(f"{path}: not valid YAML{where} ({what}); {fix}") from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from rich.console import Console
 
-from crn_repro.files import atomic_replace_dir
+from crn_repro.files import atomic_write_text, staged_dir
 from crn_repro.datasets import SPLITS, find_pairs, load_pair
 from crn_repro.errors import CrnError
 from crn_repro.labels import CITYSCAPES_SPACE, ID_COLORS, LabelSpace
@@ -121,13 +120,10 @@ def prepare(params: Params, console: Console | None = None) -> dict:
     ``cityscapes.keep_label_ids`` also ``label_ids.npy``, and ``meta.json``)."""
     console = console or Console(stderr=True)
     out = Path(params.paths.prepared)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     h, w = params.data.image_size_hw
     dataset = params.data.dataset
     meta = {"dataset": dataset, "image_size_hw": [h, w], "splits": {}}
-    try:
+    with staged_dir(out) as tmp:  # swapped in whole, or removed on any error
         with StageProgress(console) as progress, contextlib.ExitStack() as stack:
             if dataset == "synthetic":
                 syn = params.synthetic
@@ -160,11 +156,7 @@ def prepare(params: Params, console: Console | None = None) -> dict:
                 meta["splits"][split] = _write_split(
                     tmp / split, source, split, limits[split], (h, w), progress
                 )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    atomic_replace_dir(tmp, out)
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -200,9 +200,13 @@ def build_network(model: str, net_name: str, kwargs: dict) -> nn.Module:
     return cls(**kwargs)
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, nn.Module], dict]:
-    """Rebuild every network of a model file; returns (networks in eval mode, file contents)."""
+def load_model(path: Path, device: str | torch.device = "cpu", expected: str | None = None) -> tuple[dict[str, nn.Module], dict]:
+    """Rebuild every network of a model file; returns (networks in eval mode, file contents). With
+    ``expected``, the file must hold that model (a file copied into another model's run folder is refused)."""
     data = read_model_file(path)
+    if expected is not None and data.get("model") != expected:
+        raise CrnError(f"{path}: holds a {data.get('model')!r} model, not {expected!r}; train {expected} again "
+                       f"(`crn-repro train --model {expected}`) or put its own model file there")
     nets = {}
     for name, kwargs in data["network_kwargs"].items():
         try:

@@ -27,13 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 
 from crn_repro import figures as F
 from crn_repro import gallery, published, stats
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError
-from crn_repro.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from crn_repro.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_image, read_json, read_table
 from crn_repro.labels import colorize_channels
 from crn_repro.params import Params
 from crn_repro.registry import SEGMENTERS, display_name, get_spec
@@ -48,6 +47,7 @@ METRIC_TITLES = {
     "realism_score": "Mean realism score (higher is better)",
     "colour_distance": "Class-conditional colour distance (lower is better)",
     "diversity": "Diversity within collections (higher = more diverse)",
+    "diversity_lpips": "Diversity, LPIPS (higher = more diverse)",
 }
 
 
@@ -203,9 +203,7 @@ def _export(table: pd.DataFrame, folder: Path, name: str) -> None:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise CrnError(f"{path}: synthesized image missing; run `crn-repro synthesize` for this model")
-    return np.asarray(Image.open(path).convert("RGB"))
+    return read_image(path, f"run `crn-repro synthesize --model {path.parent.name}` again")
 
 
 def _label_source(meta: dict) -> str:
@@ -234,9 +232,9 @@ def write_report(params: Params) -> Path:
     indexes = {}
     for model in params.models:
         index_path = Path(params.paths.synth) / model / "index.json"
-        if not index_path.is_file():
-            raise CrnError(f"{index_path}: missing; run `crn-repro synthesize --model {model}` first")
-        indexes[model] = json.loads(index_path.read_text())
+        indexes[model] = read_json(index_path, f"run `crn-repro synthesize --model {model}` again")
+        if not isinstance(indexes[model], dict) or not {"names", "k", "facts"} <= set(indexes[model]):
+            raise CrnError(f"{index_path}: not a synthesized set's index; run `crn-repro synthesize --model {model}` again")
     summaries = {model: index["facts"] for model, index in indexes.items()}  # the model file's facts
     palette = val.label_space.palette
     origin = provenance(params)
@@ -329,12 +327,14 @@ def write_report(params: Params) -> Path:
 def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Path, dataset: str) -> list[str]:
     """Preference table, time curves, automatic metrics and published scores, from the evaluate stage's files."""
     metrics_path, preference_path = reports / "metrics.json", reports / "preference.csv"
-    for path in (metrics_path, preference_path):
-        if not path.is_file():
-            raise CrnError(f"{path}: missing; run `crn-repro evaluate` first")
-    stored = json.loads(metrics_path.read_text())["models"]
+    again = "run `crn-repro evaluate` again"
+    stored = read_json(metrics_path, again)
+    if not isinstance(stored, dict) or not isinstance(stored.get("models"), dict):
+        raise CrnError(f"{metrics_path}: no `models` mapping; {again}")
+    missing = [m for m in stored.get("missing", []) if isinstance(m, dict)]
+    stored = stored["models"]
     metrics = {m: stored[m] for m in [*params.models, *stored] if m in stored}  # the params' order: crn first
-    preference = pd.read_csv(preference_path)
+    preference = read_table(preference_path, ("baseline", "rate", "source"), missing=f"missing; {again}", fix=again)
     source = preference["source"].iloc[0] if len(preference) else "none"
     row_name, _ = published.table_1_row(dataset)
     lines = [
@@ -416,10 +416,14 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
                                for model, entry in metrics.items() if m in entry]) for m in names}
     _save(F.metrics_figure(panels, METRIC_TITLES), figures / "metrics.png")
     lines += ["", "![automatic metrics](figures/metrics.png)", ""]
+    if missing:
+        lines += ["**Missing metrics** (not computed, and not replaced by another number):", ""]
+        lines += [f"- {m.get('metric')}: needs {m.get('needs')}; from {m.get('from')}" for m in missing]
+        lines += [""]
     scores = published_table()
     _export(scores, tables, "published_automatic")
     lines += ["### Published automatic scores (other data and protocols)", "",
-              "What later papers measured for CRN on Cityscapes, with their own segmenters and protocols. Not comparable "
+              "What later papers measured on Cityscapes (CRN, and pix2pixHD and SPADE under SPADE's protocol), with their own segmenters and protocols. Not comparable "
               "with this run's numbers unless the protocol matches; listed so that a reader can place them.", ""]
     lines += markdown(scores)
     return lines

@@ -39,9 +39,9 @@ NET_NAME = "S"  # its network (and training phase) name
 class SegmenterNetworkParams:
     """params.yaml ``segmenter.network``: the compact encoder-decoder S."""
 
-    base_width: int = doc("feature maps at full resolution; doubled at every level down")
-    depth: int = doc("number of 2x downsamplings; the bottleneck works at 1/2^depth of the image size")
-    max_width: int = doc("cap on the feature maps of the deeper levels")
+    base_width: int = doc("feature maps at full resolution; doubled at every level down", 1, 65536)
+    depth: int = doc("number of 2x downsamplings; the bottleneck works at 1/2^depth of the image size", 1, 16)
+    max_width: int = doc("cap on the feature maps of the deeper levels", 1, 65536)
 
     def validate(self):
         if self.base_width < 1:

@@ -41,7 +41,7 @@ from crn_repro.checkpoint import (
 from crn_repro.config import to_dict
 from crn_repro.datasets import Batch, PreparedSplit, read_prepared_meta, tensor_to_image
 from crn_repro.errors import CrnError, one_line
-from crn_repro.files import atomic_write_json, atomic_write_text
+from crn_repro.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from crn_repro.labels import colorize_channels
 from crn_repro.losses import Objective
 from crn_repro.params import Params, TrainParams
@@ -137,6 +137,8 @@ def run_fingerprint(model: str, network_kwargs: dict, params: Params, objective_
         "init_from": mp.train.init_from,
         "train_last_modules": mp.train.train_last_modules,
     }
+    if mp.train.adam_epsilon != "pytorch":  # the default leaves earlier fingerprints as they were
+        identity["adam_epsilon"] = mp.train.adam_epsilon
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,6 +185,9 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     console = console or Console(stderr=True)
     rt = setup_runtime(params.model(model).train)
     run = build_run(params, model, rt, console)
+    if rt.is_main and run.run_dir.is_dir():  # the one writer of this folder: what a killed writer left is garbage
+        for leftover in remove_stale_temporaries(run.run_dir):
+            console.print(f"removed {leftover}, left by an interrupted write")
     position = resume(run, rt, console)
     if position.step == 0:
         _initialise(model, run.nets, run.train, console if rt.is_main else None)
@@ -318,15 +323,21 @@ def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
 
 def resume(run: Run, rt: Runtime, console: Console) -> Position:
     """Load the run folder's training state if its fingerprint matches; a state saved with other
-    settings is kept aside as ``state.stale-<fingerprint>.pt`` and training starts afresh."""
+    settings, or beyond the current total_steps, is kept aside as ``state.stale-<fingerprint>-step<N>.pt``
+    and training starts afresh."""
     if not run.state_path.is_file():
         return Position()
     state = load_training_state(run.state_path)
-    if state["fingerprint"] != run.fingerprint:
-        stale = run.run_dir / f"state.stale-{state['fingerprint']}.pt"
+    missing = [key for key in ("fingerprint", "step", "wall_time_s", "nets", "optimizers", "objective") if key not in state]
+    if missing:
+        raise CrnError(f"{run.state_path}: training state without {', '.join(missing)}; move it away to start afresh")
+    beyond = int(state["step"]) > run.train.total_steps  # a shorter schedule: the longer-trained weights are not its result
+    if state["fingerprint"] != run.fingerprint or beyond:
+        stale = run.run_dir / f"state.stale-{state['fingerprint']}-step{int(state['step'])}.pt"
+        why = f"at step {int(state['step'])}, beyond total_steps {run.train.total_steps}" if beyond else "saved with other settings"
         if rt.is_main:
             os.replace(run.state_path, stale)
-            console.print(f"[yellow]{run.state_path}: saved with other settings; kept as {stale.name}, starting afresh[/]")
+            console.print(f"[yellow]{run.state_path}: {why}; kept as {stale.name}, starting afresh[/]")
         return Position()
     try:
         for name, net in run.nets.items():
@@ -469,11 +480,25 @@ def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, t
                 losses = run.objective(phase, nets, batch)
             run.optimizers[phase].zero_grad(set_to_none=True)
             losses["total"].backward()
+        if run.train.adam_epsilon == "tensorflow":
+            tensorflow_epsilon(run.optimizers[phase], step + 1)
         run.optimizers[phase].step()
         for name, value in losses.items():
             losses_out[f"{phase}/{name}"] = value.detach().float()
     run.objective.after_step(step + 1)
     return losses_out
+
+
+ADAM_EPSILON = 1e-8  # paper and release (docs/facts.md §3); torch.optim.Adam's default
+
+
+def tensorflow_epsilon(optimizer: torch.optim.Optimizer, t: int, eps: float = ADAM_EPSILON) -> None:
+    """Make ``torch.optim.Adam``'s step ``t`` (1-based) the step TensorFlow 1's Adam takes, as the
+    release trained (``train.adam_epsilon: tensorflow``, docs/facts.md §3): TensorFlow adds epsilon to
+    sqrt(v) after folding the bias corrections into the step size, which is PyTorch's update with
+    epsilon / sqrt(1 - beta2^t)."""
+    for group in optimizer.param_groups:
+        group["eps"] = eps / math.sqrt(1.0 - group["betas"][1] ** t)
 
 
 class LossLog:

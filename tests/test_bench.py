@@ -55,6 +55,18 @@ def test_bench_at_a_smaller_scale_projects_to_the_full_size(tiny_raw, tmp_path):
         bench(parse_params(tiny_raw), "crn", "tiny", scale=3, out_dir=tmp_path)
 
 
+def test_bench_times_at_the_largest_scale_the_network_runs_and_reads_colour_maps_without_data(tiny_raw, tmp_path):
+    """pix2pix's U-Net needs H, W divisible by 2^num_downs: at 1/4 of 32x64 (8x16) it cannot run with
+    num_downs 5, so bench times it at the full size; input 'color' on Cityscapes needs no prepared data."""
+    tiny_raw["data"].update(dataset="cityscapes", image_size_hw=[32, 64])
+    tiny_raw["cityscapes"]["root"] = tiny_raw["paths"]["raw"]
+    tiny_raw["pix2pix"]["network"].update(num_downs=5, ngf=4, ndf=4, input="color")
+    entry = bench(parse_params(tiny_raw), "pix2pix", "tiny", quick=True, scale=4, out_dir=tmp_path)
+    assert entry["scale"] == 1 and entry["timed_at_hw"] == [32, 64] and entry["projection"] == "measured"
+    (tmp_path / "loader_vs_step-cpu.json").write_text('{"another": "benchmark"}')
+    assert "| pix2pix |" in results_table(tmp_path)  # another benchmark's file in the folder is left out
+
+
 def test_bench_cli_names_an_unknown_preset(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["bench", "--preset", "no-such-preset"])
     assert result.exit_code == 1

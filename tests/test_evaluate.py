@@ -186,3 +186,30 @@ def test_report_shows_too_few_clusters_as_n_a():
     no_boot = table.assign(boot_images_low=nan, boot_images_high=nan)  # e.g. the automatic judge: no columns at all
     assert "bootstrap" not in markdown(preference_table(no_boot, "nyu"))[0]
     assert markdown(preference_table(no_boot, "nyu"))[2].endswith("| 77.2% |")  # NYU's own row of Table 1
+
+
+def test_lpips_diversity_with_the_backbone_file_and_missing_without_it(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+    import torchvision
+
+    root, raw = tiny_run
+    work = tmp_path / "work"
+    shutil.copytree(root, work)
+    raw = json.loads(json.dumps(raw).replace(str(root), str(work)))
+    metrics = json.loads((work / "reports/metrics.json").read_text())
+    assert any("LPIPS" in m["metric"] and "alexnet-owt-7be5be79.pth" in m["needs"] for m in metrics["missing"])
+    assert any("FID" in m["metric"] for m in metrics["missing"])
+    report = (work / "reports/report.md").read_text()
+    assert "**Missing metrics**" in report and "alexnet-owt-7be5be79.pth" in report
+    backbone = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), backbone)
+    raw["evaluate"]["lpips_backbone"] = str(backbone)
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["--params", str(work / "params.yaml"), "evaluate"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((work / "reports/metrics.json").read_text())
+    # 16x32 is below AlexNet's smallest input: reported missing with the reason, not computed some other way
+    assert "diversity_lpips" not in metrics["models"]["crn-diverse"]
+    assert any("LPIPS" in m["metric"] and "at least 32x32" in m["needs"] for m in metrics["missing"])

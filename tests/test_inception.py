@@ -338,3 +338,18 @@ def test_torchvision_file_is_not_the_fid_file(torchvision_file):
         load_inception("pytorch-fid", path)
     message = _one_line_crn_error(excinfo)
     assert str(path) in message and "unexpected" in message and "AuxLogits" in message
+
+
+def test_our_network_is_the_pytorch_fid_packages_network(fid_file, small_input, monkeypatch):
+    """The published protocol's network is pytorch-fid's own: the package, pointed at the same file
+    instead of its download, gives the same pool3 features as ``load_inception('pytorch-fid')``."""
+    import pytorch_fid.inception as package
+
+    net, path = fid_file
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    monkeypatch.setattr(package, "load_state_dict_from_url", lambda *args, **kwargs: state)  # offline: the given file
+    theirs = package.fid_inception_v3().eval()
+    ours = load_inception("pytorch-fid", path)
+    x = resized(random_image())
+    with torch.no_grad():
+        torch.testing.assert_close(ours(random_image()), pool3_via_fc_input(theirs, x / 127.5 - 1.0), rtol=1e-4, atol=1e-5)

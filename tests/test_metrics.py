@@ -301,3 +301,59 @@ def test_vectorised_resamples_equal_one_distance_per_resample():
     for row, value in zip(index, vectorised):
         per_class = colour_moment_distance(sum_moments(real_m, row), sum_moments(fake_m, row))
         assert value == pytest.approx(np.mean(list(per_class.values())), rel=1e-9)
+
+
+def test_lpips_reads_a_torchvision_alexnet_file_and_matches_its_definition(tmp_path):
+    """LPIPS v0.1 (Zhang et al. 2018, Eq. 1): per AlexNet ReLU tap l, unit-normalise the features over
+    channels, weight the squared difference per channel by the learned w_l, average over space, sum
+    over l. The backbone comes from a torchvision AlexNet file the test writes; w_l from the package."""
+    import os
+
+    import lpips
+    import torchvision
+
+    from crn_repro.metrics import Lpips
+
+    torch.manual_seed(0)
+    alexnet = torchvision.models.alexnet(weights=None)
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(alexnet.state_dict(), path)
+    metric = Lpips(path)
+    a = torch.rand(2, 3, 64, 64) * 255
+    b = torch.rand(2, 3, 64, 64) * 255
+    linear = torch.load(os.path.join(os.path.dirname(lpips.__file__), "weights/v0.1/alex.pth"), map_location="cpu", weights_only=True)
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def taps(x):
+        x = ((x / 127.5 - 1) - shift) / scale
+        out = []
+        for i, layer in enumerate(alexnet.features):
+            x = layer(x)
+            if i in (1, 4, 7, 9, 11):  # after each ReLU
+                out.append(x)
+        return out
+
+    with torch.no_grad():
+        expected = sum(
+            (linear[f"lin{l}.model.1.weight"].view(1, -1, 1, 1)
+             * (fa / (fa.norm(dim=1, keepdim=True) + 1e-10) - fb / (fb.norm(dim=1, keepdim=True) + 1e-10)) ** 2).sum(1).mean((1, 2))
+            for l, (fa, fb) in enumerate(zip(taps(a), taps(b)))
+        )
+    torch.testing.assert_close(metric.distance(a, b), expected, rtol=1e-4, atol=1e-6)
+    assert metric.distance(a, a).abs().max() < 1e-6
+    diversity = metric.pairwise_diversity([a, b, a])
+    torch.testing.assert_close(diversity, (2 * expected) / 3, rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_backbone_file_problems_are_one_line_errors(tmp_path):
+    from crn_repro.metrics import Lpips
+
+    with pytest.raises(CrnError, match=r"nowhere\.pth: LPIPS backbone not found.*download\.pytorch\.org"):
+        Lpips(tmp_path / "nowhere.pth")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(CrnError, match="not a readable torchvision AlexNet file"):
+        Lpips(tmp_path / "junk.pth")
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(CrnError, match="no features.0.weight of the expected shape"):
+        Lpips(tmp_path / "other.pth")

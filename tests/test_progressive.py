@@ -69,12 +69,19 @@ def test_init_from_and_freezing_errors(tmp_path, tiny_raw):
     params = _run(tiny_raw, tmp_path, "b2", (16, 32), [8, 8, 8], train_last_modules=1)
     with pytest.raises(CrnError, match="frozen modules would keep random weights; set crn.train.init_from"):
         train(params, "crn")
-    # A model file whose early modules do not fit (other widths) cannot initialise frozen modules.
+    # A model file of other widths is refused (only the output layer may differ) ...
     other = _run(tiny_raw, tmp_path, "other", (16, 32), [4, 4, 4])
     train(other, "crn")
     params = _run(tiny_raw, tmp_path, "b3", (32, 64), [8, 8, 6, 4], init_from=str(tmp_path / "other/runs/crn/model.pt"),
                   train_last_modules=1)
-    with pytest.raises(CrnError, match="does not initialise the frozen cascade.0"):
+    with pytest.raises(CrnError, match="tensors of network G have other shapes.*cascade.0.conv1.weight"):
+        train(params, "crn")
+    # ... and one with too few modules cannot initialise every frozen module.
+    short = _run(tiny_raw, tmp_path, "short", (16, 32), [8, 8, 6])
+    train(short, "crn")
+    params = _run(tiny_raw, tmp_path, "b4", (64, 128), [8, 8, 6, 4, 4], init_from=str(tmp_path / "short/runs/crn/model.pt"),
+                  train_last_modules=1)
+    with pytest.raises(CrnError, match="does not initialise the frozen cascade.3"):
         train(params, "crn")
     raw = copy.deepcopy(tiny_raw)
     raw["pix2pix"]["train"] = {"train_last_modules": 1}

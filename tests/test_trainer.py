@@ -156,3 +156,30 @@ def test_rerun_of_finished_run_keeps_summary_and_resumes_on_harmless_changes(pre
     tiny_raw["train"]["total_steps"] = 6  # more steps: resume
     more = train(_with_paths(tiny_raw, root, tmp_path), "crn")
     assert more["steps"] == 6 and not list((tmp_path / "crn").glob("state.stale-*"))
+
+
+def test_tensorflow_adam_epsilon_equals_tensorflows_update():
+    """train.adam_epsilon: tensorflow gives TensorFlow 1's Adam update, written out here from its
+    documented formula: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t); theta -= lr_t m / (sqrt(v) + eps)."""
+    import numpy as np
+    import torch
+
+    from crn_repro.trainer import tensorflow_epsilon
+
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-8
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(scale=1e-6, size=4) for _ in range(5)]  # tiny gradients: epsilon matters
+    theta, m, v = np.ones(4), np.zeros(4), np.zeros(4)
+    param = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    plain = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    optimizer = torch.optim.Adam([param], lr=lr, betas=(b1, b2), eps=eps)
+    reference = torch.optim.Adam([plain], lr=lr, betas=(b1, b2), eps=eps)
+    for t, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        theta = theta - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+        param.grad, plain.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
+        tensorflow_epsilon(optimizer, t, eps)
+        optimizer.step()
+        reference.step()
+        np.testing.assert_allclose(param.detach().numpy(), theta, rtol=1e-12, atol=1e-15)
+    assert np.abs(plain.detach().numpy() - theta).max() > 1e-6  # PyTorch's own placement differs here

@@ -22,17 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from crn_repro.files import atomic_replace_dir, atomic_write_json, read_table
+from crn_repro.files import atomic_write_json, read_image, read_json, read_table, staged_dir
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError
 from crn_repro.params import Params
@@ -154,68 +152,64 @@ def make_study(
     indexes, scores = {}, {}
     for model in plan.models:
         index_path = Path(params.paths.synth) / model / "index.json"
-        if not index_path.is_file():
-            raise CrnError(f"{index_path}: missing; run `crn-repro synthesize --model {model}` first (the study shows it)")
-        indexes[model] = json.loads(index_path.read_text())
+        indexes[model] = read_json(index_path, f"run `crn-repro synthesize --model {model}` (the study shows it)")
+        if not isinstance(indexes[model], dict) or not {"names", "k"} <= set(indexes[model]):
+            raise CrnError(f"{index_path}: not a synthesized set's index; run `crn-repro synthesize --model {model}` again")
         if indexes[model]["names"] != names:
             raise CrnError(f"{index_path.parent}: synthesized for other layouts than the prepared val split; synthesize again")
         scores[model] = read_scores(Path(params.paths.reports), model, names)
     scores[REAL] = dict.fromkeys(names, max(max(s.values()) for s in scores.values()) + REAL_SCORE_MARGIN)
     row_of = {name: i for i, name in enumerate(names)}
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    size = tuple(sp.image_size_wh)
-    written: dict[tuple[str, str], str] = {}
+    with staged_dir(out) as tmp:  # swapped in whole, or removed on any error
+        (tmp / "images").mkdir()
+        size = tuple(sp.image_size_wh)
+        written: dict[tuple[str, str], str] = {}
 
-    def stimulus(model: str, layout: str) -> str:
-        """The study-relative path of one stimulus, written once."""
-        if (model, layout) not in written:
-            if model == REAL:
-                pixels = np.asarray(val.images[row_of[layout]])
-            else:
-                path = Path(params.paths.synth) / model / output_names(layout, indexes[model]["k"])[0]
-                if not path.is_file():
-                    raise CrnError(f"{path}: synthesized image missing; run `crn-repro synthesize --model {model}`")
-                pixels = np.asarray(Image.open(path).convert("RGB"))
-            data = _png_bytes(pixels, size)
-            rel = f"images/{hashlib.sha1(data).hexdigest()[:16]}.png"
-            (tmp / rel).write_bytes(data)
-            written[(model, layout)] = rel
-        return written[(model, layout)]
+        def stimulus(model: str, layout: str) -> str:
+            """The study-relative path of one stimulus, written once."""
+            if (model, layout) not in written:
+                if model == REAL:
+                    pixels = np.asarray(val.images[row_of[layout]])
+                else:
+                    path = Path(params.paths.synth) / model / output_names(layout, indexes[model]["k"])[0]
+                    pixels = read_image(path, f"run `crn-repro synthesize --model {model}` again")
+                data = _png_bytes(pixels, size)
+                rel = f"images/{hashlib.sha1(data).hexdigest()[:16]}.png"
+                (tmp / rel).write_bytes(data)
+                written[(model, layout)] = rel
+            return written[(model, layout)]
 
-    total = sum(len(job["trials"]) for job in jobs)
-    with StageProgress(console) as progress:
-        task = progress.add_task(f"study {design_name}: stimuli", total=total)
-        for job in jobs:
-            for trial in job["trials"]:
-                for side in ("left", "right"):
-                    model = trial[side]["model"]
-                    trial[side] = {"model": model, "image": stimulus(model, trial["layout"]),
-                                   "score": round(float(scores[model][trial["layout"]]), 6)}
-                progress.advance(task)
-    mask = None
-    if design_name == "timed":
-        mask = "images/mask.png"
-        (tmp / mask).write_bytes(_png_bytes(mask_image(size, sp.seed), size))
-    manifest = {
-        "format": FORMAT,
-        "study_id": _slug(out.name),
-        "design": design_name,
-        "seed": sp.seed,
-        "created_utc": _created_utc(),
-        "image_size_wh": list(size),
-        "question": QUESTION,
-        "instructions_html": INSTRUCTIONS[design_name].format(
-            scenes=scenes, shortest=f"{min(sp.timed.durations_ms) / 1000:g}", longest=f"{max(sp.timed.durations_ms) / 1000:g}"
-        ),
-        "scenes": scenes,
-        "mask": mask,
-        "sentinel_rule": _sentinel_rule(plan),
-        "jobs": jobs,
-    }
-    validate_manifest(manifest, tmp)
-    atomic_write_json(tmp / MANIFEST, manifest)
-    atomic_replace_dir(tmp, out)
+        total = sum(len(job["trials"]) for job in jobs)
+        with StageProgress(console) as progress:
+            task = progress.add_task(f"study {design_name}: stimuli", total=total)
+            for job in jobs:
+                for trial in job["trials"]:
+                    for side in ("left", "right"):
+                        model = trial[side]["model"]
+                        trial[side] = {"model": model, "image": stimulus(model, trial["layout"]),
+                                       "score": round(float(scores[model][trial["layout"]]), 6)}
+                    progress.advance(task)
+        mask = None
+        if design_name == "timed":
+            mask = "images/mask.png"
+            (tmp / mask).write_bytes(_png_bytes(mask_image(size, sp.seed), size))
+        manifest = {
+            "format": FORMAT,
+            "study_id": _slug(out.name),
+            "design": design_name,
+            "seed": sp.seed,
+            "created_utc": _created_utc(),
+            "image_size_wh": list(size),
+            "question": QUESTION,
+            "instructions_html": INSTRUCTIONS[design_name].format(
+                scenes=scenes, shortest=f"{min(sp.timed.durations_ms) / 1000:g}", longest=f"{max(sp.timed.durations_ms) / 1000:g}"
+            ),
+            "scenes": scenes,
+            "mask": mask,
+            "sentinel_rule": _sentinel_rule(plan),
+            "jobs": jobs,
+        }
+        validate_manifest(manifest, tmp)
+        atomic_write_json(tmp / MANIFEST, manifest)
     return manifest

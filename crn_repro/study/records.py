@@ -75,7 +75,7 @@ def check_responses(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def read_responses_csv(path: Path) -> pd.DataFrame:
     """Canonical records from a CSV (e.g. ``<study>/analysis/responses.csv``)."""
-    df = read_table(path, missing="responses file not found", dtype={"participant": str, "job": str, "layout": str})
+    df = read_table(path, missing="responses file not found", fix="export the responses again (or fix the file)", dtype={"participant": str, "job": str, "layout": str})
     return check_responses(df, str(path))
 
 

@@ -16,7 +16,8 @@ JSON API (the page and `crn_repro.study.client` use exactly this; bodies are JSO
   participants as simulated, see below).
 - ``POST /api/join`` ``{"consent": true}`` -> 201 ``{participant, token, state}``: a new participant
   with a server-made id and secret token, on the least-used job. Keep both (the page keeps them in
-  localStorage) to resume.
+  localStorage) to resume. At most 30 joins a minute from one address (429 beyond; not for simulated
+  servers). A failed save (full or read-only disk) answers 503 and is logged in one line.
 - ``GET /api/state?participant=..&token=..`` -> a state: ``{status: "trial", job, progress: {answered,
   total}, trial: {index, duration_ms, left, right}}`` (``left``/``right``: image URLs; ``duration_ms``
   null = unlimited time) or ``{status: "done", job, progress, completion_code}``.
@@ -40,15 +41,19 @@ bodies (413), cross-origin POSTs and, on a loopback binding, foreign Host header
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ipaddress
 import json
 import math
 import re
+import signal
 import socket
 import socketserver
+import sqlite3
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -101,6 +106,7 @@ class Study:
 
     def __init__(self, study_dir: Path, simulated: bool = False):
         self.dir = Path(study_dir).resolve()
+        self.simulated = bool(simulated)
         manifest = load_manifest(self.dir)
         self.manifest = manifest
         self.trials = {job["job"]: job["trials"] for job in manifest["jobs"]}
@@ -116,6 +122,11 @@ class Study:
             "mask": "/" + manifest["mask"] if manifest["mask"] else None,
             "simulated": bool(simulated),
         }
+
+
+JOINS_PER_MINUTE = 30  # per client address: a lab seats a new participant every few minutes, a script thousands
+
+DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
 class StudyServer(ThreadingHTTPServer):
@@ -140,6 +151,29 @@ class StudyServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
         self._connections_lock = threading.Lock()
+        self._joins: dict[str, collections.deque] = {}  # client address -> times of its recent joins
+        self._joins_lock = threading.Lock()
+
+    def allow_join(self, address: str, now: float | None = None) -> bool:
+        """Whether ``address`` may join now: at most JOINS_PER_MINUTE joins in any 60 s from one address."""
+        now = time.monotonic() if now is None else now
+        with self._joins_lock:
+            recent = self._joins.setdefault(address, collections.deque())
+            while recent and now - recent[0] >= 60:
+                recent.popleft()
+            if len(recent) >= JOINS_PER_MINUTE:
+                return False
+            recent.append(now)
+            return True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-answer is normal, not a traceback; anything else is logged in full."""
+        error = sys.exc_info()[1]
+        if isinstance(error, DISCONNECTS):
+            if not self.quiet:
+                sys.stderr.write(f"{client_address[0]} disconnected early ({type(error).__name__})\n")
+            return
+        super().handle_error(request, client_address)
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # not HTTPServer's: its reverse-DNS lookup can stall start-up
@@ -230,12 +264,19 @@ def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: 
     where = server.url if server.loopback or host in ("0.0.0.0", "::") else f"http://{host}:{server.host_port}"
     console.print(f"study {server.study.public['study_id']!r}: open {where}/ in a browser "
                   f"(answers go to {server.store.path}); Ctrl-C stops")
+    def stop(number, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM stop the server, also where SIGINT is ignored (nohup, a service manager)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         console.print("stopped; every answer given so far is saved")
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _credential(payload: dict, key: str, pattern: re.Pattern) -> str:
@@ -277,6 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             super().log_message(format, *args)
 
+    def log_error(self, format, *args) -> None:  # errors are logged even by a quiet server, one line each
+        sys.stderr.write(f"{self.address_string()} error: {format % args}\n")
+
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, cache: str = "no-store") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -302,6 +346,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as e:
             self.close_connection = True  # a refused body may be unread; never parse it as the next request
             self._json(e.status, {"error": str(e)})
+        except DISCONNECTS:  # the client left; nothing to answer
+            self.close_connection = True
+        except (OSError, CrnError, sqlite3.OperationalError) as e:  # the disk (full, read-only): not saved; one line
+            self.log_error("cannot save on %s %s: %s", self.command, urlsplit(self.path).path, one_line(e))
+            self.close_connection = True
+            with contextlib.suppress(*DISCONNECTS):
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server cannot save answers right now; tell the experimenter"})
         except Exception:  # a bug, not the client's fault: log it, answer in JSON, keep serving
             self.log_error("internal error on %s %s", self.command, urlsplit(self.path).path)
             self.close_connection = True
@@ -399,6 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._only(payload, {"consent"})
         if payload.get("consent") is not True:
             raise ApiError(HTTPStatus.BAD_REQUEST, "consent must be true to take part")
+        if not self.server.study.simulated and not self.server.allow_join(self.client_address[0]):
+            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"more than {JOINS_PER_MINUTE} joins a minute from this address; wait a minute")
         participant, token, job = self.server.store.join()
         self._json(HTTPStatus.CREATED, {"participant": participant, "token": token,
                                         "state": self.server.state(participant, job)})

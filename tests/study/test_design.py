@@ -89,19 +89,19 @@ def test_counts_per_cell_balance_and_rotate(total, cells):
 @pytest.mark.parametrize(
     "mutate,needle",
     [
-        (lambda s: s["timed"].update(durations_ms=[125, 0]), "study.timed.durations_ms: must be distinct durations > 0"),
+        (lambda s: s["timed"].update(durations_ms=[125, 0]), "study.timed.durations_ms: 0 is out of range: must be in [1, 600000]"),
         (lambda s: s["timed"].update(pairs=[["real", "crnn"]]), "study.timed.pairs: unknown model 'crnn'"),
         (lambda s: s["timed"].update(pairs=[["crn", "crn"]]), "two different models"),
         (lambda s: s["unlimited"].update(sentinel_model="nope"), "study.unlimited.sentinel_model: unknown model"),
         (lambda s: s.update(design="fast"), "study.design: 'fast' is not one of"),
-        (lambda s: s.update(min_sentinel_accuracy=1.5), "study.min_sentinel_accuracy: must lie in [0, 1]"),
-        (lambda s: s.update(timing_tolerance_ms=0), "study.timing_tolerance_ms: must be > 0 (ms)"),
+        (lambda s: s.update(min_sentinel_accuracy=1.5), "study.min_sentinel_accuracy: 1.5 is out of range: must be in [0, 1]"),
+        (lambda s: s.update(timing_tolerance_ms=0), "study.timing_tolerance_ms: 0.0 is out of range: must be in (0, 10000]"),
         (lambda s: s.pop("timing_tolerance_ms"), "study.timing_tolerance_ms: missing key"),
         (lambda s: s.pop("jobs"), "study.jobs: missing key"),
         # the exclusion rule depends on sentinels: without them `study analyze` would exclude everyone
-        (lambda s: s["unlimited"].update(sentinels_per_job=0), "study.unlimited.sentinels_per_job: must be >= 1: "
-         "`study analyze` excludes participants by their sentinel answers"),
-        (lambda s: s["timed"].update(sentinels_per_job=0), "study.timed.sentinels_per_job: must be >= 1"),
+        (lambda s: s["unlimited"].update(sentinels_per_job=0), "study.unlimited.sentinels_per_job: 0 is out of range: must be in "
+         "[1, 100000]: `study analyze` excludes participants by their sentinel answers"),
+        (lambda s: s["timed"].update(sentinels_per_job=0), "study.timed.sentinels_per_job: 0 is out of range"),
     ],
 )
 def test_bad_study_params_name_the_key(tiny_raw, mutate, needle):

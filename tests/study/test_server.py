@@ -339,3 +339,40 @@ def test_cli_serve_runs_until_ctrl_c(timed_study):
     finally:
         process.kill()
         process.stderr.close()
+
+
+def test_joins_are_rate_limited_per_address(server):
+    from crn_repro.study.server import JOINS_PER_MINUTE
+
+    for _ in range(JOINS_PER_MINUTE):
+        join(server)
+    message = refused(server, "POST", "/api/join", {"consent": True}, status=429)
+    assert "joins a minute" in message
+    assert server.allow_join("10.0.0.9")  # another address is not held back
+    assert server.allow_join("127.0.0.1", now=10**9)  # a minute later the address may join again
+
+
+def test_a_full_disk_answers_503_in_one_logged_line(server, monkeypatch, capsys):
+    import sqlite3
+
+    creds, state = join(server)
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(server.store, "record", full)
+    status, data = api(server, "POST", "/api/answer", answer(creds, state))
+    assert status == 503 and "cannot save answers" in data["error"]
+    err = capsys.readouterr().err
+    assert "database or disk is full" in err and "Traceback" not in err
+
+
+def test_a_client_leaving_mid_request_is_no_traceback(server, capsys):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as sock:
+            sock.sendall(b"POST /api/join HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 500\r\n\r\n{\"cons" % server.server_address[1])
+            sock.shutdown(socket.SHUT_WR)
+    status, _ = api(server, "GET", "/api/study", headers={"Host": f"127.0.0.1:{server.server_address[1]}"})
+    assert status == 200  # still serving
+    assert "Traceback" not in capsys.readouterr().err
