@@ -104,6 +104,11 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
         inception = load_inception(ep.inception, ep.inception_path).to(device)
     vgg = None
     # a missing weights file: the metric is reported missing (with the file and where to get it), not replaced
+    drn = None  # the literature's Cityscapes segmenter (SPADE's protocol), when its weights are given
+    if params.data.dataset == "cityscapes" and ep.drn_weights and Path(ep.drn_weights).is_file():
+        from crn_repro.drn import load_drn
+
+        drn = load_drn(ep.drn_weights, device)
     lpips = None
     if ep.lpips_backbone and Path(ep.lpips_backbone).is_file() and min(val.size_hw) >= M.Lpips.MIN_SIZE:
         lpips = M.Lpips(ep.lpips_backbone, device)
@@ -161,7 +166,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 vgg = load_vgg19(pv.weights, pv.path, pv.pooling, pv.allow_download, pv.seed).to(device)
 
             # One streamed pass over the model's images; the first output stands for the model.
-            conf, fake_seg, fake_inc, fake_moments, diversity, diversity_lpips = [], [], [], [], [], []
+            conf, fake_seg, fake_inc, fake_moments, diversity, diversity_lpips, drn_conf = [], [], [], [], [], [], []
             with torch.no_grad():
                 for idx, _, ids in val_batches():
                     collection = image_to_tensor(
@@ -171,6 +176,10 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                     preds = predict(segmenter, fake).cpu()
                     conf += [confusion_matrix(p, t, val.num_classes) for p, t in zip(preds, ids)]
                     fake_seg.append(seg_features(fake).cpu())
+                    if drn is not None:
+                        from crn_repro.drn import confusion
+
+                        drn_conf += [confusion(p, t) for p, t in zip(drn(fake).argmax(1).cpu(), ids)]
                     if inception is not None:
                         fake_inc.append(inception(fake).cpu())
                     if synthetic:
@@ -198,6 +207,21 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 )
                 for name, key in (("segmentation_miou", "mean_iou"), ("segmentation_pixel_accuracy", "pixel_accuracy"))
             }
+
+            if drn is not None:  # DRN-D-105 (SPADE's protocol at the prepared resolution), bootstrap over images
+                from crn_repro.drn import scores as drn_scores
+
+                drn_conf = np.stack(drn_conf)
+                drn_protocol = (f"DRN-D-105 ({Path(ep.drn_weights).name}, fyu/drn's normalisation) segmentation of the "
+                                f"{h}x{w} synthesized images against the prepared {h}x{w} labels (19 classes; void ")
+                for name, key, void in (("drn_miou", "miou", "ignored"), ("drn_pixel_accuracy", "pixel_accuracy", "ignored"),
+                                        ("drn_pixel_accuracy_void", "pixel_accuracy_void_counted", "counted as wrong")):
+                    entry[name] = _interval(
+                        drn_scores(drn_conf.sum(0))[key],
+                        stats.bootstrap_ci(len(drn_conf), lambda idx, key=key: drn_scores(drn_conf[idx].sum(0))[key],
+                                           num_resamples=n_boot, seed=seed),
+                        drn_protocol + void + "); bootstrap over images",
+                    )
 
             # Frechet distance in the segmenter's feature space (always available), FID/KID with Inception.
             entry["frechet_distance_segmenter"] = _interval(
@@ -299,8 +323,14 @@ def missing_metrics(params: Params, results: dict) -> list[dict]:
         missing.append({"metric": "diversity with LPIPS (learned weights, AlexNet backbone)", "needs": where,
                         "from": M.ALEXNET_WHERE})
     if params.data.dataset == "cityscapes":
-        missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)",
-                        "needs": "not implemented yet in this suite", "from": "fyu/drn's drn-d-105_ms_cityscapes.pth"})
+        from crn_repro.drn import FILE_NAME, WHERE
+
+        if not any("drn_miou" in entry for entry in results.values()):
+            where = f"the file {ep.drn_weights} (not found)" if ep.drn_weights else f"evaluate.drn_weights: {FILE_NAME}"
+            missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)", "needs": where, "from": WHERE})
+        missing.append({"metric": "DRN-D-105 scores of images upsampled to 1024x2048 against the full-resolution labels",
+                        "needs": "the original gtFine labels at 1024x2048, which `prepare` does not keep (not implemented)",
+                        "from": "the Cityscapes gtFine archive"})
     return missing
 
 
@@ -326,6 +356,8 @@ HEADLINE_KEYS = {  # metrics.json entry -> headline key (short: `dvc metrics sho
     "colour_distance": "colour",
     "diversity": "diversity",
     "diversity_lpips": "lpips_div",
+    "drn_miou": "drn_miou",
+    "drn_pixel_accuracy": "drn_acc",
 }
 
 

@@ -203,6 +203,10 @@ class EvaluateParams:
         "Inception weights for FID/KID: pytorch-fid (the published FID protocol), torchvision, or none"
     )
     inception_path: str | None = doc("the Inception weights file (pt_inception-2015-12-05-6726825d.pth for pytorch-fid)")
+    drn_weights: str | None = doc(
+        "fyu/drn's drn-d-105_ms_cityscapes.pth: Cityscapes mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol) "
+        "beside the pipeline's own segmenter; null or a missing file: reported as missing"
+    )
     lpips_backbone: str | None = doc(
         "torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) for diversity with LPIPS v0.1 (the lpips package's "
         "learned weights); null: LPIPS diversity is reported as missing"

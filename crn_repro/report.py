@@ -48,6 +48,9 @@ METRIC_TITLES = {
     "colour_distance": "Class-conditional colour distance (lower is better)",
     "diversity": "Diversity within collections (higher = more diverse)",
     "diversity_lpips": "Diversity, LPIPS (higher = more diverse)",
+    "drn_miou": "DRN-D-105 mIoU, SPADE's protocol (higher is better)",
+    "drn_pixel_accuracy": "DRN-D-105 pixel accuracy (higher is better)",
+    "drn_pixel_accuracy_void": "DRN-D-105 pixel accuracy, void counted (higher is better)",
 }
 
 
