@@ -61,6 +61,10 @@ class CityscapesParams:
     expected_train: int | None = doc("frames the train split must hold (official: 2975; null = no check)", 1)
     expected_val: int | None = doc("frames the val split must hold (official: 500; null = no check)", 1)
     frame_size_hw: tuple[int, int] | None = doc("size every frame must have (official: 1024x2048; null = no check)", 1, 65536)
+    vivid_train_images: bool = doc(
+        "the release's tone-mapped ('vivid') training images, as its 512p and 1024p models were trained (multi-scale "
+        "WLS tone mapping, docs/facts.md §12; not in the paper; validation images stay as they are)"
+    )
     keep_label_ids: bool = doc(
         "also keep each pixel's official labelId ({train,val}/label_ids.npy, 1 byte per pixel: +7.3 GB at "
         "1024p), from which pix2pix with input 'color' reads the official gtFine_color map; true only "

@@ -65,22 +65,33 @@ def num_classes_for(params: Params) -> int:
 
 
 def _cityscapes_source(
-    root: Path, params: Params, counts: dict, frame_size_hw, label_format: str, keep_label_ids: bool = False
+    root: Path, params: Params, counts: dict, frame_size_hw, label_format: str, keep_label_ids: bool = False,
+    vivid_train: bool = False,
 ) -> Source:
     size = tuple(params.data.image_size_hw)
     pairs = {split: find_pairs(root, split, label_format, counts[split]) for split in SPLITS}
     meta = {"labels": label_format}
     if keep_label_ids:
         meta["label_id_colors"] = ID_COLORS.tolist()  # index = labelId; {train,val}/label_ids.npy
-    return Source(
-        CITYSCAPES_SPACE,
-        {split: [p.stem for p in pairs[split]] for split in SPLITS},
-        {
-            split: (lambda i, ps=pairs[split]: load_pair(ps[i], size, label_format, frame_size_hw, keep_label_ids))
-            for split in SPLITS
-        },
-        meta,
-    )
+    if vivid_train:
+        meta["vivid_train_images"] = True  # part of every run's fingerprint: other training images
+    loads = {
+        split: (lambda i, ps=pairs[split]: load_pair(ps[i], size, label_format, frame_size_hw, keep_label_ids))
+        for split in SPLITS
+    }
+    if vivid_train:  # the release's tone-mapped training images (512p, 1024p); validation stays as it is
+        loads["train"] = _vivid(loads["train"])
+    return Source(CITYSCAPES_SPACE, {split: [p.stem for p in pairs[split]] for split in SPLITS}, loads, meta)
+
+
+def _vivid(load: Callable) -> Callable:
+    from crn_repro.vivid import vivid
+
+    def load_vivid(i):
+        image, *rest = load(i)
+        return (vivid(image), *rest)
+
+    return load_vivid
 
 
 def _nyu_source(params: Params, stack: contextlib.ExitStack, progress: StageProgress) -> Source:
@@ -144,7 +155,8 @@ def prepare(params: Params, console: Console | None = None) -> dict:
                 cs = params.cityscapes
                 counts = {"train": cs.expected_train, "val": cs.expected_val}
                 frame_size = tuple(cs.frame_size_hw) if cs.frame_size_hw else None
-                source = _cityscapes_source(Path(cs.root), params, counts, frame_size, cs.labels, cs.keep_label_ids)
+                source = _cityscapes_source(Path(cs.root), params, counts, frame_size, cs.labels, cs.keep_label_ids,
+                                            cs.vivid_train_images)
                 meta["source"] = str(cs.root)
             else:
                 source = _nyu_source(params, stack, progress)
