@@ -199,6 +199,12 @@ class PreparedSplit:
                            f"do not fit (N, H, W, 3) and (N, H, W); {again}")
         if not (len(self.images) == len(self.labels) == len(self.names)):
             raise CrnError(f"{folder}: images, labels and names disagree in length; {again}")
+        self.labels_full = None  # val labels at the frames' own size (cityscapes.keep_full_resolution_val_labels)
+        if (folder / "labels_full.npy").is_file():
+            self.labels_full = read_array(folder / "labels_full.npy", again, dtype="uint8")
+            if self.labels_full.ndim != 3 or len(self.labels_full) != len(self.names):
+                raise CrnError(f"{folder / 'labels_full.npy'}: shape {tuple(self.labels_full.shape)} does not fit "
+                               f"{len(self.names)} frames; {again}")
         self.label_ids = None
         self.id_colors = None
         if (folder / "label_ids.npy").is_file():

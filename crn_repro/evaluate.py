@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 from crn_repro import metrics as M
@@ -166,7 +167,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                 vgg = load_vgg19(pv.weights, pv.path, pv.pooling, pv.allow_download, pv.seed).to(device)
 
             # One streamed pass over the model's images; the first output stands for the model.
-            conf, fake_seg, fake_inc, fake_moments, diversity, diversity_lpips, drn_conf = [], [], [], [], [], [], []
+            conf, fake_seg, fake_inc, fake_moments, diversity, diversity_lpips, drn_conf, drn_conf_full = ([] for _ in range(8))
             with torch.no_grad():
                 for idx, _, ids in val_batches():
                     collection = image_to_tensor(
@@ -180,6 +181,10 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                         from crn_repro.drn import confusion
 
                         drn_conf += [confusion(p, t) for p, t in zip(drn(fake).argmax(1).cpu(), ids)]
+                        if val.labels_full is not None:  # upsampled to the frames' size, scored at full resolution
+                            full = torch.from_numpy(np.array(val.labels_full[idx]))
+                            up = F.interpolate(fake, size=full.shape[-2:], mode="bilinear", align_corners=False)
+                            drn_conf_full += [confusion(p, t) for p, t in zip(drn(up).argmax(1).cpu(), full)]
                     if inception is not None:
                         fake_inc.append(inception(fake).cpu())
                     if synthetic:
@@ -211,17 +216,22 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             if drn is not None:  # DRN-D-105 (SPADE's protocol at the prepared resolution), bootstrap over images
                 from crn_repro.drn import scores as drn_scores
 
-                drn_conf = np.stack(drn_conf)
-                drn_protocol = (f"DRN-D-105 ({Path(ep.drn_weights).name}, fyu/drn's normalisation) segmentation of the "
-                                f"{h}x{w} synthesized images against the prepared {h}x{w} labels (19 classes; void ")
-                for name, key, void in (("drn_miou", "miou", "ignored"), ("drn_pixel_accuracy", "pixel_accuracy", "ignored"),
-                                        ("drn_pixel_accuracy_void", "pixel_accuracy_void_counted", "counted as wrong")):
-                    entry[name] = _interval(
-                        drn_scores(drn_conf.sum(0))[key],
-                        stats.bootstrap_ci(len(drn_conf), lambda idx, key=key: drn_scores(drn_conf[idx].sum(0))[key],
-                                           num_resamples=n_boot, seed=seed),
-                        drn_protocol + void + "); bootstrap over images",
-                    )
+                variants = {"": (drn_conf, f"{h}x{w} synthesized images against the prepared {h}x{w} labels")}
+                if drn_conf_full:
+                    fh, fw = val.labels_full.shape[1:]
+                    variants["_upsampled"] = (drn_conf_full, f"{h}x{w} synthesized images upsampled bilinearly to {fh}x{fw} "
+                                                             f"against the {fh}x{fw} labels")
+                for suffix, (counts, what) in variants.items():
+                    counts = np.stack(counts)
+                    for name, key, void in (("drn_miou", "miou", "ignored"), ("drn_pixel_accuracy", "pixel_accuracy", "ignored"),
+                                            ("drn_pixel_accuracy_void", "pixel_accuracy_void_counted", "counted as wrong")):
+                        entry[name + suffix] = _interval(
+                            drn_scores(counts.sum(0))[key],
+                            stats.bootstrap_ci(len(counts), lambda idx, key=key, counts=counts: drn_scores(counts[idx].sum(0))[key],
+                                               num_resamples=n_boot, seed=seed),
+                            f"DRN-D-105 ({Path(ep.drn_weights).name}, fyu/drn's normalisation) segmentation of the {what} "
+                            f"(19 classes; void {void}); bootstrap over images",
+                        )
 
             # Frechet distance in the segmenter's feature space (always available), FID/KID with Inception.
             entry["frechet_distance_segmenter"] = _interval(
@@ -237,13 +247,16 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                     fd_inc(fake_inc),
                     stats.bootstrap_ci(len(fake_inc), lambda idx: fd_inc.resampled(fake_inc, idx), num_resamples=n_boot,
                                        seed=seed, vectorized=True),
-                    f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized images",
+                    f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized {h}x{w} images "
+                    f"resized bilinearly to 299x299",
                 )
                 kid_mean, kid_std = M.kernel_inception_distance(real_inc, fake_inc, seed=seed)
                 entry["kid"] = _interval(
                     kid_mean,
                     (kid_mean - 1.96 * kid_std, kid_mean + 1.96 * kid_std),
-                    "KID (cubic polynomial kernel, unbiased MMD^2, mean +- 1.96 std over subsets)",
+                    f"KID, {inception.source_description}, cubic polynomial kernel, unbiased MMD^2 over 100 subsets of "
+                    f"{min(1000, len(real_inc), len(fake_inc))} of the {len(real_inc)} real and {len(fake_inc)} synthesized "
+                    "images (as clean-fid); mean +- 1.96 std over subsets",
                 )
 
             # Realism score of every synthesized image (the automatic judge).
@@ -322,15 +335,21 @@ def missing_metrics(params: Params, results: dict) -> list[dict]:
             where = f"images of at least {M.Lpips.MIN_SIZE}x{M.Lpips.MIN_SIZE} pixels (AlexNet; these are {'x'.join(map(str, params.data.image_size_hw))})"
         missing.append({"metric": "diversity with LPIPS (learned weights, AlexNet backbone)", "needs": where,
                         "from": M.ALEXNET_WHERE})
-    if params.data.dataset == "cityscapes":
+    if params.data.dataset != "cityscapes":
+        missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)",
+                        "needs": f"Cityscapes data (DRN-D-105 is a Cityscapes segmenter; this run's data: {params.data.dataset})",
+                        "from": "the Cityscapes presets"})
+    else:
         from crn_repro.drn import FILE_NAME, WHERE
 
         if not any("drn_miou" in entry for entry in results.values()):
             where = f"the file {ep.drn_weights} (not found)" if ep.drn_weights else f"evaluate.drn_weights: {FILE_NAME}"
             missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)", "needs": where, "from": WHERE})
-        missing.append({"metric": "DRN-D-105 scores of images upsampled to 1024x2048 against the full-resolution labels",
-                        "needs": "the original gtFine labels at 1024x2048, which `prepare` does not keep (not implemented)",
-                        "from": "the Cityscapes gtFine archive"})
+        if any("drn_miou" in entry for entry in results.values()) and not any("drn_miou_upsampled" in entry for entry in results.values()) \
+                and tuple(params.data.image_size_hw) != tuple(params.cityscapes.frame_size_hw or ()):
+            missing.append({"metric": "DRN-D-105 scores of the images upsampled to the frames' size (SPADE's protocol)",
+                            "needs": "cityscapes.keep_full_resolution_val_labels: true, then `crn-repro prepare` again",
+                            "from": "the Cityscapes gtFine labels (already in the dataset)"})
     return missing
 
 

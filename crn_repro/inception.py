@@ -5,10 +5,11 @@ after the final average pool ("pool3") of the TensorFlow Inception-v3 graph of 2
 weight sources, recorded on the module as ``source_description``:
 
 - ``pytorch-fid``: ``pt_inception-2015-12-05-6726825d.pth``, the pytorch-fid project's port of
-  that graph. ONLY this source reproduces the published FID/KID protocol. The port is torchvision's
-  Inception3 layout (1008-way fc, no auxiliary head) with four behavioural differences of the
-  TensorFlow graph: the 3x3 average pools of the pool branches in Mixed_5b..5d, 6b..6e and 7b
-  exclude the zero padding from the average, and Mixed_7c's pool branch max-pools instead.
+  that graph, built by the ``pytorch_fid`` package itself (its ``fid_inception_v3``, with the weights
+  file given by path instead of its download). ONLY this source reproduces the published FID/KID
+  protocol. The port is torchvision's Inception3 layout (1008-way fc, no auxiliary head) with the
+  TensorFlow graph's pool branches: the 3x3 average pools in Mixed_5b..5d, 6b..6e and 7b exclude
+  the zero padding, and Mixed_7c's pool branch max-pools.
 - ``torchvision``: ``inception_v3_google-0cc3c7bd.pth`` (IMAGENET1K_V1), a different port of a
   different Google checkpoint, with torchvision's unmodified blocks. Its scores are self-consistent
   but NOT comparable with published FIDs.
@@ -27,16 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.inception import (
-    BasicConv2d,
-    Inception3,
-    InceptionA,
-    InceptionAux,
-    InceptionB,
-    InceptionC,
-    InceptionD,
-    InceptionE,
-)
+from torchvision.models.inception import Inception3
 
 from crn_repro.errors import CrnError, check_choice, one_line
 
@@ -52,48 +44,6 @@ TORCHVISION_FILE_NAME = "inception_v3_google-0cc3c7bd.pth"
 _FILE_NAMES = {"pytorch-fid": PYTORCH_FID_FILE_NAME, "torchvision": TORCHVISION_FILE_NAME}
 
 
-# --- the TensorFlow graph's pool branches -------------------------------------------------------
-
-
-class _TensorFlowPoolBranch:
-    """Mixin for a torchvision Inception block: the pool branch pools as the TensorFlow graph does.
-
-    torchvision's ``_forward`` computes the four branches with a padded 3x3 average pool that counts
-    the zero padding. Rather than copy its branch code, the pool branch is recomputed from the
-    block's input: one extra 1x1 convolution per block, about 5% on top of the 5.7 G multiply-adds
-    of a 299x299 image.
-    """
-
-    tf_pooling = "avg"  # "avg": 3x3 average over the valid pixels only; "max": 3x3 max
-
-    def _forward(self, x: Tensor) -> list[Tensor]:
-        outputs = super()._forward(x)
-        if self.tf_pooling == "max":
-            pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        else:
-            pooled = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-        outputs[-1] = self.branch_pool(pooled)  # the pool branch is the last output in A, C and E
-        return outputs
-
-
-class FIDInceptionA(_TensorFlowPoolBranch, InceptionA):
-    """Mixed_5b..5d of the FID graph: average pool excluding padding."""
-
-
-class FIDInceptionC(_TensorFlowPoolBranch, InceptionC):
-    """Mixed_6b..6e of the FID graph: average pool excluding padding."""
-
-
-class FIDInceptionE(_TensorFlowPoolBranch, InceptionE):
-    """Mixed_7b of the FID graph: average pool excluding padding."""
-
-
-class FIDInceptionEMaxPool(_TensorFlowPoolBranch, InceptionE):
-    """Mixed_7c of the FID graph: its pool branch max-pools (unlike the Inception-v3 paper)."""
-
-    tf_pooling = "max"
-
-
 def inception_network(source: str) -> Inception3:
     """The full torchvision Inception3 whose state_dict has the key layout of SOURCE's weights file.
 
@@ -105,16 +55,28 @@ def inception_network(source: str) -> Inception3:
         # What inception_v3(weights=IMAGENET1K_V1) builds, less the input transform (done in
         # InceptionFeatures.normalize_input); the file carries the auxiliary head, so it stays here.
         return Inception3(num_classes=1000, aux_logits=True, transform_input=False, init_weights=False)
-    blocks = [BasicConv2d, FIDInceptionA, InceptionB, FIDInceptionC, InceptionD, FIDInceptionE, InceptionAux]
-    net = Inception3(
-        num_classes=PYTORCH_FID_NUM_CLASSES,
-        aux_logits=False,
-        transform_input=False,
-        inception_blocks=blocks,
-        init_weights=False,
-    )
-    net.Mixed_7c = FIDInceptionEMaxPool(2048)  # unlike Mixed_7b, its pool branch max-pools
-    return net
+    return _pytorch_fid_network()
+
+
+def _pytorch_fid_network() -> Inception3:
+    """pytorch-fid's FID Inception, built by the package (``pytorch_fid.inception.fid_inception_v3``)
+    without its download: the one call that would fetch the weights gets the network's own fresh
+    ones instead, which ``load_inception`` then replaces with the given file's."""
+    import pytorch_fid.inception as package
+
+    built: list[Inception3] = []
+    builder, loader = package._inception_v3, package.load_state_dict_from_url
+
+    def build(*args, **kwargs):
+        built.append(builder(*args, **kwargs))
+        return built[-1]
+
+    package._inception_v3 = build
+    package.load_state_dict_from_url = lambda *args, **kwargs: built[-1].state_dict()
+    try:
+        return package.fid_inception_v3()
+    finally:
+        package._inception_v3, package.load_state_dict_from_url = builder, loader
 
 
 # --- the feature extractor ----------------------------------------------------------------------
@@ -168,7 +130,7 @@ def load_inception(source: str, path: str | Path | None) -> InceptionFeatures:
         net = inception_network(source)
     net.load_state_dict(_checked_state_dict(net, state_dict, path, source), strict=True, assign=True)
     if source == "pytorch-fid":
-        description = f"pytorch-fid FID Inception (TF graph 2015-12-05) from {path}"
+        description = f"the pytorch-fid package's FID Inception (TF graph 2015-12-05) with weights from {path}"
     else:
         description = f"torchvision Inception-v3 IMAGENET1K_V1 from {path} — NOT the published FID network"
     return InceptionFeatures(net, description)

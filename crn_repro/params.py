@@ -65,6 +65,10 @@ class CityscapesParams:
         "the release's tone-mapped ('vivid') training images, as its 512p and 1024p models were trained (multi-scale "
         "WLS tone mapping, docs/facts.md §12; not in the paper; validation images stay as they are)"
     )
+    keep_full_resolution_val_labels: bool = doc(
+        "also keep the validation labels at the frames' own size (val/labels_full.npy, 1 GB for Cityscapes val), so "
+        "that evaluate can score images upsampled to it with DRN-D-105 (SPADE's protocol); false at 1024p (the same)"
+    )
     keep_label_ids: bool = doc(
         "also keep each pixel's official labelId ({train,val}/label_ids.npy, 1 byte per pixel: +7.3 GB at "
         "1024p), from which pix2pix with input 'color' reads the official gtFine_color map; true only "

@@ -168,8 +168,39 @@ def prepare(params: Params, console: Console | None = None) -> dict:
                 meta["splits"][split] = _write_split(
                     tmp / split, source, split, limits[split], (h, w), progress
                 )
+            if dataset == "cityscapes" and params.cityscapes.keep_full_resolution_val_labels:
+                names = json.loads((tmp / "val" / "names.json").read_text())
+                pairs = {p.stem: p for p in find_pairs(Path(cs.root), "val", cs.labels, cs.expected_val)}
+                _write_full_resolution_labels(tmp / "val", [pairs[n] for n in names], cs.labels, progress)
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _write_full_resolution_labels(folder: Path, pairs: list, label_format: str, progress: StageProgress) -> None:
+    """``val/labels_full.npy``: the validation labels as layout channels at the frames' own size (1024x2048
+    for Cityscapes), for scoring images upsampled to it (DRN-D-105 as SPADE measured, docs/facts.md §11)."""
+    from PIL import Image
+
+    from crn_repro.labels import ID_TO_CHANNEL, colors_to_channels
+
+    task = progress.add_task("prepare val: full-resolution labels", total=len(pairs))
+    out = None
+    for i, pair in enumerate(pairs):
+        try:
+            with Image.open(pair.label_path) as label:
+                values = np.asarray(label.convert("RGB") if label_format == "color" else label)
+            channels = colors_to_channels(values) if label_format == "color" else ID_TO_CHANNEL[values.astype(np.int64).clip(0, 255)]
+        except (OSError, ValueError) as error:
+            raise CrnError(f"{pair.label_path}: unreadable label image ({error}); re-extract it") from None
+        if out is None:
+            out = open_memmap(folder / "labels_full.npy", "w+", np.uint8, (len(pairs), *channels.shape))
+        elif channels.shape != out.shape[1:]:
+            raise CrnError(f"{pair.label_path}: {channels.shape[0]}x{channels.shape[1]} labels, the others are "
+                           f"{out.shape[1]}x{out.shape[2]}; full-resolution labels need one frame size")
+        out[i] = channels
+        progress.advance(task)
+    if out is not None:
+        out.flush()
 
 
 def _in_order(pool: Executor, load: Callable, count: int, window: int) -> Iterator:

@@ -51,6 +51,9 @@ METRIC_TITLES = {
     "drn_miou": "DRN-D-105 mIoU, SPADE's protocol (higher is better)",
     "drn_pixel_accuracy": "DRN-D-105 pixel accuracy (higher is better)",
     "drn_pixel_accuracy_void": "DRN-D-105 pixel accuracy, void counted (higher is better)",
+    "drn_miou_upsampled": "DRN-D-105 mIoU, upsampled to full size (higher is better)",
+    "drn_pixel_accuracy_upsampled": "DRN-D-105 pixel accuracy, upsampled (higher is better)",
+    "drn_pixel_accuracy_void_upsampled": "DRN-D-105 pixel accuracy, upsampled, void counted (higher is better)",
 }
 
 

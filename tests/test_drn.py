@@ -102,7 +102,8 @@ def test_evaluate_scores_cityscapes_with_drn_when_its_file_is_there(tmp_path, ti
     write_cityscapes(tmp_path / "cs", {"train": dict(zip(TRAIN_CITIES, (2, 2, 1))), "val": dict(zip(VAL_CITIES, (3, 3)))})
     tiny_raw["paths"]["raw"] = str(tmp_path / "cs")
     tiny_raw["data"].update(dataset="cityscapes", image_size_hw=[16, 32])
-    tiny_raw["cityscapes"].update(root=str(tmp_path / "cs"), expected_train=5, expected_val=6, frame_size_hw=[32, 64])
+    tiny_raw["cityscapes"].update(root=str(tmp_path / "cs"), expected_train=5, expected_val=6, frame_size_hw=[32, 64],
+                                  keep_full_resolution_val_labels=True)
     tiny_raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
     tiny_raw["evaluate"].update(bootstrap_resamples=10, drn_weights=str(tmp_path / "drn-d-105_ms_cityscapes.pth"))
     params = tmp_path / "params.yaml"
@@ -122,5 +123,15 @@ def test_evaluate_scores_cityscapes_with_drn_when_its_file_is_there(tmp_path, ti
         entry = crn[name]
         assert 0 <= entry["value"] <= 1 and "DRN-D-105" in entry["protocol"], name
     assert crn["drn_pixel_accuracy_void"]["value"] <= crn["drn_pixel_accuracy"]["value"]
+    upsampled = crn["drn_miou_upsampled"]  # SPADE's variant: the 16x32 images upsampled to the frames' 32x64
+    assert 0 <= upsampled["value"] <= 1 and "upsampled bilinearly to 32x64 against the 32x64 labels" in upsampled["protocol"]
+    from crn_repro.datasets import PreparedSplit
+    from crn_repro.labels import ID_TO_CHANNEL
+    from PIL import Image
+
+    val = PreparedSplit(tmp_path / "data/prepared", "val")
+    stem = val.names[0]
+    ids = np.asarray(Image.open(next((tmp_path / "cs/gtFine/val").glob(f"*/{stem}_gtFine_labelIds.png"))))
+    np.testing.assert_array_equal(val.labels_full[0], ID_TO_CHANNEL[ids])  # the frame's own labels, unresized
     headline = json.loads((tmp_path / "reports/headline/crn.json").read_text())
     assert "drn_miou" in headline and "drn_acc" in headline

@@ -1,4 +1,5 @@
-"""FID feature network (crn_repro/inception.py): file layouts, the TF graph's pooling, loading, errors.
+"""FID feature network (crn_repro/inception.py; the pytorch-fid package's network for the published
+protocol): file layouts, the TF graph's pooling, loading, errors.
 
 Weights are random (no downloads): each source's network is built, saved in its file's key layout,
 loaded back with ``load_inception`` and compared with an independent in-memory reference. A 299x299
@@ -16,6 +17,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from pytorch_fid.inception import FIDInceptionA, FIDInceptionC
+from pytorch_fid.inception import FIDInceptionE_1 as FIDInceptionE
+from pytorch_fid.inception import FIDInceptionE_2 as FIDInceptionEMaxPool
 from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 
 from crn_repro import inception
@@ -25,10 +29,6 @@ from crn_repro.inception import (
     PYTORCH_FID_FILE_NAME,
     PYTORCH_FID_URL,
     TORCHVISION_FILE_NAME,
-    FIDInceptionA,
-    FIDInceptionC,
-    FIDInceptionE,
-    FIDInceptionEMaxPool,
     InceptionFeatures,
     inception_network,
     load_inception,
@@ -340,9 +340,9 @@ def test_torchvision_file_is_not_the_fid_file(torchvision_file):
     assert str(path) in message and "unexpected" in message and "AuxLogits" in message
 
 
-def test_our_network_is_the_pytorch_fid_packages_network(fid_file, small_input, monkeypatch):
-    """The published protocol's network is pytorch-fid's own: the package, pointed at the same file
-    instead of its download, gives the same pool3 features as ``load_inception('pytorch-fid')``."""
+def test_loading_gives_what_the_package_loads_itself(fid_file, small_input, monkeypatch):
+    """``load_inception('pytorch-fid')`` gives the features of the package's own loading path,
+    ``fid_inception_v3`` with its download pointed at the same file."""
     import pytorch_fid.inception as package
 
     net, path = fid_file
