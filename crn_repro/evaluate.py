@@ -365,29 +365,28 @@ def table_baselines(params: Params) -> list[str]:
     return chosen
 
 
-HEADLINE_KEYS = {  # metrics.json entry -> headline key (short: `dvc metrics show` prints one column each)
+HEADLINE_KEYS = {  # metrics.json entry -> headline key: short, one column each in `dvc metrics show` (<= 160 wide)
     "segmentation_miou": "miou",
-    "segmentation_pixel_accuracy": "pixel_acc",
+    "segmentation_pixel_accuracy": "acc",
     "frechet_distance_segmenter": "fd_seg",
     "fid": "fid",
-    "kid": "kid",
     "realism_score": "realism",
     "colour_distance": "colour",
-    "diversity": "diversity",
-    "diversity_lpips": "lpips_div",
+    "diversity": "div",
+    "diversity_lpips": "lpips",
     "drn_miou": "drn_miou",
-    "drn_pixel_accuracy": "drn_acc",
 }
 
 
 def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataFrame) -> None:
     """One small JSON per model (``reports/headline/<model>.json``, the evaluate stage's DVC metrics):
-    each metric's value to 4 significant digits and, for a Table 1 baseline, how often the reference
-    model was preferred over it. Intervals, protocols and per-class values stay in metrics.json."""
+    each metric's value to 4 significant digits (KID, the DRN accuracies and the upsampled DRN scores only
+    in metrics.json) and, for a Table 1 baseline, how often the reference model was preferred over it
+    (``ref_pref``). Intervals, protocols and per-class values stay in metrics.json."""
     preferred = dict(zip(preference.baseline, preference.rate))
     with staged_dir(folder) as tmp:  # built aside and swapped in: no file of a model no longer evaluated stays
         for model, entry in results.items():
             headline = {short: stats.significant(entry[name]["value"]) for name, short in HEADLINE_KEYS.items() if name in entry}
             if model in preferred:
-                headline["ref_preferred"] = stats.significant(float(preferred[model]))
+                headline["ref_pref"] = stats.significant(float(preferred[model]))
             atomic_write_json(tmp / f"{model}.json", headline)

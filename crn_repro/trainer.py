@@ -654,17 +654,18 @@ def finish(run: Run, rt: Runtime, params: Params, position: Position, live) -> d
 def headline_metrics(run: Run, summary: dict) -> dict:
     """The few numbers of a run that `dvc metrics show` and `dvc exp show` print (metrics.json): steps,
     the loss that shows progress (``ModelSpec.progress_loss``, averaged over the last log interval),
-    minutes, images/s, and the held-out scores of the validation; summary.json has everything else."""
+    minutes (``min``), images/s (``img_s``), and a segmenter's scores on the validation split (``miou``,
+    ``acc``); summary.json has everything else."""
     wall = summary["wall_time_s"]
-    out = {
+    out = {  # short keys: `dvc metrics show` prints one column each, all files in one table
         "steps": summary["steps"],
         "loss": significant(summary["final_losses"].get(run.spec.progress_loss)),
-        "minutes": round(wall / 60, 2),
-        "images_per_s": significant(run.global_batch * summary["steps"] / wall) if wall > 0 else None,
+        "min": round(wall / 60, 2),
+        "img_s": significant(run.global_batch * summary["steps"] / wall) if wall > 0 else None,
     }
-    for name in ("pixel_accuracy", "mean_iou"):
+    for name, short in (("mean_iou", "miou"), ("pixel_accuracy", "acc")):  # the segmenter's, on the validation split
         if isinstance(summary.get("validation", {}).get(name), float):
-            out[f"val_{name}"] = significant(summary["validation"][name])
+            out[short] = significant(summary["validation"][name])
     return out
 
 

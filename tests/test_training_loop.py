@@ -273,4 +273,4 @@ def test_checkpoints_log_validation_losses_and_sample_images(prepared_tiny, tiny
     sample = Image.open(live / "images/samples/val_0.png")
     assert sample.size == (3 * 32, 16)  # layout | synthesized | reference, at 16x32
     metrics = json.loads((tmp_path / "runs/crn/metrics.json").read_text())
-    assert set(metrics) == {"steps", "loss", "minutes", "images_per_s"} and metrics["steps"] == 4
+    assert set(metrics) == {"steps", "loss", "min", "img_s"} and metrics["steps"] == 4
