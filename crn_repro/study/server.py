@@ -257,19 +257,21 @@ def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: 
     """Serve the study until Ctrl-C (`crn-repro study serve`)."""
     console = Console(stderr=True, soft_wrap=True)  # keep URLs on one line
     server = make_server(study_dir, host, port, quiet=quiet)
-    if not server.loopback:
-        console.print(f"[yellow]warning:[/] listening on {host}:{server.host_port}, reachable from other machines; "
-                      "use it on a trusted lab network only (participants open http://<this machine's address>:"
-                      f"{server.host_port}/)")
-    where = server.url if server.loopback or host in ("0.0.0.0", "::") else f"http://{host}:{server.host_port}"
-    console.print(f"study {server.study.public['study_id']!r}: open {where}/ in a browser "
-                  f"(answers go to {server.store.path}); Ctrl-C stops")
+
     def stop(number, frame):
         raise KeyboardInterrupt
 
-    # Ctrl-C and SIGTERM stop the server, also where SIGINT is ignored (nohup, a service manager)
+    # Ctrl-C and SIGTERM stop the server, also where SIGINT is ignored (nohup, a service manager); installed
+    # before the address is printed, so that a signal sent as soon as it appears stops the server cleanly
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if not server.loopback:
+            console.print(f"[yellow]warning:[/] listening on {host}:{server.host_port}, reachable from other machines; "
+                          "use it on a trusted lab network only (participants open http://<this machine's address>:"
+                          f"{server.host_port}/)")
+        where = server.url if server.loopback or host in ("0.0.0.0", "::") else f"http://{host}:{server.host_port}"
+        console.print(f"study {server.study.public['study_id']!r}: open {where}/ in a browser "
+                      f"(answers go to {server.store.path}); Ctrl-C stops")
         server.serve_forever()
     except KeyboardInterrupt:
         console.print("stopped; every answer given so far is saved")
