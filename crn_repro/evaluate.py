@@ -107,7 +107,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     # a missing weights file: the metric is reported missing (with the file and where to get it), not replaced
     drn = None  # the literature's Cityscapes segmenter (SPADE's protocol), when its weights are given
     if params.data.dataset == "cityscapes" and ep.drn_weights and Path(ep.drn_weights).is_file():
-        from crn_repro.drn import load_drn
+        from crn_repro.drn import confusion, load_drn, scores as drn_scores
 
         drn = load_drn(ep.drn_weights, device)
     lpips = None
@@ -178,8 +178,6 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
                     conf += [confusion_matrix(p, t, val.num_classes) for p, t in zip(preds, ids)]
                     fake_seg.append(seg_features(fake).cpu())
                     if drn is not None:
-                        from crn_repro.drn import confusion
-
                         drn_conf += [confusion(p, t) for p, t in zip(drn(fake).argmax(1).cpu(), ids)]
                         if val.labels_full is not None:  # upsampled to the frames' size, scored at full resolution
                             full = torch.from_numpy(np.array(val.labels_full[idx]))
@@ -214,8 +212,6 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             }
 
             if drn is not None:  # DRN-D-105 (SPADE's protocol at the prepared resolution), bootstrap over images
-                from crn_repro.drn import scores as drn_scores
-
                 variants = {"": (drn_conf, f"{h}x{w} synthesized images against the prepared {h}x{w} labels")}
                 if drn_conf_full:
                     fh, fw = val.labels_full.shape[1:]

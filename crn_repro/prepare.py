@@ -178,20 +178,16 @@ def prepare(params: Params, console: Console | None = None) -> dict:
 
 def _write_full_resolution_labels(folder: Path, pairs: list, label_format: str, progress: StageProgress) -> None:
     """``val/labels_full.npy``: the validation labels as layout channels at the frames' own size (1024x2048
-    for Cityscapes), for scoring images upsampled to it (DRN-D-105 as SPADE measured, docs/facts.md §11)."""
+    for Cityscapes), for scoring images upsampled to it (DRN-D-105 as SPADE measured, docs/facts.md §11).
+    Each frame is read by ``load_pair`` at its own size, with the same checks as the prepared labels."""
     from PIL import Image
-
-    from crn_repro.labels import ID_TO_CHANNEL, colors_to_channels
 
     task = progress.add_task("prepare val: full-resolution labels", total=len(pairs))
     out = None
     for i, pair in enumerate(pairs):
-        try:
-            with Image.open(pair.label_path) as label:
-                values = np.asarray(label.convert("RGB") if label_format == "color" else label)
-            channels = colors_to_channels(values) if label_format == "color" else ID_TO_CHANNEL[values.astype(np.int64).clip(0, 255)]
-        except (OSError, ValueError) as error:
-            raise CrnError(f"{pair.label_path}: unreadable label image ({error}); re-extract it") from None
+        with Image.open(pair.label_path) as label:
+            w, h = label.size  # the header only
+        _, channels = load_pair(pair, (h, w), label_format)
         if out is None:
             out = open_memmap(folder / "labels_full.npy", "w+", np.uint8, (len(pairs), *channels.shape))
         elif channels.shape != out.shape[1:]:

@@ -21,27 +21,20 @@ FIGURE_3 = {
 }
 FIGURE_3_SOURCE = "Chen & Koltun 2017, Sec. 5.2 (the rates its text gives for Fig. 3)"
 
-# Automatic scores of CRN in later papers (Cityscapes), with the protocol each used.
+# Automatic scores in later papers (Cityscapes), with the protocol each used. SPADE's Table 1 scored CRN
+# and later methods alike: (model, mIoU, pixel accuracy, FID).
+SPADE_SOURCE = "Park et al. 2019 (SPADE), Table 1"
+SPADE_PROTOCOLS = {
+    "miou": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val",
+    "pixel_acc": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val",
+    "fid": "FID, Inception-v3 pool3, Cityscapes val",
+}
+SPADE_TABLE_1 = [("crn", 52.4, 77.1, 104.7), ("pix2pixHD", 58.3, 81.4, 95.0), ("SPADE", 62.3, 81.9, 71.8)]
 AUTOMATIC = [
-    {"model": "crn", "metric": "miou", "value": 52.4, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val"},
-    {"model": "crn", "metric": "pixel_acc", "value": 77.1, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val"},
-    {"model": "crn", "metric": "fid", "value": 104.7, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "FID, Inception-v3 pool3, Cityscapes val"},
-    # The other methods of the same table (SPADE protocol), for placing CRN among later work.
-    {"model": "pix2pixHD", "metric": "miou", "value": 58.3, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val"},
-    {"model": "pix2pixHD", "metric": "pixel_acc", "value": 81.4, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val"},
-    {"model": "pix2pixHD", "metric": "fid", "value": 95.0, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "FID, Inception-v3 pool3, Cityscapes val"},
-    {"model": "SPADE", "metric": "miou", "value": 62.3, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val"},
-    {"model": "SPADE", "metric": "pixel_acc", "value": 81.9, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val"},
-    {"model": "SPADE", "metric": "fid", "value": 71.8, "source": "Park et al. 2019 (SPADE), Table 1",
-     "protocol": "FID, Inception-v3 pool3, Cityscapes val"},
+    {"model": model, "metric": metric, "value": value, "source": SPADE_SOURCE, "protocol": SPADE_PROTOCOLS[metric]}
+    for model, *values in SPADE_TABLE_1
+    for metric, value in zip(SPADE_PROTOCOLS, values)
+] + [
     {"model": "crn", "metric": "miou", "value": 34.8, "source": "Wang et al. 2018 (pix2pixHD), Table 1",
      "protocol": "PSPNet segmentation of synthesized images, Cityscapes val"},
 ]

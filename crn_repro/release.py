@@ -157,8 +157,7 @@ def read_checkpoint(prefix: Path, names=None) -> dict[str, np.ndarray]:
         if entry["size"] != count * dtype.itemsize or entry["offset"] + entry["size"] > len(blob):
             raise CrnError(f"{prefix}.data-{shard:05d}-of-{shards:05d}: tensor {name} lies beyond the file (truncated "
                            f"download?); download it again")
-        raw = np.asarray(blob[entry["offset"] : entry["offset"] + entry["size"]])
-        out[name] = np.frombuffer(raw.tobytes(), dtype=dtype).reshape(entry["shape"])
+        out[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=entry["offset"]).reshape(entry["shape"]).copy()
     return out
 
 
