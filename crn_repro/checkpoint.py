@@ -31,8 +31,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers, so state_dict keys carry no prefixes."""
     while True:
-        if hasattr(module, "module") and isinstance(module.module, nn.Module):  # DDP
-            module = module.module
+        if unwrap_ddp(module) is not module:
+            module = unwrap_ddp(module)
         elif hasattr(module, "_orig_mod"):  # torch.compile
             module = module._orig_mod
         else:
@@ -104,3 +104,8 @@ def init_from_model_file(path: Path, nets: dict[str, nn.Module]) -> dict[str, di
         raise CrnError(f"{path}: no tensor of this {data.get('model')!r} model file fits the networks being trained; check train.init_from")
     return report
 
+
+def unwrap_ddp(module: nn.Module) -> nn.Module:
+    """The module under a DistributedDataParallel wrapper, if any; a compiled module stays compiled
+    (``unwrap`` removes both)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

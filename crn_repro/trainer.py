@@ -37,6 +37,7 @@ from crn_repro.checkpoint import (
     load_training_state,
     save_model_file,
     unwrap,
+    unwrap_ddp,
 )
 from crn_repro.config import to_dict
 from crn_repro.datasets import Batch, PreparedSplit, read_prepared_meta, tensor_to_image
@@ -457,12 +458,6 @@ def _no_parameter_gradients(nets: list[torch.nn.Module]):
             p.requires_grad_(True)
 
 
-def _without_ddp(net: torch.nn.Module) -> torch.nn.Module:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return net.module if isinstance(net, DDP) else net
-
-
 def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, torch.Tensor]:
     """One optimizer step of every phase the objective declares, on this rank's share of the global
     batch of ``step``; returns the losses as detached device tensors, "<phase>/<name>" (no host sync).
@@ -474,7 +469,7 @@ def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, t
     losses_out = {}
     for i, phase in enumerate(run.objective.phases):
         stepped = run.objective.phases[:i]
-        nets = {name: _without_ddp(net) if name in stepped else net for name, net in run.nets.items()}
+        nets = {name: unwrap_ddp(net) if name in stepped else net for name, net in run.nets.items()}
         with _no_parameter_gradients([run.nets[name] for name in stepped]):
             with autocast:
                 losses = run.objective(phase, nets, batch)
