@@ -33,7 +33,9 @@ from crn_repro.params import parse_params
 from crn_repro.prepare import prepare
 from crn_repro.presets import resolve
 from crn_repro.registry import BuildContext, get_spec
-from crn_repro.trainer import Run, batch_indices, build_networks, setup_runtime, train_step
+from crn_repro.batches import batch_indices
+from crn_repro.runtime import setup_runtime
+from crn_repro.trainer import Run, build_networks, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -42,6 +42,7 @@ from crn_repro.files import atomic_write_json
 from crn_repro.params import Params
 from crn_repro.prepare import num_classes_for
 from crn_repro.registry import BuildContext, get_spec
+from crn_repro.runtime import Runtime, prepare_networks, setup_runtime
 
 RESULTS = Path("benchmarks") / "results"
 
@@ -102,7 +103,7 @@ def _inputs(spec, network_kwargs: dict, num_classes: int, size_hw, batch: int, d
     return layout.contiguous(memory_format=memory_format), image.contiguous(memory_format=memory_format)
 
 
-def _count_flops(run: trainer.Run, rt: trainer.Runtime, batch) -> dict[str, float]:
+def _count_flops(run: trainer.Run, rt: Runtime, batch) -> dict[str, float]:
     """FLOPs of one training step (every phase, forward and backward) and of one synthesis forward, as
     ``torch.utils.flop_counter`` counts them (matrix products and convolutions)."""
     with FlopCounterMode(display=False) as counter:
@@ -124,7 +125,7 @@ def bench(
     spec = get_spec(model)
     mp = params.model(model)
     tp = mp.train
-    rt = trainer.setup_runtime(tp)
+    rt = setup_runtime(tp)
     if scale is None:
         scale = 4 if quick and rt.device.type == "cpu" else 1
     full_hw = tuple(params.data.image_size_hw)
@@ -147,10 +148,10 @@ def bench(
         ctx = BuildContext(full_hw, num_classes, vgg, 1000, Path(runs), None, params.data.dataset,
                            params.data.dataset == "cityscapes", notes.append)
         run = _build(model, mp, ctx, rt, notes)
-        meta = trainer.Runtime(torch.device("meta"), 0, 1, None, False)  # FLOPs do not depend on the dtype
+        meta = Runtime(torch.device("meta"), 0, 1, None, False)  # FLOPs do not depend on the dtype
         plain = dataclasses.replace(mp, train=dataclasses.replace(tp, fused_adam=False, compile=False))
         meta_run = _build(model, plain, ctx, meta, notes)
-    run.nets = trainer.prepare_networks(run.nets, tp, rt)
+    run.nets = prepare_networks(run.nets, tp, rt)
     usable = _runnable_scale(meta_run, spec, num_classes, full_hw, batch_size, scale)
     if usable != scale:  # e.g. pix2pix's U-Net needs H and W divisible by 2^num_downs
         console.print(f"bench {model}: the network does not run at 1/{scale} of the size; timing at 1/{usable}", highlight=False)
@@ -237,7 +238,7 @@ def _runnable_scale(meta_run: trainer.Run, spec, num_classes: int, full_hw, batc
     return 1
 
 
-def _build(model: str, mp, ctx: BuildContext, rt: trainer.Runtime, notes: list[str]) -> trainer.Run:
+def _build(model: str, mp, ctx: BuildContext, rt: Runtime, notes: list[str]) -> trainer.Run:
     """A ``trainer.Run`` without data: networks, objective and optimizers as training builds them."""
     spec = get_spec(model)
     kwargs, nets, objective, optimizers = trainer.build_networks(model, mp, ctx, rt, notes)

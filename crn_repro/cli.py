@@ -120,7 +120,8 @@ def train(
     \b
     Example: crn-repro train --model crn
     A time-sliced job: crn-repro train --model crn --until-step 5000"""
-    from crn_repro.trainer import launch_under_torchrun, train as run
+    from crn_repro.runtime import launch_under_torchrun
+    from crn_repro.trainer import train as run
 
     if until_step is not None and until_step < 1:
         raise CrnError(f"--until-step {until_step}: must be a step >= 1 (or left out: train.total_steps)")

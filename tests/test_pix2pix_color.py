@@ -16,6 +16,7 @@ from PIL import Image
 from rich.console import Console
 
 from baselines.pix2pix import ConditionInput
+from crn_repro.batches import batch_indices
 from crn_repro.registry import load_model
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError
@@ -23,7 +24,7 @@ from crn_repro.labels import NAME_TO_ID
 from crn_repro.params import parse_params
 from crn_repro.prepare import prepare
 from crn_repro.synthesize import synthesize
-from crn_repro.trainer import batch_indices, train
+from crn_repro.trainer import train
 
 SIZE = (32, 64)  # the tiny U-Net's 2^5 divides it
 TINY_PIX2PIX = {"input": "color", "num_downs": 5, "ngf": 4, "ndf": 4, "n_layers_d": 3, "dropout": 0.5}

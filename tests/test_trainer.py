@@ -10,11 +10,12 @@ import torch
 import yaml
 
 from crn_repro import checkpoint
+from crn_repro.batches import batch_indices
 from crn_repro.checkpoint import load_training_state
 from crn_repro.registry import load_model
 from crn_repro.errors import CrnError
 from crn_repro.params import parse_params
-from crn_repro.trainer import batch_indices, train
+from crn_repro.trainer import train
 
 
 def _with_paths(raw, prepared_root, runs):

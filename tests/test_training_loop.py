@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from crn_repro import trainer
+from crn_repro.batches import BatchPrefetcher
 from crn_repro.checkpoint import load_training_state
 from crn_repro.errors import CrnError
 from crn_repro.params import parse_params
 from crn_repro.registry import get_spec
+from crn_repro.runlog import LossLog
+from crn_repro.runtime import setup_runtime
 from crn_repro.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +158,8 @@ def test_no_host_synchronisation_between_log_steps(prepared_small, tiny_raw, tmp
         return run
 
     monkeypatch.setattr(trainer, "train_step", watched(trainer.train_step))
-    monkeypatch.setattr(trainer.LossLog, "add", watched(trainer.LossLog.add))
-    monkeypatch.setattr(trainer.BatchPrefetcher, "get", watched(trainer.BatchPrefetcher.get))
+    monkeypatch.setattr(LossLog, "add", watched(LossLog.add))
+    monkeypatch.setattr(BatchPrefetcher, "get", watched(BatchPrefetcher.get))
     for model in ("crn", "pix2pix"):
         train(_small_params(tiny_raw, prepared_small, tmp_path / model, model, total_steps=6, log_every_steps=3,
                             checkpoint_every_steps=3), model)
@@ -230,7 +233,7 @@ def test_cpu_threads_sets_torch_threads(tiny_params):
 
     before = torch.get_num_threads()
     try:
-        trainer.setup_runtime(dataclasses.replace(tiny_params.train, cpu_threads=1))
+        setup_runtime(dataclasses.replace(tiny_params.train, cpu_threads=1))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
