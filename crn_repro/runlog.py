@@ -23,8 +23,11 @@ from crn_repro.stats import significant
 
 class LossLog:
     """Losses summed on the device between log steps, with the first step at which any was not
-    finite; ``flush`` synchronises once, averages over the interval and checks finiteness, the same
-    answer on every rank (so all ranks stop together)."""
+    finite. ``flush`` averages them over the interval and, under DDP, over the processes (each
+    process's losses are means over its share of the batch, so this is the loss of the global batch,
+    what one process with the whole batch logs), finds the first non-finite step of any process, and
+    only then makes the host wait for the device: every rank gets the same answer (so all ranks log
+    the same losses and stop together)."""
 
     NONE = torch.iinfo(torch.int64).max
 
@@ -42,10 +45,13 @@ class LossLog:
         self.count += 1
 
     def flush(self) -> tuple[dict[str, float], int | None]:
-        """(mean of each loss over the interval, the first step with a non-finite loss or None)."""
+        """(mean of each loss over the interval and the processes, the first step with a non-finite
+        loss or None)."""
         keys = sorted(self.sums)
         values = torch.stack([self.sums[k] for k in keys]).double() / max(self.count, 1)
         if self.rt.world_size > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)  # every rank has the same keys: one objective
+            values /= self.rt.world_size
             dist.all_reduce(self.first_bad, op=dist.ReduceOp.MIN)
         host = values.tolist()
         first_bad = int(self.first_bad)

@@ -55,6 +55,11 @@ def test_two_processes_compute_what_one_process_with_twice_the_batch_does(raw, t
     for key in a["nets"]["G"]:
         torch.testing.assert_close(a["nets"]["G"][key], b["nets"]["G"][key], rtol=1e-4, atol=1e-5, msg=key)
     torch.testing.assert_close(a["objective"]["loss.lambdas"], b["objective"]["loss.lambdas"], rtol=1e-6, atol=0)
+    # the logged losses are the global batch's (averaged over the processes), as one process logs them
+    logged = {run: yaml.safe_load((tmp_path / run / "crn/summary.json").read_text())["final_losses"] for run in ("one", "two")}
+    assert logged["one"].keys() == logged["two"].keys() and "G/total" in logged["one"]
+    for key, value in logged["one"].items():
+        assert logged["two"][key] == pytest.approx(value, rel=1e-4), key
 
 
 def test_an_interrupted_ddp_run_resumes_exactly(raw, tmp_path):
