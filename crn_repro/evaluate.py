@@ -28,7 +28,7 @@ from torch import nn
 
 from crn_repro import metrics as M
 from crn_repro import stats
-from crn_repro.files import atomic_write_json, atomic_write_text, read_image, read_json, staged_dir
+from crn_repro.files import atomic_write_json, atomic_write_text, read_image, staged_dir
 from crn_repro.judgments import preference_table
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
@@ -36,7 +36,7 @@ from crn_repro.params import EvaluateParams, Params
 from crn_repro.progress import StageProgress
 from crn_repro.registry import SEGMENTER, load_segmenter
 from crn_repro.segmentation import confusion_matrix, predict, segmentation_scores
-from crn_repro.synthesize import output_names
+from crn_repro.synthesize import output_names, read_index
 
 
 SEG_PROTOCOL = (
@@ -272,11 +272,7 @@ def score_model(params: Params, model: str, val: PreparedSplit, scorers: Scorers
 def _synthesized_k(folder: Path, model: str, val: PreparedSplit) -> int:
     """The number of images per layout of a synthesized set, after checking that its index matches
     the prepared val split (layouts and size)."""
-    index_path = folder / "index.json"
-    again = f"run `crn-repro synthesize --model {model}` again"
-    index = read_json(index_path, again)
-    if not isinstance(index, dict) or not {"names", "k", "facts"} <= set(index):
-        raise CrnError(f"{index_path}: not a synthesized set's index (names, k, facts); {again}")
+    index = read_index(folder, model)
     if index["names"] != val.names:
         raise CrnError(f"{folder}: synthesized for other layouts than the prepared val split; synthesize again")
     h, w = val.size_hw

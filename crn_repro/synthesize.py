@@ -15,7 +15,7 @@ from rich.console import Console
 
 from crn_repro.datasets import PreparedSplit, channels_to_layout, tensor_to_image
 from crn_repro.errors import CrnError
-from crn_repro.files import atomic_write_json, staged_dir
+from crn_repro.files import atomic_write_json, read_json, staged_dir
 from crn_repro.labels import colors_to_channels, label_ids_to_channels
 from crn_repro.params import Params
 from crn_repro.progress import StageProgress
@@ -25,6 +25,17 @@ from crn_repro.registry import get_spec, load_model
 def output_names(stem: str, k: int) -> list[str]:
     """File names of the k images synthesized for the layout ``stem``."""
     return [f"{stem}.png"] if k == 1 else [f"{stem}_k{u}.png" for u in range(k)]
+
+
+def read_index(folder: Path, model: str) -> dict:
+    """The ``index.json`` of a model's synthesized set (``folder``): its layout names, k and the model
+    file's facts, checked; a missing or foreign file is a one-line error saying to synthesize again."""
+    index_path = Path(folder) / "index.json"
+    again = f"run `crn-repro synthesize --model {model}` again"
+    index = read_json(index_path, again)
+    if not isinstance(index, dict) or not {"names", "k", "facts"} <= set(index):
+        raise CrnError(f"{index_path}: not a synthesized set's index (names, k, facts); {again}")
+    return index
 
 
 @torch.no_grad()
