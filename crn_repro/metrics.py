@@ -24,6 +24,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from crn_repro.checkpoint import read_state_dict
 from crn_repro.errors import CrnError
 from crn_repro.labels import NUM_LAYOUT_CHANNELS
 
@@ -455,12 +456,7 @@ class Lpips:
         import lpips
 
         path = Path(backbone_path)
-        if not path.is_file():
-            raise CrnError(f"{path}: LPIPS backbone not found; it is {ALEXNET_WHERE} (evaluate.lpips_backbone)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a foreign file
-            raise CrnError(f"{path}: not a readable torchvision AlexNet file ({type(error).__name__}); it is {ALEXNET_WHERE}") from None
+        state = read_state_dict(path, "LPIPS backbone", f"it is {ALEXNET_WHERE} (evaluate.lpips_backbone)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision's deprecation notice for `pretrained`
             self.model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)

@@ -352,8 +352,12 @@ def test_lpips_backbone_file_problems_are_one_line_errors(tmp_path):
     with pytest.raises(CrnError, match=r"nowhere\.pth: LPIPS backbone not found.*download\.pytorch\.org"):
         Lpips(tmp_path / "nowhere.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(CrnError, match="not a readable torchvision AlexNet file"):
+    with pytest.raises(CrnError, match=r"junk\.pth: not a readable LPIPS backbone \(.*\); it is torchvision's AlexNet weights, "
+                                       r".*alexnet-owt-7be5be79\.pth \(evaluate\.lpips_backbone\)"):
         Lpips(tmp_path / "junk.pth")
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")
+    with pytest.raises(CrnError, match=r"list\.pth: expected a state_dict .*got list; it is torchvision's AlexNet"):
+        Lpips(tmp_path / "list.pth")
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CrnError, match="no features.0.weight of the expected shape"):
         Lpips(tmp_path / "other.pth")
