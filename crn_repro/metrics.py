@@ -363,22 +363,6 @@ def class_colour_distance(
     )
 
 
-def class_colour_distance_per_image(
-    real_images: Tensor,
-    fake_images: Tensor,
-    layouts: Tensor,
-    num_classes: int = NUM_LAYOUT_CHANNELS,
-    min_pixels: int = 10,
-) -> list[dict[int, float]]:
-    """``class_colour_distance`` of each image pair on its own (for per-image tables)."""
-    if len(real_images) != len(fake_images):
-        raise CrnError(f"class colour distance: {len(real_images)} real but {len(fake_images)} synthesized images")
-    return [
-        class_colour_distance(real_images[i : i + 1], fake_images[i : i + 1], layouts[i : i + 1], num_classes, min_pixels)
-        for i in range(len(real_images))
-    ]
-
-
 # --- features of the segmenter S ------------------------------------------------------------------
 
 
