@@ -390,31 +390,24 @@ def segmentation_feature_extractor(segmenter: Segmenter) -> Callable[[Tensor], T
 
 
 def _features(feats: ArrayLike, what: str, min_rows: int) -> np.ndarray:
-    """Features as a float64 (n, d) numpy array, checked."""
-    array = feats.detach().cpu().double().numpy() if isinstance(feats, Tensor) else np.asarray(feats, dtype=np.float64)
-    _check_features(array.shape, what, min_rows)
-    if not np.isfinite(array).all():
-        raise CrnError(f"{what}: features hold NaN or inf")
-    return array
+    """Features as a float64 (n, d) numpy array, checked (``_features_tensor``)."""
+    return _features_tensor(feats, what, min_rows).cpu().numpy()
 
 
 def _features_tensor(feats: ArrayLike, what: str, min_rows: int) -> Tensor:
-    """Features as a float64 (n, d) tensor on their own device (numpy -> CPU), checked."""
+    """Features as a float64 (n, d) tensor on their own device (numpy -> CPU), checked: two dimensions,
+    at least ``min_rows`` rows, every value finite."""
     if isinstance(feats, Tensor):
         tensor = feats.detach().double()
     else:
         tensor = torch.as_tensor(np.asarray(feats, dtype=np.float64))
-    _check_features(tuple(tensor.shape), what, min_rows)
+    if tensor.ndim != 2:
+        raise CrnError(f"{what}: expected features of shape (n, d), got {tuple(tensor.shape)}")
+    if tensor.shape[0] < min_rows:
+        raise CrnError(f"{what}: needs at least {min_rows} feature vectors, got {tensor.shape[0]}; evaluate more images")
     if not torch.isfinite(tensor).all():
         raise CrnError(f"{what}: features hold NaN or inf")
     return tensor
-
-
-def _check_features(shape: tuple, what: str, min_rows: int) -> None:
-    if len(shape) != 2:
-        raise CrnError(f"{what}: expected features of shape (n, d), got {tuple(shape)}")
-    if shape[0] < min_rows:
-        raise CrnError(f"{what}: needs at least {min_rows} feature vectors, got {shape[0]}; evaluate more images")
 
 
 def _same_dim(a: np.ndarray, b: np.ndarray) -> None:
