@@ -3,7 +3,9 @@
 Two artifacts per run: the model file (model name, each network's constructor arguments and
 state_dict of the unwrapped module, and the run's facts) that rebuilds the networks without
 params.yaml, and the training state (step, networks, optimizers, objective state, RNG) for resume.
-Both hold only tensors and plain data and load with ``weights_only=True``. Rebuilding networks from
+Both hold only tensors and plain data and load with ``weights_only=True``, through
+``read_torch_file``, the one reader of torch files (weights files of other origins included) that
+turns any failure into a one-line error naming the file and what to do. Rebuilding networks from
 a model file needs the registry of models: ``registry.load_model``, which imports this module (never
 the other way round).
 """
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crn_repro.errors import CrnError
+from crn_repro.errors import CrnError, one_line
 from crn_repro.files import atomic_write
 
 MODEL_FORMAT = "crn-repro-model/1"
@@ -26,6 +28,28 @@ STATE_FORMAT = "crn-repro-state/1"
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_torch_file(path: str | Path, what: str, fix: str, missing: str | None = None) -> Any:
+    """What a torch file holds, read onto the CPU with ``weights_only=True`` (tensors and plain data,
+    never code). A missing file, or one torch cannot read (corrupt, truncated, foreign, pickled code),
+    is a one-line CrnError naming the file and ``what`` it should be and saying what to do: ``fix``
+    (``missing`` instead, where given, for a file that is not there)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrnError(f"{path}: {what} not found; {missing or fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        raise CrnError(f"{path}: not a readable {what} ({one_line(error)}); {fix}") from None
+
+
+def read_state_dict(path: str | Path, what: str, fix: str, missing: str | None = None) -> dict:
+    """``read_torch_file`` of a weights file that holds one state_dict; anything else is a one-line CrnError."""
+    state_dict = read_torch_file(path, what, fix, missing)
+    if not isinstance(state_dict, dict):
+        raise CrnError(f"{path}: expected a state_dict (dict of tensors), got {type(state_dict).__name__}; {fix}")
+    return state_dict
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -53,13 +77,7 @@ def save_model_file(path: Path, model: str, network_kwargs: dict[str, dict], net
 
 
 def _load(path: Path, kind: str, expected_format: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CrnError(f"{path}: {kind} not found; run `crn-repro train` for this model first")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise CrnError(f"{path}: not a readable {kind} ({type(error).__name__}); delete it and train again") from None
+    data = read_torch_file(path, kind, "delete it and train again", missing="run `crn-repro train` for this model first")
     if not isinstance(data, dict) or data.get("format") != expected_format:
         raise CrnError(f"{path}: not a crn-repro {kind} (format {expected_format} expected)")
     return data

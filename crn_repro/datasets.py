@@ -159,8 +159,6 @@ def load_pair(
             label_ids = colors_to_label_ids(values)
             channels = ID_TO_CHANNEL[label_ids]
         else:
-            if values.max() > 255:
-                raise ValueError(f"label ids up to {int(values.max())} are not Cityscapes labelIds (valid: 0..33)")
             channels = label_ids_to_channels(values)
             label_ids = values
     except ValueError as error:

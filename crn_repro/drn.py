@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from crn_repro.errors import CrnError, one_line
+from crn_repro.checkpoint import read_torch_file
+from crn_repro.errors import CrnError
 
 NUM_CLASSES = 19  # the Cityscapes train classes; void is ignored
 MEAN = (0.29010095242892997, 0.32808144844279574, 0.28696394422942517)  # fyu/drn's Cityscapes statistics
@@ -122,12 +123,7 @@ def load_drn(path: str | Path, device: str | torch.device = "cpu") -> DRNSegment
     """DRN-D-105 with the weights of ``path`` (the release's state_dict; a ``state_dict`` entry and a
     DataParallel ``module.`` prefix are accepted); every key and shape is checked."""
     path = Path(path)
-    if not path.is_file():
-        raise CrnError(f"{path}: DRN-D-105 weights not found; it is {WHERE} (evaluate.drn_weights)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a foreign file
-        raise CrnError(f"{path}: not a readable torch file ({one_line(error)}); expected {FILE_NAME}") from None
+    state = read_torch_file(path, "DRN-D-105 weights file", f"it is {WHERE} (evaluate.drn_weights)")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

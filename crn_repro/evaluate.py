@@ -15,17 +15,20 @@ model file) and written as files: ``metrics.json``, ``per_image/<model>.csv``, `
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torch import nn
 
 from crn_repro import metrics as M
 from crn_repro import stats
-from crn_repro.files import atomic_write_json, atomic_write_text, read_image, read_json, staged_dir
+from crn_repro.files import atomic_write_json, atomic_write_text, read_image, staged_dir
 from crn_repro.judgments import preference_table
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
@@ -33,7 +36,7 @@ from crn_repro.params import EvaluateParams, Params
 from crn_repro.progress import StageProgress
 from crn_repro.registry import SEGMENTER, load_segmenter
 from crn_repro.segmentation import confusion_matrix, predict, segmentation_scores
-from crn_repro.synthesize import output_names
+from crn_repro.synthesize import output_names, read_index
 
 
 SEG_PROTOCOL = (
@@ -86,229 +89,372 @@ def _interval(value: float, ci: tuple[float, float], protocol: str, **extra) -> 
 
 
 def evaluate(params: Params, console: Console | None = None) -> dict:
-    """Write ``paths.reports/{metrics.json, preference.csv, per_image/<model>.csv}``; returns the metrics."""
+    """Write ``paths.reports/{metrics.json, preference.csv, time_curves.csv, per_image/<model>.csv,
+    headline/<model>.json}``; returns the metrics. Three steps: load the scorers, score each model, write."""
     console = console or Console(stderr=True)
     ep: EvaluateParams = params.evaluate
     if ep.reference_model not in params.models:
         raise CrnError(f"evaluate.reference_model: {ep.reference_model!r} is not in `models` ({', '.join(params.models)})")
     table_baselines(params)  # a wrong name fails before the long work
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     val = PreparedSplit(Path(params.paths.prepared), "val")
-    h, w = val.size_hw
+    scorers = load_scorers(params, val)
+    real = score_real_images(val, scorers, ep.batch_size)
+    scores: dict[str, ModelScores] = {}
+    with StageProgress(console) as progress:
+        task = progress.add_task("evaluate", total=len(params.models) * len(val))
+        for model in params.models:
+            scores[model] = score_model(params, model, val, scorers, real, advance=lambda n: progress.advance(task, n))
+    return write_outputs(params, val, scores)
+
+
+# --- the scorers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scorers:
+    """The measuring instruments of one evaluation, each loaded once: the pipeline's segmenter S (and
+    its bottleneck features), and, where their weights are given, Inception-v3 (FID, KID and the realism
+    space), DRN-D-105 (SPADE's protocol, Cityscapes) and LPIPS. VGG-19 (diversity) is loaded on first
+    use, by ``perception``: only a model with k > 1 outputs needs it. A metric whose weights file is
+    missing is reported missing (``missing_metrics``, with the file and where to get it), not replaced."""
+
+    params: Params
+    device: torch.device
+    segmenter: nn.Module
+    seg_features: Callable[[torch.Tensor], torch.Tensor]
+    inception: nn.Module | None
+    drn: nn.Module | None
+    lpips: M.Lpips | None
+    vgg: nn.Module | None = None
+
+    def perception(self) -> nn.Module:
+        """VGG-19 features (``vgg`` params), loaded on the first call."""
+        if self.vgg is None:
+            from crn_repro.vgg import load_vgg19
+
+            pv = self.params.vgg
+            self.vgg = load_vgg19(pv.weights, pv.path, pv.pooling, pv.allow_download, pv.seed).to(self.device)
+        return self.vgg
+
+
+def load_scorers(params: Params, val: PreparedSplit) -> Scorers:
+    """The scorers of ``params.evaluate`` for images of the prepared size, on the GPU when there is one."""
+    ep = params.evaluate
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     segmenter_path = Path(ep.segmenter) if ep.segmenter else Path(params.paths.runs) / SEGMENTER / "model.pt"
-    segmenter = load_segmenter(segmenter_path, device, (h, w))
-    seg_features = M.segmentation_feature_extractor(segmenter)
+    segmenter = load_segmenter(segmenter_path, device, val.size_hw)
     inception = None
     if ep.inception != "none":
         from crn_repro.inception import load_inception
 
         inception = load_inception(ep.inception, ep.inception_path).to(device)
-    vgg = None
-    # a missing weights file: the metric is reported missing (with the file and where to get it), not replaced
     drn = None  # the literature's Cityscapes segmenter (SPADE's protocol), when its weights are given
     if params.data.dataset == "cityscapes" and ep.drn_weights and Path(ep.drn_weights).is_file():
-        from crn_repro.drn import confusion, load_drn, scores as drn_scores
+        from crn_repro.drn import load_drn
 
         drn = load_drn(ep.drn_weights, device)
     lpips = None
     if ep.lpips_backbone and Path(ep.lpips_backbone).is_file() and min(val.size_hw) >= M.Lpips.MIN_SIZE:
         lpips = M.Lpips(ep.lpips_backbone, device)
-    n_boot, seed = ep.bootstrap_resamples, ep.seed
+    return Scorers(params, device, segmenter, M.segmentation_feature_extractor(segmenter), inception, drn, lpips)
 
-    synthetic = params.data.dataset == "synthetic"
 
-    def val_batches():
-        """(indices, real images (B,3,H,W) 0..255, layout channel ids (B,H,W)) streamed from the cache."""
-        for start in range(0, len(val), ep.batch_size):
-            idx = np.arange(start, min(start + ep.batch_size, len(val)))
-            yield idx, image_to_tensor(np.array(val.images[idx])).to(device), torch.from_numpy(np.array(val.labels[idx])).long()
+def _val_batches(val: PreparedSplit, batch_size: int, device: torch.device):
+    """(indices, real images (B,3,H,W) 0..255 on ``device``, layout channel ids (B,H,W)) streamed from the cache."""
+    for start in range(0, len(val), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(val)))
+        yield idx, image_to_tensor(np.array(val.images[idx])).to(device), torch.from_numpy(np.array(val.labels[idx])).long()
 
-    # The real side, once: features and colour moments, streamed in batches.
-    real_seg, real_inc, real_moments = [], [], []
+
+@dataclass
+class RealImages:
+    """The real validation images as the scores see them, computed once: segmenter features (and their
+    Frechet reference), Inception features (with Inception), the realism score's feature space, and per-image
+    colour moments (synthetic city only)."""
+
+    seg: np.ndarray
+    fd_seg: M.FrechetReference
+    inc: np.ndarray | None
+    fd_inc: M.FrechetReference | None
+    realism_space: np.ndarray
+    realism_name: str
+    moments: M.ColourMoments | None
+
+
+def score_real_images(val: PreparedSplit, scorers: Scorers, batch_size: int) -> RealImages:
+    """The real side of every score, in one streamed pass over the validation images."""
+    synthetic = scorers.params.data.dataset == "synthetic"
+    seg, inc, moments = [], [], []
     with torch.no_grad():
-        for idx, real, ids in val_batches():
-            real_seg.append(seg_features(real).cpu())
-            if inception is not None:
-                real_inc.append(inception(real).cpu())
+        for _, real, ids in _val_batches(val, batch_size, scorers.device):
+            seg.append(scorers.seg_features(real).cpu())
+            if scorers.inception is not None:
+                inc.append(scorers.inception(real).cpu())
             if synthetic:
-                real_moments += _moments_per_image(real.cpu(), ids, val.num_classes)
-    real_seg = torch.cat(real_seg).numpy()
-    real_inc = torch.cat(real_inc).numpy() if inception is not None else None
-    fd_seg = M.FrechetReference(real_seg)
-    fd_inc = M.FrechetReference(real_inc) if real_inc is not None else None
-    realism_space = real_inc if real_inc is not None else real_seg
-    realism_name = "Inception pool3" if real_inc is not None else "segmenter bottleneck"
-    real_moments = stack_moments(real_moments) if synthetic else None
+                moments += _moments_per_image(real.cpu(), ids, val.num_classes)
+    seg = torch.cat(seg).numpy()
+    inc = torch.cat(inc).numpy() if scorers.inception is not None else None
+    return RealImages(
+        seg=seg,
+        fd_seg=M.FrechetReference(seg),
+        inc=inc,
+        fd_inc=M.FrechetReference(inc) if inc is not None else None,
+        realism_space=inc if inc is not None else seg,
+        realism_name="Inception pool3" if inc is not None else "segmenter bottleneck",
+        moments=stack_moments(moments) if synthetic else None,
+    )
 
-    results: dict[str, dict] = {}
-    realism: dict[str, np.ndarray] = {}
+
+# --- scoring one model ------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelScores:
+    """One model's results: its metrics.json entry, its per-image table and the realism score of each
+    of its images (the automatic judge's input)."""
+
+    entry: dict
+    per_image: pd.DataFrame
+    realism: np.ndarray
+
+
+@dataclass
+class Scored:
+    """What one streamed pass over a model's images collects, per validation image (the first of a
+    collection stands for the model; ``diversity*`` compare the k images of each collection)."""
+
+    conf: list = field(default_factory=list)  # segmenter S confusion matrices
+    seg: list = field(default_factory=list)  # S bottleneck features per batch
+    inc: list = field(default_factory=list)  # Inception pool3 features per batch
+    moments: list = field(default_factory=list)  # colour moments (synthetic city)
+    diversity: list = field(default_factory=list)  # VGG-19 pairwise distance
+    diversity_lpips: list = field(default_factory=list)
+    drn_conf: list = field(default_factory=list)  # DRN-D-105 confusion matrices at the prepared size
+    drn_conf_full: list = field(default_factory=list)  # ... of the images upsampled to the frames' size
+
+
+def score_model(params: Params, model: str, val: PreparedSplit, scorers: Scorers, real: RealImages,
+                advance: Callable[[int], None] = lambda n: None) -> ModelScores:
+    """Score one model's synthesized validation set (``paths.synth/<model>``) against the real images."""
+    ep = params.evaluate
+    n_boot, seed = ep.bootstrap_resamples, ep.seed
+    h, w = val.size_hw
+    folder = Path(params.paths.synth) / model
+    k = _synthesized_k(folder, model, val)
+    got = _stream_model(folder, model, k, val, scorers, ep.batch_size, advance)
+    conf = torch.stack(got.conf).numpy()
+    fake_seg = torch.cat(got.seg).numpy()
+    fake_inc = torch.cat(got.inc).numpy() if scorers.inception is not None else None
+
+    entry = _segmentation_scores(conf, val, n_boot, seed)
+    if scorers.drn is not None:
+        entry.update(_drn_scores(got, val, Path(ep.drn_weights).name, n_boot, seed))
+    entry.update(_frechet_scores(real, fake_seg, fake_inc, scorers.inception, val.size_hw, n_boot, seed))
+    realism = M.realism_scores(real.realism_space, fake_inc if fake_inc is not None else fake_seg, k=ep.realism_k)
+    entry["realism_score"] = _interval(
+        float(np.mean(realism)),
+        stats.bootstrap_mean_ci(realism, num_resamples=n_boot, seed=seed),
+        f"mean realism score (Kynkaenniemi et al. 2019, k={ep.realism_k}) in {real.realism_name} features of real val images",
+    )
+    per_image = pd.DataFrame({"model": model, "image": val.names, "pixel_accuracy": _pixel_accuracy_per_image(conf, val),
+                              "realism_score": realism})
+    if real.moments is not None:  # the score only the synthetic city allows
+        entry["colour_distance"] = _colour_distance(real.moments, stack_moments(got.moments), val, n_boot, seed)
+    if k > 1:
+        for name, (values, protocol) in _diversity_measures(got, scorers, ep.lpips_backbone, (h, w)).items():
+            values = np.asarray(values)
+            entry[name] = _interval(float(values.mean()), stats.bootstrap_mean_ci(values, num_resamples=n_boot, seed=seed),
+                                    f"{protocol} between the {k} images of each layout's collection")
+            per_image[name] = values
+    return ModelScores(entry, per_image, realism)
+
+
+def _synthesized_k(folder: Path, model: str, val: PreparedSplit) -> int:
+    """The number of images per layout of a synthesized set, after checking that its index matches
+    the prepared val split (layouts and size)."""
+    index = read_index(folder, model)
+    if index["names"] != val.names:
+        raise CrnError(f"{folder}: synthesized for other layouts than the prepared val split; synthesize again")
+    h, w = val.size_hw
+    synth_hw = tuple(index["facts"].get("image_size_hw", (h, w)))
+    if synth_hw != (h, w):
+        raise CrnError(f"{folder}: images are {synth_hw[0]}x{synth_hw[1]}, the prepared data {h}x{w}; train and synthesize again")
+    return index["k"]
+
+
+def _stream_model(folder: Path, model: str, k: int, val: PreparedSplit, scorers: Scorers, batch_size: int,
+                  advance: Callable[[int], None]) -> Scored:
+    """One streamed pass over a model's images, each batch through every scorer."""
+    h, w = val.size_hw
+    device = scorers.device
+    got = Scored()
+    with torch.no_grad():
+        for idx, _, ids in _val_batches(val, batch_size, device):
+            collection = image_to_tensor(
+                _read_images(folder, [val.names[i] for i in idx], k, model).reshape(-1, h, w, 3)
+            ).reshape(len(idx), k, 3, h, w)
+            fake = collection[:, 0].to(device)
+            preds = predict(scorers.segmenter, fake).cpu()
+            got.conf += [confusion_matrix(p, t, val.num_classes) for p, t in zip(preds, ids)]
+            got.seg.append(scorers.seg_features(fake).cpu())
+            if scorers.drn is not None:
+                _drn_confusions(scorers.drn, fake, ids, val, idx, got)
+            if scorers.inception is not None:
+                got.inc.append(scorers.inception(fake).cpu())
+            if scorers.params.data.dataset == "synthetic":
+                got.moments += _moments_per_image(fake.cpu(), ids, val.num_classes)
+            if k > 1:
+                vgg = scorers.perception()
+                feats = [[f.cpu() for f in vgg(collection[:, u].to(device))] for u in range(k)]
+                got.diversity += M.pairwise_diversity(feats).tolist()
+                if scorers.lpips is not None:
+                    got.diversity_lpips += scorers.lpips.pairwise_diversity([collection[:, u] for u in range(k)]).tolist()
+            advance(len(idx))
+    return got
+
+
+def _drn_confusions(drn: nn.Module, fake: torch.Tensor, ids: torch.Tensor, val: PreparedSplit, idx: np.ndarray, got: Scored) -> None:
+    """DRN-D-105's confusion matrices of a batch: at the prepared size and, where the prepared split keeps
+    the frames' full-resolution labels, of the images upsampled bilinearly to the frames' size."""
+    from crn_repro.drn import confusion
+
+    got.drn_conf += [confusion(p, t) for p, t in zip(drn(fake).argmax(1).cpu(), ids)]
+    if val.labels_full is not None:
+        full = torch.from_numpy(np.array(val.labels_full[idx]))
+        up = F.interpolate(fake, size=full.shape[-2:], mode="bilinear", align_corners=False)
+        got.drn_conf_full += [confusion(p, t) for p, t in zip(drn(up).argmax(1).cpu(), full)]
+
+
+def _segmentation_scores(conf: np.ndarray, val: PreparedSplit, n_boot: int, seed: int) -> dict:
+    """S's mIoU and pixel accuracy from per-image confusion matrices, bootstrap over images."""
+    void = val.label_space.void_channel
+    h, w = val.size_hw
+    protocol = SEG_PROTOCOL.format(h=h, w=w, void=void)
+
+    def score(idx, key):
+        return segmentation_scores(torch.from_numpy(conf[idx].sum(0)), void)[key]
+
+    return {
+        name: _interval(
+            score(np.arange(len(conf)), key),
+            stats.bootstrap_ci(len(conf), lambda idx, key=key: score(idx, key), num_resamples=n_boot, seed=seed),
+            protocol,
+        )
+        for name, key in (("segmentation_miou", "mean_iou"), ("segmentation_pixel_accuracy", "pixel_accuracy"))
+    }
+
+
+def _pixel_accuracy_per_image(conf: np.ndarray, val: PreparedSplit) -> list[float]:
+    """S's pixel accuracy of each image on its own; NaN where it is undefined (a target all void)."""
+    void = val.label_space.void_channel
+    return [_safe(lambda i=i: segmentation_scores(torch.from_numpy(conf[[i]].sum(0)), void)["pixel_accuracy"])
+            for i in range(len(conf))]
+
+
+def _drn_scores(got: Scored, val: PreparedSplit, weights_name: str, n_boot: int, seed: int) -> dict:
+    """DRN-D-105's mIoU and pixel accuracies (SPADE's protocol) at the prepared size and, where the
+    full-resolution labels are kept, upsampled to the frames' size; bootstrap over images."""
+    from crn_repro.drn import scores as drn_scores
+
+    h, w = val.size_hw
+    variants = {"": (got.drn_conf, f"{h}x{w} synthesized images against the prepared {h}x{w} labels")}
+    if got.drn_conf_full:
+        fh, fw = val.labels_full.shape[1:]
+        variants["_upsampled"] = (got.drn_conf_full, f"{h}x{w} synthesized images upsampled bilinearly to {fh}x{fw} "
+                                                     f"against the {fh}x{fw} labels")
+    entry = {}
+    for suffix, (counts, what) in variants.items():
+        counts = np.stack(counts)
+        for name, key, void in (("drn_miou", "miou", "ignored"), ("drn_pixel_accuracy", "pixel_accuracy", "ignored"),
+                                ("drn_pixel_accuracy_void", "pixel_accuracy_void_counted", "counted as wrong")):
+            entry[name + suffix] = _interval(
+                drn_scores(counts.sum(0))[key],
+                stats.bootstrap_ci(len(counts), lambda idx, key=key, counts=counts: drn_scores(counts[idx].sum(0))[key],
+                                   num_resamples=n_boot, seed=seed),
+                f"DRN-D-105 ({weights_name}, fyu/drn's normalisation) segmentation of the {what} "
+                f"(19 classes; void {void}); bootstrap over images",
+            )
+    return entry
+
+
+def _frechet_scores(real: RealImages, fake_seg: np.ndarray, fake_inc: np.ndarray | None, inception: nn.Module | None,
+                    size_hw: tuple[int, int], n_boot: int, seed: int) -> dict:
+    """The Frechet distance in the segmenter's feature space (always available) and, with Inception,
+    FID and KID."""
+    h, w = size_hw
+    entry = {"frechet_distance_segmenter": _interval(
+        real.fd_seg(fake_seg),
+        stats.bootstrap_ci(len(fake_seg), lambda idx: real.fd_seg.resampled(fake_seg, idx), num_resamples=n_boot, seed=seed,
+                           vectorized=True),
+        f"Frechet distance between Gaussians fitted to segmenter bottleneck features (global average pooled) of the "
+        f"{len(real.seg)} real and {len(fake_seg)} synthesized validation images; bootstrap over synthesized images",
+    )}
+    if inception is None:
+        return entry
+    real_inc = real.inc
+    entry["fid"] = _interval(
+        real.fd_inc(fake_inc),
+        stats.bootstrap_ci(len(fake_inc), lambda idx: real.fd_inc.resampled(fake_inc, idx), num_resamples=n_boot,
+                           seed=seed, vectorized=True),
+        f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized {h}x{w} images "
+        f"resized bilinearly to 299x299",
+    )
+    kid_mean, kid_std = M.kernel_inception_distance(real_inc, fake_inc, seed=seed)
+    entry["kid"] = _interval(
+        kid_mean,
+        (kid_mean - 1.96 * kid_std, kid_mean + 1.96 * kid_std),
+        f"KID, {inception.source_description}, cubic polynomial kernel, unbiased MMD^2 over 100 subsets of "
+        f"{min(1000, len(real_inc), len(fake_inc))} of the {len(real_inc)} real and {len(fake_inc)} synthesized "
+        "images (as clean-fid); mean +- 1.96 std over subsets",
+    )
+    return entry
+
+
+def _colour_distance(real: M.ColourMoments, fake: M.ColourMoments, val: PreparedSplit, n_boot: int, seed: int) -> dict:
+    """Class-conditional colour distance (synthetic city: its classes have known colour distributions)
+    from per-image colour moments, bootstrap over images; per class in ``per_class``."""
+    every = np.arange(len(fake.count))
+    per_class = M.colour_moment_distance(sum_moments(real, every), sum_moments(fake, every))
+    return _interval(
+        float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+        stats.bootstrap_ci(len(every), lambda idx: M.resampled_colour_distance(real, fake, idx), num_resamples=n_boot,
+                           seed=seed, vectorized=True),
+        "mean over classes of the Frechet distance between Gaussians fitted to the RGB colours (0..255) of "
+        "real and synthesized pixels of each class over the same layouts; bootstrap over images",
+        per_class={val.label_space.names[c]: float(v) for c, v in per_class.items()},
+    )
+
+
+def _diversity_measures(got: Scored, scorers: Scorers, lpips_backbone: str | None, size_hw: tuple[int, int]) -> dict:
+    """Diversity of the collections: name -> (per-image mean pairwise distance between the k images, protocol)."""
+    measures = {"diversity": (got.diversity, f"mean pairwise LPIPS-style distance (unit-normalised VGG-19 features, "
+                                             f"no learned weights; {scorers.perception().source_description})")}
+    if scorers.lpips is not None:
+        h, w = size_hw
+        measures["diversity_lpips"] = (got.diversity_lpips, f"mean pairwise LPIPS v0.1 (lpips package, AlexNet backbone "
+                                                            f"from {Path(lpips_backbone).name}, images in [-1, 1] at {h}x{w})")
+    return measures
+
+
+# --- writing the outputs ----------------------------------------------------------------------------
+
+
+def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores]) -> dict:
+    """Write every model's per-image table, the preference table (from human judgments where given, else
+    the automatic judge on the realism scores), its time curves, metrics.json and the headline metrics;
+    returns the metrics."""
+    ep = params.evaluate
     reports = Path(params.paths.reports)
-    per_image_dir = reports / "per_image"
-    per_image_dir.mkdir(parents=True, exist_ok=True)
-    with StageProgress(console) as progress:
-        task = progress.add_task("evaluate", total=len(params.models) * len(val))
-        for model in params.models:
-            folder = Path(params.paths.synth) / model
-            index_path = folder / "index.json"
-            again = f"run `crn-repro synthesize --model {model}` again"
-            index = read_json(index_path, again)
-            if not isinstance(index, dict) or not {"names", "k", "facts"} <= set(index):
-                raise CrnError(f"{index_path}: not a synthesized set's index (names, k, facts); {again}")
-            if index["names"] != val.names:
-                raise CrnError(f"{folder}: synthesized for other layouts than the prepared val split; synthesize again")
-            k = index["k"]
-            synth_hw = tuple(index["facts"].get("image_size_hw", (h, w)))
-            if synth_hw != (h, w):
-                raise CrnError(f"{folder}: images are {synth_hw[0]}x{synth_hw[1]}, the prepared data {h}x{w}; train and synthesize again")
-            if k > 1 and vgg is None:
-                from crn_repro.vgg import load_vgg19
-
-                pv = params.vgg
-                vgg = load_vgg19(pv.weights, pv.path, pv.pooling, pv.allow_download, pv.seed).to(device)
-
-            # One streamed pass over the model's images; the first output stands for the model.
-            conf, fake_seg, fake_inc, fake_moments, diversity, diversity_lpips, drn_conf, drn_conf_full = ([] for _ in range(8))
-            with torch.no_grad():
-                for idx, _, ids in val_batches():
-                    collection = image_to_tensor(
-                        _read_images(folder, [val.names[i] for i in idx], k, model).reshape(-1, h, w, 3)
-                    ).reshape(len(idx), k, 3, h, w)
-                    fake = collection[:, 0].to(device)
-                    preds = predict(segmenter, fake).cpu()
-                    conf += [confusion_matrix(p, t, val.num_classes) for p, t in zip(preds, ids)]
-                    fake_seg.append(seg_features(fake).cpu())
-                    if drn is not None:
-                        drn_conf += [confusion(p, t) for p, t in zip(drn(fake).argmax(1).cpu(), ids)]
-                        if val.labels_full is not None:  # upsampled to the frames' size, scored at full resolution
-                            full = torch.from_numpy(np.array(val.labels_full[idx]))
-                            up = F.interpolate(fake, size=full.shape[-2:], mode="bilinear", align_corners=False)
-                            drn_conf_full += [confusion(p, t) for p, t in zip(drn(up).argmax(1).cpu(), full)]
-                    if inception is not None:
-                        fake_inc.append(inception(fake).cpu())
-                    if synthetic:
-                        fake_moments += _moments_per_image(fake.cpu(), ids, val.num_classes)
-                    if k > 1:
-                        feats = [[f.cpu() for f in vgg(collection[:, u].to(device))] for u in range(k)]
-                        diversity += M.pairwise_diversity(feats).tolist()
-                        if lpips is not None:
-                            diversity_lpips += lpips.pairwise_diversity([collection[:, u] for u in range(k)]).tolist()
-                    progress.advance(task, len(idx))
-            conf = torch.stack(conf).numpy()
-            fake_seg = torch.cat(fake_seg).numpy()
-
-            # Segmentation score: per-image confusion matrices, bootstrap over images.
-            def seg_score(idx, key, conf=conf):
-                return segmentation_scores(torch.from_numpy(conf[idx].sum(0)), val.label_space.void_channel)[key]
-
-            every = np.arange(len(conf))
-            protocol = SEG_PROTOCOL.format(h=h, w=w, void=val.label_space.void_channel)
-            entry = {
-                name: _interval(
-                    seg_score(every, key),
-                    stats.bootstrap_ci(len(conf), lambda idx, key=key: seg_score(idx, key), num_resamples=n_boot, seed=seed),
-                    protocol,
-                )
-                for name, key in (("segmentation_miou", "mean_iou"), ("segmentation_pixel_accuracy", "pixel_accuracy"))
-            }
-
-            if drn is not None:  # DRN-D-105 (SPADE's protocol at the prepared resolution), bootstrap over images
-                variants = {"": (drn_conf, f"{h}x{w} synthesized images against the prepared {h}x{w} labels")}
-                if drn_conf_full:
-                    fh, fw = val.labels_full.shape[1:]
-                    variants["_upsampled"] = (drn_conf_full, f"{h}x{w} synthesized images upsampled bilinearly to {fh}x{fw} "
-                                                             f"against the {fh}x{fw} labels")
-                for suffix, (counts, what) in variants.items():
-                    counts = np.stack(counts)
-                    for name, key, void in (("drn_miou", "miou", "ignored"), ("drn_pixel_accuracy", "pixel_accuracy", "ignored"),
-                                            ("drn_pixel_accuracy_void", "pixel_accuracy_void_counted", "counted as wrong")):
-                        entry[name + suffix] = _interval(
-                            drn_scores(counts.sum(0))[key],
-                            stats.bootstrap_ci(len(counts), lambda idx, key=key, counts=counts: drn_scores(counts[idx].sum(0))[key],
-                                               num_resamples=n_boot, seed=seed),
-                            f"DRN-D-105 ({Path(ep.drn_weights).name}, fyu/drn's normalisation) segmentation of the {what} "
-                            f"(19 classes; void {void}); bootstrap over images",
-                        )
-
-            # Frechet distance in the segmenter's feature space (always available), FID/KID with Inception.
-            entry["frechet_distance_segmenter"] = _interval(
-                fd_seg(fake_seg),
-                stats.bootstrap_ci(len(fake_seg), lambda idx: fd_seg.resampled(fake_seg, idx), num_resamples=n_boot, seed=seed,
-                                   vectorized=True),
-                f"Frechet distance between Gaussians fitted to segmenter bottleneck features (global average pooled) of the "
-                f"{len(real_seg)} real and {len(fake_seg)} synthesized validation images; bootstrap over synthesized images",
-            )
-            if inception is not None:
-                fake_inc = torch.cat(fake_inc).numpy()
-                entry["fid"] = _interval(
-                    fd_inc(fake_inc),
-                    stats.bootstrap_ci(len(fake_inc), lambda idx: fd_inc.resampled(fake_inc, idx), num_resamples=n_boot,
-                                       seed=seed, vectorized=True),
-                    f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized {h}x{w} images "
-                    f"resized bilinearly to 299x299",
-                )
-                kid_mean, kid_std = M.kernel_inception_distance(real_inc, fake_inc, seed=seed)
-                entry["kid"] = _interval(
-                    kid_mean,
-                    (kid_mean - 1.96 * kid_std, kid_mean + 1.96 * kid_std),
-                    f"KID, {inception.source_description}, cubic polynomial kernel, unbiased MMD^2 over 100 subsets of "
-                    f"{min(1000, len(real_inc), len(fake_inc))} of the {len(real_inc)} real and {len(fake_inc)} synthesized "
-                    "images (as clean-fid); mean +- 1.96 std over subsets",
-                )
-
-            # Realism score of every synthesized image (the automatic judge).
-            space = fake_inc if inception is not None else fake_seg
-            realism[model] = M.realism_scores(realism_space, space, k=ep.realism_k)
-            entry["realism_score"] = _interval(
-                float(np.mean(realism[model])),
-                stats.bootstrap_mean_ci(realism[model], num_resamples=n_boot, seed=seed),
-                f"mean realism score (Kynkaenniemi et al. 2019, k={ep.realism_k}) in {realism_name} features of real val images",
-            )
-            per_image = pd.DataFrame(
-                {
-                    "model": model,
-                    "image": val.names,
-                    "pixel_accuracy": [_safe(lambda i=i: seg_score([i], "pixel_accuracy")) for i in every],
-                    "realism_score": realism[model],
-                }
-            )
-
-            # The score only the synthetic city allows: class-conditional colour distributions.
-            if synthetic:
-                fake_stacked = stack_moments(fake_moments)
-
-                def colour(idx, fake_stacked=fake_stacked):
-                    return M.resampled_colour_distance(real_moments, fake_stacked, idx)
-
-                per_class = M.colour_moment_distance(sum_moments(real_moments, every), sum_moments(fake_stacked, every))
-                entry["colour_distance"] = _interval(
-                    float(np.mean(list(per_class.values()))) if per_class else float("nan"),
-                    stats.bootstrap_ci(len(every), colour, num_resamples=n_boot, seed=seed, vectorized=True),
-                    "mean over classes of the Frechet distance between Gaussians fitted to the RGB colours (0..255) of "
-                    "real and synthesized pixels of each class over the same layouts; bootstrap over images",
-                    per_class={val.label_space.names[c]: float(v) for c, v in per_class.items()},
-                )
-
-            # Diversity of a collection: mean pairwise perceptual distance between its k images.
-            measures = {"diversity": (diversity, f"mean pairwise LPIPS-style distance (unit-normalised VGG-19 features, "
-                                                 f"no learned weights; {vgg.source_description if vgg else ''})")}
-            if lpips is not None:
-                measures["diversity_lpips"] = (diversity_lpips, f"mean pairwise LPIPS v0.1 (lpips package, AlexNet backbone "
-                                                                f"from {Path(ep.lpips_backbone).name}, images in [-1, 1] at {h}x{w})")
-            for name, (values, protocol) in measures.items():
-                if k > 1:
-                    values = np.asarray(values)
-                    entry[name] = _interval(float(values.mean()), stats.bootstrap_mean_ci(values, num_resamples=n_boot, seed=seed),
-                                            f"{protocol} between the {k} images of each layout's collection")
-                    per_image[name] = values
-
-            results[model] = entry
-            atomic_write_text(per_image_dir / f"{model}.csv", per_image.to_csv(index=False))
-
+    for model, scored in scores.items():
+        atomic_write_text(reports / "per_image" / f"{model}.csv", scored.per_image.to_csv(index=False))
+    results = {model: scored.entry for model, scored in scores.items()}
+    realism = {model: scored.realism for model, scored in scores.items()}
     preference, curves = preference_table(
         ep.reference_model, table_baselines(params), realism, ep.judgment_files, ep.bootstrap_resamples, ep.seed
     )
     atomic_write_text(reports / "preference.csv", preference.to_csv(index=False))
     atomic_write_text(reports / "time_curves.csv", curves.to_csv(index=False))
+    h, w = val.size_hw
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
            "missing": missing_metrics(params, results)}
     atomic_write_json(reports / "metrics.json", out)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.inception import Inception3
 
-from crn_repro.errors import CrnError, check_choice, one_line
+from crn_repro.checkpoint import read_state_dict
+from crn_repro.errors import CrnError, check_choice
 
 SOURCES = ("pytorch-fid", "torchvision")
 FEATURE_DIM = 2048
@@ -124,8 +125,16 @@ def load_inception(source: str, path: str | Path | None) -> InceptionFeatures:
     where pytorch-fid and torchvision put their downloads. Nothing is ever downloaded.
     """
     check_choice("Inception weights source", source, SOURCES)
-    path = _resolve(source, path)
-    state_dict = _torch_load(path, source)
+    file_name = _FILE_NAMES[source]
+    url = PYTORCH_FID_URL if source == "pytorch-fid" else _torchvision_url()
+    if path is None:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        if not path.is_file():
+            raise CrnError(
+                f"{path}: {source} Inception weights not found; download {url} there or pass the path of a copy of {file_name}"
+            )
+    path = Path(path)
+    state_dict = read_state_dict(path, f"{source} Inception weights file", f"put {file_name} there (download {url})")
     with torch.device("meta"):  # no allocation: the file's tensors become the parameters
         net = inception_network(source)
     net.load_state_dict(_checked_state_dict(net, state_dict, path, source), strict=True, assign=True)
@@ -136,37 +145,10 @@ def load_inception(source: str, path: str | Path | None) -> InceptionFeatures:
     return InceptionFeatures(net, description)
 
 
-def _resolve(source: str, path: str | Path | None) -> Path:
-    file_name = _FILE_NAMES[source]
-    url = PYTORCH_FID_URL if source == "pytorch-fid" else _torchvision_url()
-    if path is None:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
-        if not path.is_file():
-            raise CrnError(
-                f"{path}: {source} Inception weights not found; download {url} there or pass the path of a copy of {file_name}"
-            )
-        return path
-    path = Path(path)
-    if not path.is_file():
-        raise CrnError(f"{path}: {source} Inception weights not found; put {file_name} there (download {url})")
-    return path
-
-
 def _torchvision_url() -> str:
     from torchvision.models import Inception_V3_Weights
 
     return Inception_V3_Weights.IMAGENET1K_V1.url
-
-
-def _torch_load(path: Path, source: str) -> dict:
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt zip, not a torch file, pickled code, ...
-        expected = _FILE_NAMES[source]
-        raise CrnError(f"{path}: cannot read as a torch state_dict ({one_line(error)}); expected {expected}") from error
-    if not isinstance(state_dict, dict):
-        raise CrnError(f"{path}: expected a state_dict (dict of tensors), got {type(state_dict).__name__}")
-    return state_dict
 
 
 def _checked_state_dict(net: nn.Module, state_dict: dict, path: Path, source: str) -> dict:

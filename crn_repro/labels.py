@@ -80,14 +80,22 @@ for _label in LABELS:
 
 
 def label_ids_to_channels(label_ids: np.ndarray) -> np.ndarray:
-    """Map a Cityscapes labelIds array (uint8) to layout channel indices 0..19 (19 = void).
+    """Map Cityscapes labelIds (any integer dtype: 8-bit, or the values of a 16-bit PNG) to layout
+    channel indices 0..19 (19 = void), uint8 of the same shape.
 
-    Raises ValueError listing the ids that are not in the Cityscapes table.
+    Raises ValueError listing (up to five of) the ids that are not in the Cityscapes table; an id
+    outside 0..255 is one of them, never wrapped onto a valid id.
     """
-    channels = ID_TO_CHANNEL[label_ids.astype(np.uint8, copy=False)]
+    values = np.asarray(label_ids)
+    if values.dtype == np.uint8:
+        channels = ID_TO_CHANNEL[values]
+    else:
+        wide = values.astype(np.int64)
+        channels = ID_TO_CHANNEL[np.where((wide >= 0) & (wide < len(ID_TO_CHANNEL)), wide, 255)]  # 255: unknown
     if (channels == 255).any():
-        unknown = sorted(int(v) for v in np.unique(label_ids[channels == 255]))
-        raise ValueError(f"label ids {unknown} are not Cityscapes labelIds (valid: 0..33)")
+        unknown = sorted(int(v) for v in np.unique(values[channels == 255]))
+        listed = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise ValueError(f"label ids [{listed}] are not Cityscapes labelIds (valid: 0..33)")
     return channels
 
 

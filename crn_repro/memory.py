@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crn_repro.registry import count_parameters
-
 
 def activation_bytes(
     module: nn.Module,
@@ -55,21 +53,6 @@ def activation_bytes(
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         module(*inputs)
     return sum(s.nbytes() for s in saved.values())
-
-
-def compare_activation_memory(networks: dict[str, nn.Module], layout: torch.Tensor) -> dict[str, dict]:
-    """Per network: trainable parameters, activation bytes for one forward on ``layout``, and
-    activation bytes per parameter (low capacity per byte of memory is the paper's point)."""
-    table = {}
-    for name, net in networks.items():
-        parameters = count_parameters(net)
-        nbytes = activation_bytes(net, layout)
-        table[name] = {
-            "parameters": parameters,
-            "activation_bytes": nbytes,
-            "activation_bytes_per_parameter": nbytes / parameters if parameters else float("inf"),
-        }
-    return table
 
 
 # --- the memory of one training step ----------------------------------------------------------------

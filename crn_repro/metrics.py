@@ -24,6 +24,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from crn_repro.checkpoint import read_state_dict
 from crn_repro.errors import CrnError
 from crn_repro.labels import NUM_LAYOUT_CHANNELS
 
@@ -362,22 +363,6 @@ def class_colour_distance(
     )
 
 
-def class_colour_distance_per_image(
-    real_images: Tensor,
-    fake_images: Tensor,
-    layouts: Tensor,
-    num_classes: int = NUM_LAYOUT_CHANNELS,
-    min_pixels: int = 10,
-) -> list[dict[int, float]]:
-    """``class_colour_distance`` of each image pair on its own (for per-image tables)."""
-    if len(real_images) != len(fake_images):
-        raise CrnError(f"class colour distance: {len(real_images)} real but {len(fake_images)} synthesized images")
-    return [
-        class_colour_distance(real_images[i : i + 1], fake_images[i : i + 1], layouts[i : i + 1], num_classes, min_pixels)
-        for i in range(len(real_images))
-    ]
-
-
 # --- features of the segmenter S ------------------------------------------------------------------
 
 
@@ -405,31 +390,24 @@ def segmentation_feature_extractor(segmenter: Segmenter) -> Callable[[Tensor], T
 
 
 def _features(feats: ArrayLike, what: str, min_rows: int) -> np.ndarray:
-    """Features as a float64 (n, d) numpy array, checked."""
-    array = feats.detach().cpu().double().numpy() if isinstance(feats, Tensor) else np.asarray(feats, dtype=np.float64)
-    _check_features(array.shape, what, min_rows)
-    if not np.isfinite(array).all():
-        raise CrnError(f"{what}: features hold NaN or inf")
-    return array
+    """Features as a float64 (n, d) numpy array, checked (``_features_tensor``)."""
+    return _features_tensor(feats, what, min_rows).cpu().numpy()
 
 
 def _features_tensor(feats: ArrayLike, what: str, min_rows: int) -> Tensor:
-    """Features as a float64 (n, d) tensor on their own device (numpy -> CPU), checked."""
+    """Features as a float64 (n, d) tensor on their own device (numpy -> CPU), checked: two dimensions,
+    at least ``min_rows`` rows, every value finite."""
     if isinstance(feats, Tensor):
         tensor = feats.detach().double()
     else:
         tensor = torch.as_tensor(np.asarray(feats, dtype=np.float64))
-    _check_features(tuple(tensor.shape), what, min_rows)
+    if tensor.ndim != 2:
+        raise CrnError(f"{what}: expected features of shape (n, d), got {tuple(tensor.shape)}")
+    if tensor.shape[0] < min_rows:
+        raise CrnError(f"{what}: needs at least {min_rows} feature vectors, got {tensor.shape[0]}; evaluate more images")
     if not torch.isfinite(tensor).all():
         raise CrnError(f"{what}: features hold NaN or inf")
     return tensor
-
-
-def _check_features(shape: tuple, what: str, min_rows: int) -> None:
-    if len(shape) != 2:
-        raise CrnError(f"{what}: expected features of shape (n, d), got {tuple(shape)}")
-    if shape[0] < min_rows:
-        raise CrnError(f"{what}: needs at least {min_rows} feature vectors, got {shape[0]}; evaluate more images")
 
 
 def _same_dim(a: np.ndarray, b: np.ndarray) -> None:
@@ -455,12 +433,7 @@ class Lpips:
         import lpips
 
         path = Path(backbone_path)
-        if not path.is_file():
-            raise CrnError(f"{path}: LPIPS backbone not found; it is {ALEXNET_WHERE} (evaluate.lpips_backbone)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a foreign file
-            raise CrnError(f"{path}: not a readable torchvision AlexNet file ({type(error).__name__}); it is {ALEXNET_WHERE}") from None
+        state = read_state_dict(path, "LPIPS backbone", f"it is {ALEXNET_WHERE} (evaluate.lpips_backbone)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision's deprecation notice for `pretrained`
             self.model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)

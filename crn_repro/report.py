@@ -36,7 +36,7 @@ from crn_repro.files import atomic_write_bytes, atomic_write_json, atomic_write_
 from crn_repro.labels import colorize_channels
 from crn_repro.params import Params
 from crn_repro.registry import SEGMENTERS, display_name, get_spec
-from crn_repro.synthesize import output_names
+from crn_repro.synthesize import output_names, read_index
 
 METRIC_TITLES = {
     "segmentation_miou": "Segmentation mIoU (higher is better)",
@@ -202,12 +202,6 @@ def _save(fig: Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def _export(table: pd.DataFrame, folder: Path, name: str) -> None:
-    """A table as CSV and as a LaTeX tabular (booktabs), for a paper."""
-    atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
-    atomic_write_text(folder / f"{name}.tex", table.to_latex(index=False, escape=True))
-
-
 def _read_png(path: Path) -> np.ndarray:
     return read_image(path, f"run `crn-repro synthesize --model {path.parent.name}` again")
 
@@ -235,17 +229,33 @@ def write_report(params: Params) -> Path:
     figures, tables = reports / "figures", reports / "tables"
     meta = read_prepared_meta(Path(params.paths.prepared))
     val = PreparedSplit(Path(params.paths.prepared), "val")
-    indexes = {}
-    for model in params.models:
-        index_path = Path(params.paths.synth) / model / "index.json"
-        indexes[model] = read_json(index_path, f"run `crn-repro synthesize --model {model}` again")
-        if not isinstance(indexes[model], dict) or not {"names", "k", "facts"} <= set(indexes[model]):
-            raise CrnError(f"{index_path}: not a synthesized set's index; run `crn-repro synthesize --model {model}` again")
-    summaries = {model: index["facts"] for model, index in indexes.items()}  # the model file's facts
-    palette = val.label_space.palette
-    origin = provenance(params)
+    indexes = {model: read_index(Path(params.paths.synth) / model, model) for model in params.models}
+    origin = provenance(params)  # before params.json is written: a tracked reports/ would read as changed
     atomic_write_json(reports / "params.json", params.to_dict())
 
+    lines = _run_section(meta, origin, {model: index["facts"] for model, index in indexes.items()}, tables)
+    lines += _evaluation_section(params, reports, figures, tables, meta["dataset"])
+    lines += _qualitative_section(params, val, indexes, figures)
+    lines += _training_curves_section(params, figures)
+    lines += _memory_section(tables)
+    _write_gallery(params, reports / "gallery", val, indexes, val.label_space.palette)
+    report = reports / "report.md"
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(report, text)
+    atomic_write_text(reports / "report.html", to_html(text, reports))
+    return report
+
+
+def _table(table: pd.DataFrame, tables: Path, name: str) -> list[str]:
+    """A table's markdown lines for the report, the table written beside it for a paper as
+    ``tables/<name>.csv`` and a LaTeX tabular (booktabs) ``tables/<name>.tex``."""
+    atomic_write_text(tables / f"{name}.csv", table.to_csv(index=False))
+    atomic_write_text(tables / f"{name}.tex", table.to_latex(index=False, escape=True))
+    return markdown(table)
+
+
+def _run_section(meta: dict, origin: dict, summaries: dict[str, dict], tables: Path) -> list[str]:
+    """Title, provenance, the data and the runs (from each model file's facts, ``summaries``)."""
     h, w = meta["image_size_hw"]
     lines = [
         "# crn-repro report",
@@ -264,9 +274,7 @@ def write_report(params: Params) -> Path:
         f"- Resolution: {h}x{w}",
         "",
     ]
-    runs = runs_table(summaries)
-    _export(runs, tables, "runs")
-    lines += markdown(runs)
+    lines += _table(runs_table(summaries), tables, "runs")
     if any(s["vgg"].startswith("random") for s in summaries.values()):
         lines += [
             "",
@@ -277,10 +285,12 @@ def write_report(params: Params) -> Path:
         ]
     if meta["dataset"] == "synthetic":
         lines += ["", f"> The data is the built-in **synthetic city** (generated from seed {meta.get('synthetic_seed')}), not Cityscapes."]
+    return lines
 
-    lines += _evaluation_section(params, reports, figures, tables, meta["dataset"])
 
-    # qualitative figures
+def _qualitative_section(params: Params, val: PreparedSplit, indexes: dict, figures: Path) -> list[str]:
+    """The qualitative grid (paper Fig. 4/5), the layout colours, and each k > 1 model's diversity panel (Fig. 6)."""
+    palette = val.label_space.palette
     rows = np.linspace(0, len(val) - 1, min(params.report.figure_rows, len(val))).round().astype(int)
     layouts = [colorize_channels(np.asarray(val.labels[i]), palette) for i in rows]
     columns = {"Semantic layout": layouts, "Reference": [np.asarray(val.images[i]) for i in rows]}
@@ -289,9 +299,9 @@ def write_report(params: Params) -> Path:
         columns[display_name(model)] = [_read_png(folder / output_names(val.names[i], indexes[model]["k"])[0]) for i in rows]
     _save(F.qualitative_grid(columns, [_short(val.names[i]) for i in rows]), figures / "qualitative.png")
     _save(F.class_legend(list(val.label_space.names), [tuple(c) for c in palette]), figures / "legend.png")
-    lines += ["", "## Qualitative results", "",
-              "Qualitative comparison (paper Fig. 4/5 style): semantic layout, reference image, and the first output of each model.",
-              "", "![qualitative](figures/qualitative.png)", "", "Layout colours:", "", "![legend](figures/legend.png)", ""]
+    lines = ["", "## Qualitative results", "",
+             "Qualitative comparison (paper Fig. 4/5 style): semantic layout, reference image, and the first output of each model.",
+             "", "![qualitative](figures/qualitative.png)", "", "Layout colours:", "", "![legend](figures/legend.png)", ""]
     for model in params.models:
         k = indexes[model]["k"]
         if k > 1:
@@ -301,7 +311,11 @@ def write_report(params: Params) -> Path:
             _save(F.diversity_panel(layouts, collections, f"{model}: the k = {k} images synthesized for each layout"), path)
             lines += [f"Diversity (paper Fig. 6 style): the {k} images {model} synthesizes for each layout.", "",
                       f"![{path.name}](figures/{path.name})", ""]
+    return lines
 
+
+def _training_curves_section(params: Params, figures: Path) -> list[str]:
+    """Every trained model's total loss per logged step (from its dvclive files), where there are any."""
     curves = {}
     for model in [*SEGMENTERS, *params.models]:
         spec = get_spec(model)
@@ -309,29 +323,37 @@ def write_report(params: Params) -> Path:
         if tsv.is_file():
             df = pd.read_csv(tsv, sep="\t")
             curves[model] = (f"{spec.main_network}/total loss", df.rename(columns={df.columns[-1]: "value"}))
-    if curves:
-        _save(F.training_curves(curves), figures / "training_curves.png")
-        lines += ["## Training curves", "",
-                  "Each model's total training loss (its generator's; the segmenter's cross-entropy) per logged step, "
-                  "averaged over `train.log_every_steps`; red: running mean.", "", "![training curves](figures/training_curves.png)", ""]
+    if not curves:
+        return []
+    _save(F.training_curves(curves), figures / "training_curves.png")
+    return ["## Training curves", "",
+            "Each model's total training loss (its generator's; the segmenter's cross-entropy) per logged step, "
+            "averaged over `train.log_every_steps`; red: running mean.", "", "![training curves](figures/training_curves.png)", ""]
 
-    memory = memory_table()
-    _export(memory, tables, "memory")
-    lines += ["## Memory: why the full-resolution network does not scale (Sec. 4)", "",
-              "Activations autograd keeps for the backward pass, one image, fp32, measured by shape on the meta device "
-              "(the paper trained the full-resolution network only up to 256x512 on a 12 GB GPU):", ""]
-    lines += markdown(memory)
 
-    _write_gallery(params, reports / "gallery", val, indexes, palette)
-    report = reports / "report.md"
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(report, text)
-    atomic_write_text(reports / "report.html", to_html(text, reports))
-    return report
+def _memory_section(tables: Path) -> list[str]:
+    """The activation memory table (paper Sec. 4)."""
+    return ["## Memory: why the full-resolution network does not scale (Sec. 4)", "",
+            "Activations autograd keeps for the backward pass, one image, fp32, measured by shape on the meta device "
+            "(the paper trained the full-resolution network only up to 256x512 on a 12 GB GPU):", "",
+            *_table(memory_table(), tables, "memory")]
 
 
 def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Path, dataset: str) -> list[str]:
     """Preference table, time curves, automatic metrics and published scores, from the evaluate stage's files."""
+    metrics, missing, preference = _read_evaluation(params, reports)
+    source = preference["source"].iloc[0] if len(preference) else "none"
+    lines = _preference_section(params, preference, source, dataset, tables)
+    if source.startswith(("human judgments", "simulated participants")):
+        lines += _time_curves_section(reports / "time_curves.csv", source, figures, tables)
+    lines += _metrics_section(metrics, missing, figures, tables)
+    lines += _published_section(tables)
+    return lines
+
+
+def _read_evaluation(params: Params, reports: Path) -> tuple[dict[str, dict], list[dict], pd.DataFrame]:
+    """The evaluate stage's metrics (in the params' model order: crn first), its missing metrics and
+    its preference table, each checked."""
     metrics_path, preference_path = reports / "metrics.json", reports / "preference.csv"
     again = "run `crn-repro evaluate` again"
     stored = read_json(metrics_path, again)
@@ -339,9 +361,13 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
         raise CrnError(f"{metrics_path}: no `models` mapping; {again}")
     missing = [m for m in stored.get("missing", []) if isinstance(m, dict)]
     stored = stored["models"]
-    metrics = {m: stored[m] for m in [*params.models, *stored] if m in stored}  # the params' order: crn first
+    metrics = {m: stored[m] for m in [*params.models, *stored] if m in stored}
     preference = read_table(preference_path, ("baseline", "rate", "source"), missing=f"missing; {again}", fix=again)
-    source = preference["source"].iloc[0] if len(preference) else "none"
+    return metrics, missing, preference
+
+
+def _preference_section(params: Params, preference: pd.DataFrame, source: str, dataset: str, tables: Path) -> list[str]:
+    """Table 1's shape, with what its source is (automatic proxy, simulated participants or people)."""
     row_name, _ = published.table_1_row(dataset)
     lines = [
         "",
@@ -379,42 +405,46 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
             f"where a comparison has fewer than {stats.MIN_BOOTSTRAP_CLUSTERS} workers (images).",
             "",
         ]
-    table = preference_table(preference, dataset)
-    _export(table, tables, "preference")
-    lines += markdown(table)
-    curves_path = reports / "time_curves.csv"
-    if (human or simulated) and curves_path.is_file():
-        curves = pd.read_csv(curves_path)
-        if len(curves):
-            _save(F.time_curve_figure(curves, source, published.FIGURE_3), figures / "time_curves.png")
-            timed = time_curves_table(curves)
-            _export(timed, tables, "time_curves")
-            lines += [
-                "",
-                "### Time-limited judgments (paper Fig. 3)",
-                "",
-                f"Source: **{source}**. Preference rate of the first image type against exposure time, with 95% Wilson "
-                f"intervals; hollow points and the last column: the paper's rates ({published.FIGURE_3_SOURCE}). Trials whose "
-                "measured on-screen time missed the target by more than `study.timing_tolerance_ms` were left out by "
-                "`crn-repro study analyze` (the source says how many, where any were).",
-                "",
-                "![time curves](figures/time_curves.png)",
-                "",
-            ]
-            lines += markdown(timed)
+    return lines + _table(preference_table(preference, dataset), tables, "preference")
+
+
+def _time_curves_section(curves_path: Path, source: str, figures: Path, tables: Path) -> list[str]:
+    """Fig. 3: preference rates of timed judgments against exposure time, where the study has any."""
+    if not curves_path.is_file():
+        return []
+    curves = pd.read_csv(curves_path)
+    if not len(curves):
+        return []
+    _save(F.time_curve_figure(curves, source, published.FIGURE_3), figures / "time_curves.png")
+    return [
+        "",
+        "### Time-limited judgments (paper Fig. 3)",
+        "",
+        f"Source: **{source}**. Preference rate of the first image type against exposure time, with 95% Wilson "
+        f"intervals; hollow points and the last column: the paper's rates ({published.FIGURE_3_SOURCE}). Trials whose "
+        "measured on-screen time missed the target by more than `study.timing_tolerance_ms` were left out by "
+        "`crn-repro study analyze` (the source says how many, where any were).",
+        "",
+        "![time curves](figures/time_curves.png)",
+        "",
+        *_table(time_curves_table(curves), tables, "time_curves"),
+    ]
+
+
+def _metrics_section(metrics: dict[str, dict], missing: list[dict], figures: Path, tables: Path) -> list[str]:
+    """Every automatic metric with its interval and protocol, their figure, and the metrics that could not
+    be computed (with the file each needs)."""
     names = [m for m in METRIC_TITLES if any(m in entry for entry in metrics.values())]
-    automatic = metrics_table(metrics)
-    _export(automatic, tables, "metrics")
-    lines += [
+    lines = [
         "",
         "## Automatic metrics",
         "",
         "Each value with its bootstrap 95% interval over validation images. These measure other things than realism "
         "to a person and are reported apart from the human evidence.",
         "",
+        *_table(metrics_table(metrics), tables, "metrics"),
+        "", "Protocols:", "",
     ]
-    lines += markdown(automatic)
-    lines += ["", "Protocols:", ""]
     for m in names:
         protocol = next(entry[m]["protocol"] for entry in metrics.values() if m in entry)
         lines.append(f"- **{m}**: {protocol}")
@@ -426,13 +456,15 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
         lines += ["**Missing metrics** (not computed, and not replaced by another number):", ""]
         lines += [f"- {m.get('metric')}: needs {m.get('needs')}; from {m.get('from')}" for m in missing]
         lines += [""]
-    scores = published_table()
-    _export(scores, tables, "published_automatic")
-    lines += ["### Published automatic scores (other data and protocols)", "",
-              "What later papers measured on Cityscapes (CRN, and pix2pixHD and SPADE under SPADE's protocol), with their own segmenters and protocols. Not comparable "
-              "with this run's numbers unless the protocol matches; listed so that a reader can place them.", ""]
-    lines += markdown(scores)
     return lines
+
+
+def _published_section(tables: Path) -> list[str]:
+    """Automatic scores of CRN that later papers published, kept apart from this run's."""
+    return ["### Published automatic scores (other data and protocols)", "",
+            "What later papers measured on Cityscapes (CRN, and pix2pixHD and SPADE under SPADE's protocol), with their own segmenters and protocols. Not comparable "
+            "with this run's numbers unless the protocol matches; listed so that a reader can place them.", "",
+            *_table(published_table(), tables, "published_automatic")]
 
 
 def _write_gallery(params: Params, folder: Path, val: PreparedSplit, indexes: dict, palette) -> None:

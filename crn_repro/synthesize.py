@@ -15,7 +15,8 @@ from rich.console import Console
 
 from crn_repro.datasets import PreparedSplit, channels_to_layout, tensor_to_image
 from crn_repro.errors import CrnError
-from crn_repro.files import atomic_write_json, staged_dir
+from crn_repro.files import atomic_write_json, read_json, staged_dir
+from crn_repro.labels import colors_to_channels, label_ids_to_channels
 from crn_repro.params import Params
 from crn_repro.progress import StageProgress
 from crn_repro.registry import get_spec, load_model
@@ -24,6 +25,17 @@ from crn_repro.registry import get_spec, load_model
 def output_names(stem: str, k: int) -> list[str]:
     """File names of the k images synthesized for the layout ``stem``."""
     return [f"{stem}.png"] if k == 1 else [f"{stem}_k{u}.png" for u in range(k)]
+
+
+def read_index(folder: Path, model: str) -> dict:
+    """The ``index.json`` of a model's synthesized set (``folder``): its layout names, k and the model
+    file's facts, checked; a missing or foreign file is a one-line error saying to synthesize again."""
+    index_path = Path(folder) / "index.json"
+    again = f"run `crn-repro synthesize --model {model}` again"
+    index = read_json(index_path, again)
+    if not isinstance(index, dict) or not {"names", "k", "facts"} <= set(index):
+        raise CrnError(f"{index_path}: not a synthesized set's index (names, k, facts); {again}")
+    return index
 
 
 @torch.no_grad()
@@ -73,8 +85,6 @@ def read_label_map(path: Path, label_format: str, num_classes: int, size_hw: tup
     nearest, as ``prepare`` resizes labels): ``label_ids`` a Cityscapes labelIds PNG, ``color`` a Cityscapes colour label PNG,
     ``nyu`` a class-index image with 0 = unlabeled (void) and 1..num_classes-1 the classes (the 40-class
     NYU images). Unknown labels or colours are one-line errors naming the file and the values."""
-    from crn_repro.labels import colors_to_channels
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -103,19 +113,15 @@ def read_label_map(path: Path, label_format: str, num_classes: int, size_hw: tup
 
 def _index_channels(path: Path, values: np.ndarray, label_format: str, num_classes: int) -> np.ndarray:
     """Layout channels of a single-channel label image: Cityscapes labelIds or NYU class indices."""
-    from crn_repro.labels import ID_TO_CHANNEL
-
     if label_format == "label_ids":
-        known = (values >= 0) & (values < len(ID_TO_CHANNEL)) & (ID_TO_CHANNEL[values.clip(0, 255)] != 255)
-        if not known.all():
-            raise CrnError(f"{path}: labelIds {sorted(set(np.unique(values[~known]).tolist()))[:5]} are not Cityscapes "
-                           f"labelIds (0..33); give labelIds PNGs or another --label-format")
-        channels = ID_TO_CHANNEL[values]
-    else:  # nyu: 0 is void (the last channel), 1.. the classes
-        if values.max(initial=0) >= num_classes or values.min(initial=0) < 0:
-            raise CrnError(f"{path}: class {int(values.max())} beyond the model's {num_classes - 1} classes (0 = unlabeled)")
-        channels = np.where(values == 0, num_classes - 1, values - 1)
-    return channels
+        try:
+            return label_ids_to_channels(values)
+        except ValueError as error:
+            raise CrnError(f"{path}: {error}; give labelIds PNGs or another --label-format") from None
+    # nyu: 0 is void (the last channel), 1.. the classes
+    if values.max(initial=0) >= num_classes or values.min(initial=0) < 0:
+        raise CrnError(f"{path}: class {int(values.max())} beyond the model's {num_classes - 1} classes (0 = unlabeled)")
+    return np.where(values == 0, num_classes - 1, values - 1)
 
 
 def release_grid(images: list[np.ndarray]) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crn_repro.checkpoint import read_state_dict
 from crn_repro.errors import CrnError, check_choice, one_line
 
 LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")  # features taken after their ReLU
@@ -193,18 +194,13 @@ def _copy_convs(vgg: VGG19Features, weights: dict[str, tuple[Tensor, Tensor]]) -
 
 def _read_torchvision(path: str | Path | None, allow_download: bool) -> tuple[dict, Path]:
     """The IMAGENET1K_V1 state_dict and where it came from; downloads only if allowed."""
+    fix = f"put torchvision's {TORCHVISION_FILE_NAME} there ({_torchvision_url()}) or fix {PARAMS_KEY}"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CrnError(
-                f"{path}: VGG-19 weights file not found; put torchvision's {TORCHVISION_FILE_NAME} "
-                f"there ({_torchvision_url()}) or fix {PARAMS_KEY}"
-            )
-        return _torch_load(path), path
+        return read_state_dict(path, "VGG-19 weights file", fix), Path(path)
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILE_NAME
     if cached.is_file():
-        return _torch_load(cached), cached
+        return read_state_dict(cached, "VGG-19 weights file", fix), cached
     if not allow_download:
         raise CrnError(
             f"{cached}: torchvision VGG-19 weights not found; download {_torchvision_url()} to that "
@@ -220,16 +216,6 @@ def _torchvision_url() -> str:
     from torchvision.models import VGG19_Weights
 
     return VGG19_Weights.IMAGENET1K_V1.url
-
-
-def _torch_load(path: Path) -> dict:
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt zip, not a torch file, pickled code, ...
-        raise CrnError(f"{path}: cannot read as a torch state_dict ({one_line(error)})") from error
-    if not isinstance(state_dict, dict):
-        raise CrnError(f"{path}: expected a state_dict (dict of tensors), got {type(state_dict).__name__}")
-    return state_dict
 
 
 def _torchvision_convs(state_dict: dict, path: Path) -> dict[str, tuple[Tensor, Tensor]]:

@@ -304,7 +304,7 @@ def test_state_without_its_keys(ws):
 def test_truncated_state(ws):
     path = ws / "runs/crn/state.pt"
     path.write_bytes(path.read_bytes()[:1000])
-    fails_in_one_line(ws, ["train", "-m", "crn"], "state.pt", "not a readable training state")
+    fails_in_one_line(ws, ["train", "-m", "crn"], "state.pt", "not a readable training state", "delete it and train again")
 
 
 def test_a_model_file_of_another_model_is_refused(ws):
@@ -321,7 +321,7 @@ def test_a_model_file_with_other_shapes_is_refused(ws):
 
 def test_a_foreign_file_as_model_file(ws):
     (ws / "runs/crn/model.pt").write_bytes(b"not a checkpoint")
-    fails_in_one_line(ws, ["synthesize", "-m", "crn"], "runs/crn/model.pt", "not a readable model file")
+    fails_in_one_line(ws, ["synthesize", "-m", "crn"], "runs/crn/model.pt", "not a readable model file", "delete it and train again")
 
 
 def test_init_from_a_model_of_other_widths(ws):

@@ -96,6 +96,11 @@ def test_corrupt_png_and_unknown_id(tmp_path):
     write_tree(tmp_path, n=1, ids=[7, 40])
     with pytest.raises(CrnError, match=r"gtFine_labelIds.png: label ids \[40\]"):
         load_pair(pair, (16, 32))
+    wide = np.full((32, 64), 7, np.uint16)
+    wide[0, 0] = 263  # a 16-bit labelIds PNG: 263 must not wrap onto 7 (road)
+    Image.fromarray(wide).save(pair.label_path)
+    with pytest.raises(CrnError, match=r"gtFine_labelIds.png: label ids \[263\]"):
+        load_pair(pair, (32, 64))
 
 
 def test_label_ids_colour_to_the_official_map():

@@ -63,10 +63,11 @@ def test_load_the_release_file_in_its_forms(network, tmp_path, wrap):
 
 
 def test_bad_files_are_one_line_errors(network, tmp_path):
-    with pytest.raises(CrnError, match=r"nowhere\.pth: DRN-D-105 weights not found.*fyu/drn"):
+    with pytest.raises(CrnError, match=r"nowhere\.pth: DRN-D-105 weights file not found; it is fyu/drn's .*evaluate\.drn_weights"):
         load_drn(tmp_path / "nowhere.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(CrnError, match="not a readable torch file"):
+    with pytest.raises(CrnError, match=r"junk\.pth: not a readable DRN-D-105 weights file \(.*\); it is fyu/drn's "
+                                       r"Cityscapes model drn-d-105_ms_cityscapes\.pth .*evaluate\.drn_weights"):
         load_drn(tmp_path / "junk.pth")
     state = network.state_dict()
     torch.save({k: v for k, v in state.items() if not k.startswith("seg")}, tmp_path / "partial.pth")

@@ -302,7 +302,9 @@ def test_corrupt_file(tmp_path):
     path.write_bytes(b"not a torch file\n" * 10)
     with pytest.raises(CrnError) as excinfo:
         load_inception("pytorch-fid", path)
-    assert str(path) in _one_line_crn_error(excinfo)
+    message = _one_line_crn_error(excinfo)
+    assert f"{path}: not a readable pytorch-fid Inception weights file (" in message
+    assert f"put {PYTORCH_FID_FILE_NAME} there (download {PYTORCH_FID_URL})" in message
 
 
 def test_not_a_state_dict(tmp_path):

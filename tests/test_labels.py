@@ -6,6 +6,7 @@ agreeing with the package's own table."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from crn_repro.labels import (
     CHANNEL_COLORS,
@@ -52,6 +53,19 @@ def test_every_label_id_maps_to_its_official_channel():
     expected = np.array([19 if t == 255 else t for t in OFFICIAL_TRAIN_IDS], dtype=np.uint8).reshape(2, 17)
     np.testing.assert_array_equal(label_ids_to_channels(ids), expected)
     assert (ID_TO_CHANNEL[34:] == 255).all()  # anything else is unknown, not void
+
+
+def test_wide_label_ids_map_like_8_bit_ones_and_never_wrap():
+    """16-bit label images (and int arrays) map as uint8 ones do; an id above 255 is unknown, not the
+    id it would wrap onto (263 would be road's 7 as uint8)."""
+    ids = np.arange(34).reshape(2, 17)
+    for dtype in (np.uint16, np.int32, np.int64):
+        np.testing.assert_array_equal(label_ids_to_channels(ids.astype(dtype)), label_ids_to_channels(ids.astype(np.uint8)))
+    for bad, listed in ((np.array([7, 263], np.uint16), "[263]"), (np.array([7, -1], np.int64), "[-1]"),
+                        (np.arange(30, 300, dtype=np.int32), "[34, 35, 36, 37, 38, ...]")):
+        with pytest.raises(ValueError) as error:
+            label_ids_to_channels(bad)
+        assert f"label ids {listed} are not Cityscapes labelIds" in str(error.value)
 
 
 def test_colour_matching_follows_the_official_colours():

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from crn_repro.errors import CrnError
 from crn_repro.metrics import (
     class_colour_distance,
-    class_colour_distance_per_image,
     colour_moments,
     frechet_distance,
     frechet_distance_from_statistics,
@@ -228,11 +227,8 @@ def test_class_colour_distance_matches_the_frechet_formula():
     assert distances[2] == pytest.approx(np.trace(np.cov(colours_2, rowvar=False)), rel=1e-5)
 
 
-def test_class_colour_distance_per_image_and_merged_moments():
+def test_colour_moments_of_images_add_up():
     images, layouts, _ = colour_scene()
-    fake = images.flip(-1)
-    per_image = class_colour_distance_per_image(images, fake, layouts)
-    assert len(per_image) == 2 and set(per_image[1]) == {0, 2} and set(per_image[0]) == {0, 2}
     merged = colour_moments(images[:1], layouts[:1]) + colour_moments(images[1:], layouts[1:])
     whole = colour_moments(images, layouts)
     torch.testing.assert_close(merged.total_outer, whole.total_outer)
@@ -352,8 +348,12 @@ def test_lpips_backbone_file_problems_are_one_line_errors(tmp_path):
     with pytest.raises(CrnError, match=r"nowhere\.pth: LPIPS backbone not found.*download\.pytorch\.org"):
         Lpips(tmp_path / "nowhere.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(CrnError, match="not a readable torchvision AlexNet file"):
+    with pytest.raises(CrnError, match=r"junk\.pth: not a readable LPIPS backbone \(.*\); it is torchvision's AlexNet weights, "
+                                       r".*alexnet-owt-7be5be79\.pth \(evaluate\.lpips_backbone\)"):
         Lpips(tmp_path / "junk.pth")
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")
+    with pytest.raises(CrnError, match=r"list\.pth: expected a state_dict .*got list; it is torchvision's AlexNet"):
+        Lpips(tmp_path / "list.pth")
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CrnError, match="no features.0.weight of the expected shape"):
         Lpips(tmp_path / "other.pth")

@@ -78,8 +78,15 @@ def test_unknown_labels_and_colours_are_one_line_errors_and_write_nothing(tmp_pa
     model = model_file(tmp_path)
     bad = label_ids()
     bad[0, :3] = 200
-    with pytest.raises(CrnError, match=r"frame0\.png: labelIds \[200\] are not Cityscapes labelIds"):
+    with pytest.raises(CrnError, match=r"frame0\.png: label ids \[200\] are not Cityscapes labelIds.*another --label-format"):
         synthesize_layouts(model, write_labels(tmp_path / "ids", [bad]), tmp_path / "out")
+    wide = label_ids().astype(np.uint16)  # a 16-bit PNG: 256 + 7 must not wrap onto road (7)
+    wide[0, 0] = 263
+    (tmp_path / "ids16").mkdir()
+    Image.fromarray(wide).save(tmp_path / "ids16/frame0.png")
+    assert Image.open(tmp_path / "ids16/frame0.png").mode.startswith("I")
+    with pytest.raises(CrnError, match=r"frame0\.png: label ids \[263\] are not Cityscapes labelIds"):
+        synthesize_layouts(model, tmp_path / "ids16", tmp_path / "out")
     colours = ID_COLORS[label_ids()]
     colours[0, 0] = (1, 2, 3)
     (tmp_path / "col").mkdir()

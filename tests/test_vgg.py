@@ -156,7 +156,10 @@ def test_torchvision_corrupt_file(tmp_path):
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CrnError) as error:
         load_vgg19("torchvision", path, "max")
-    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    message = str(error.value)
+    assert f"{path}: not a readable VGG-19 weights file (" in message and "\n" not in message
+    assert "put torchvision's vgg19-dcbb9e9d.pth there (https://download.pytorch.org/models/vgg19-dcbb9e9d.pth)" in message
+    assert "vgg.path" in message
 
 
 def test_torchvision_state_dict_missing_key(torchvision_file, tmp_path):

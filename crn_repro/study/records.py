@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crn_repro.files import atomic_write_text, read_table
+from crn_repro.files import atomic_write_text
 from crn_repro.errors import CrnError
 
 REAL = "real"  # the model name of the dataset's own images in a study
@@ -71,12 +71,6 @@ def check_responses(df: pd.DataFrame, where: str) -> pd.DataFrame:
     for column in ("participant", "job", "layout"):
         df[column] = df[column].astype(str)
     return df.reset_index(drop=True)
-
-
-def read_responses_csv(path: Path) -> pd.DataFrame:
-    """Canonical records from a CSV (e.g. ``<study>/analysis/responses.csv``)."""
-    df = read_table(path, missing="responses file not found", fix="export the responses again (or fix the file)", dtype={"participant": str, "job": str, "layout": str})
-    return check_responses(df, str(path))
 
 
 def write_responses_csv(df: pd.DataFrame, path: Path) -> None:
