@@ -6,8 +6,8 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
+from crn_repro.files import read_yaml
 from crn_repro.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 def tiny_raw_params(root: Path) -> dict:
     """params.yaml shrunk to seconds: 16x32 images, 3-module CRN, a handful of frames, paths under root."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = read_yaml(REPO / "params.yaml", "")
     raw = copy.deepcopy(raw)
     raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
     raw["data"]["image_size_hw"] = [16, 32]
