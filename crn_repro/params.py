@@ -428,10 +428,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def write_preset(name: str, out: Path, force: bool = False, presets_dir: Path = PRESETS_DIR) -> Path:
     """Write the resolved preset ``name`` to ``out`` (atomically); a preset that does not validate is
     never written. An ``out`` whose values are no preset's holds edits of its own: it is replaced only
-    with ``force``, and the refusal lists the edits against the closest preset."""
+    with ``force``, and the refusal lists the edits against the closest preset. The preset's raw-data
+    folder (``paths.raw``, next to ``out``) is created empty if missing, so that `dvc repro` reaches
+    `prepare`, which says what to download and where to put it, instead of DVC stopping at the missing
+    dependency ("No such file or directory")."""
     presets_dir, out = Path(presets_dir), Path(out)
     text = resolve(name, presets_dir)
-    parse_params(load_preset(name, presets_dir), f"{presets_dir / name}.yaml (resolved)")
+    params = parse_params(load_preset(name, presets_dir), f"{presets_dir / name}.yaml (resolved)")
     if preset_file(out) is not None:
         raise CrnError(f"{out}: is a preset file; write the params file elsewhere (default: params.yaml)")
     if out.exists() and not force:
@@ -445,4 +448,7 @@ def write_preset(name: str, out: Path, force: bool = False, presets_dir: Path = 
             raise CrnError(f"{out}: has edits that no preset holds (against preset {closest}: {shown}); keep them "
                            "(commit or copy the file), then run again with --force to replace it")
     atomic_write_text(out, text)
+    raw = out.parent / params.paths.raw  # prepare's DVC dependency: without it DVC stops before prepare can say
+    if not raw.exists() and not raw.is_symlink():  # what to download, so it starts as an empty folder
+        raw.mkdir(parents=True)
     return out

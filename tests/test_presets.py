@@ -190,3 +190,15 @@ def test_every_preset_is_written_as_dvc_writes_params(name, tmp_path):
     for _ in range(2):
         apply_overrides(str(path), ["train.seed=0"])
         assert path.read_text() == text
+
+
+def test_writing_a_preset_makes_its_raw_data_folder(tmp_path):
+    """`crn-repro preset cityscapes-256p && dvc repro` without the dataset must reach prepare's own message
+    (what to download, where to put it): DVC stops at a missing dependency before running a stage, so the
+    preset's `paths.raw` starts as an empty folder. A link already there (to the dataset) is kept."""
+    write_preset("cityscapes-256p", tmp_path / "params.yaml", presets_dir=REPO / "presets")
+    assert (tmp_path / "data/raw/cityscapes").is_dir() and not any((tmp_path / "data/raw/cityscapes").iterdir())
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "data/raw/nyu").symlink_to(tmp_path / "elsewhere")
+    write_preset("nyu", tmp_path / "params.yaml", presets_dir=REPO / "presets")
+    assert (tmp_path / "data/raw/nyu").is_symlink()
