@@ -1,78 +1,83 @@
-"""Multi-process training with the real torchrun (2 CPU processes, gloo), launched the way `dvc repro`
-does it: `crn-repro train` with train.processes: 2 relaunches itself under `torchrun --standalone`.
+"""Multi-process training with the real torchrun (CPU processes, gloo), launched the ways the docs launch it:
+`crn-repro train` with train.processes: 2 relaunching itself under `torchrun --standalone` (what `dvc repro`
+does), and two `torchrun --nnodes 2 --node_rank i` launchers meeting at a c10d rendezvous on 127.0.0.1, as
+on two machines (docs/multi-gpu.md, "Several machines").
 
-2 processes x batch b compute what 1 process x batch 2b does (the global batch of a step is split over
-the processes, and DDP averages their gradients), and an interrupted DDP run resumes exactly."""
+N processes at batch b compute what one process at batch N x b does (the global batch of a step is split
+over the processes, and DDP averages their gradients), and an interrupted multi-process run resumes exactly."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+import json
+import time
 
 import pytest
 import torch
-import yaml
 
-from crn_repro.checkpoint import load_training_state
+from ddp import assert_same_weights, kill_all, params_file, start_nodes, state, train, wait_all
 
 pytestmark = pytest.mark.slow
 
 
-def _train(raw: dict, folder: Path, *args: str, **train) -> subprocess.CompletedProcess:
-    raw = dict(raw, train=dict(raw["train"], **train))
-    raw["paths"] = dict(raw["paths"], runs=str(folder))
-    params = folder.with_suffix(".yaml")
-    params.write_text(yaml.safe_dump(raw))
-    return subprocess.run(
-        [sys.executable, "-m", "crn_repro", "--params", str(params), "train", "--model", "crn", *args],
-        capture_output=True, text=True, timeout=600,
-    )
-
-
-def _state(folder: Path) -> dict:
-    return load_training_state(folder / "crn" / "state.pt")
-
-
-@pytest.fixture
-def raw(prepared_tiny, tiny_raw):
-    root, _ = prepared_tiny
-    tiny_raw["paths"]["prepared"] = str(root / "data/prepared")
-    tiny_raw["train"].update(total_steps=4, checkpoint_every_steps=2, log_every_steps=1)
-    return tiny_raw
-
-
-def test_two_processes_compute_what_one_process_with_twice_the_batch_does(raw, tmp_path):
-    one = _train(raw, tmp_path / "one", batch_size_per_process=2, processes=1)
-    assert one.returncode == 0, one.stderr
-    two = _train(raw, tmp_path / "two", batch_size_per_process=1, processes=2)
+def test_two_processes_compute_what_one_process_with_twice_the_batch_does(ddp_raw, tmp_path, crn_batch2_reference):
+    two = train(ddp_raw, tmp_path / "two", batch_size_per_process=1, processes=2)
     assert two.returncode == 0, two.stderr
-    summary = yaml.safe_load((tmp_path / "two/crn/summary.json").read_text())
+    summary = json.loads((tmp_path / "two/crn/summary.json").read_text())
     assert summary["processes"] == 2 and summary["batch_size"] == 2 and summary["batch_size_per_process"] == 1
     assert summary["device"] == "cpu x2"
-    a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
+    a, b = crn_batch2_reference, state(tmp_path / "two")
     assert a["fingerprint"] == b["fingerprint"]  # the same global batches: either can resume the other
-    for key in a["nets"]["G"]:
-        torch.testing.assert_close(a["nets"]["G"][key], b["nets"]["G"][key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_same_weights(a, b, exact=False)
     torch.testing.assert_close(a["objective"]["loss.lambdas"], b["objective"]["loss.lambdas"], rtol=1e-6, atol=0)
 
 
-def test_an_interrupted_ddp_run_resumes_exactly(raw, tmp_path):
-    whole = _train(raw, tmp_path / "whole", batch_size_per_process=1, processes=2)
+def test_an_interrupted_ddp_run_resumes_exactly(ddp_raw, tmp_path):
+    whole = train(ddp_raw, tmp_path / "whole", batch_size_per_process=1, processes=2)
     assert whole.returncode == 0, whole.stderr
-    first = _train(raw, tmp_path / "split", "--until-step", "2", batch_size_per_process=1, processes=2)
+    first = train(ddp_raw, tmp_path / "split", "--until-step", "2", batch_size_per_process=1, processes=2)
     assert first.returncode == 0, first.stderr
-    assert _state(tmp_path / "split")["step"] == 2
-    second = _train(raw, tmp_path / "split", batch_size_per_process=1, processes=2)
+    assert state(tmp_path / "split")["step"] == 2
+    second = train(ddp_raw, tmp_path / "split", batch_size_per_process=1, processes=2)
     assert second.returncode == 0, second.stderr
     assert "resuming crn" in second.stderr and "at step 2" in second.stderr
-    a, b = _state(tmp_path / "whole"), _state(tmp_path / "split")
-    assert b["step"] == 4
-    assert all(torch.equal(a["nets"]["G"][k], b["nets"]["G"][k]) for k in a["nets"]["G"])
+    assert_same_weights(state(tmp_path / "whole"), state(tmp_path / "split"), exact=True)
 
 
-def test_a_failing_worker_fails_the_command(raw, tmp_path):
-    raw["crn"]["network"]["widths"] = [8, 8]  # wrong module count for 16x32: every worker stops with the error
-    result = _train(raw, tmp_path / "bad", processes=2)
+def test_a_failing_worker_fails_the_command(ddp_raw, tmp_path):
+    ddp_raw["crn"]["network"]["widths"] = [8, 8]  # wrong module count for 16x32: every worker stops with the error
+    result = train(ddp_raw, tmp_path / "bad", processes=2)
     assert result.returncode != 0
     assert "crn.network:" in result.stderr
+
+
+def test_two_nodes_at_a_c10d_rendezvous_train_what_one_process_at_twice_the_batch_does(ddp_raw, tmp_path, crn_batch2_reference):
+    """Two `torchrun --nnodes 2 --node_rank i --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:PORT` launchers,
+    one process each: the CRN's weights equal one process's at batch 2, and each node's worker knows the
+    two-node world (the summary says 2 processes, global batch 2)."""
+    params = params_file(ddp_raw, tmp_path / "nodes", batch_size_per_process=1, processes=1)
+    results = wait_all(start_nodes(params, 2))
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(out for _, out in results)
+    summary = json.loads((tmp_path / "nodes/crn/summary.json").read_text())
+    assert summary["processes"] == 2 and summary["batch_size"] == 2
+    assert_same_weights(crn_batch2_reference, state(tmp_path / "nodes"), exact=False)
+
+
+def test_an_interrupted_two_node_run_resumes(ddp_raw, tmp_path, crn_batch2_reference):
+    """Both nodes killed (SIGKILL to each launcher and its worker, as a lost allocation) after a checkpoint and
+    before the end; started again, they resume from the checkpoint and end with the weights of one process
+    at batch 2."""
+    params = params_file(ddp_raw, tmp_path / "nodes", batch_size_per_process=1, processes=1)
+    launchers = start_nodes(params, 2)
+    state_file = tmp_path / "nodes/crn/state.pt"
+    deadline = time.monotonic() + 300
+    try:
+        while not state_file.exists() and time.monotonic() < deadline and all(p.poll() is None for p in launchers):
+            time.sleep(0.05)
+    finally:
+        kill_all(launchers)
+    killed_at = state(tmp_path / "nodes")["step"]
+    assert 1 <= killed_at < ddp_raw["train"]["total_steps"], f"killed at step {killed_at}: no interruption to resume from"
+    results = wait_all(start_nodes(params, 2, rdzv_id="crn-test-again"))
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(out for _, out in results)
+    assert f"at step {killed_at}" in "".join(out for _, out in results)  # resumed, not started afresh
+    assert_same_weights(crn_batch2_reference, state(tmp_path / "nodes"), exact=False)
