@@ -110,3 +110,5 @@ def test_the_documented_submissions_pass_sbatchs_own_check(slurm_cluster, repo):
     if "SBATCH_GPUS_PER_NODE" not in os.environ:  # as written, the script asks for 8 GPUs a node, which this cluster lacks
         refused = slurm_cluster.sbatch(["--test-only", *args], repo)
         assert refused.returncode != 0 and "gres" in refused.stderr, refused.stderr
+        overridden = slurm_cluster.sbatch(["--test-only", "--gpus-per-node", "0", *args], repo)  # `sbatch --gpus-per-node N ...`
+        assert overridden.returncode == 0 and "to start at" in overridden.stderr, overridden.stderr
