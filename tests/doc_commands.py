@@ -21,6 +21,9 @@ ADDING A CHECK for a new documented command is one line in CHECKS: the command e
                              torchrun lines are also parsed as by parse().
   part(of="...")             a fragment or a template of another documented command (placeholders such as
                              NAME, <stage>, N, ... stand for any word), which has its own check.
+  stage()                    a pipeline stage's command exactly as dvc.yaml runs it (`crn-repro train --model crn`
+                             is train@crn): the test checks dvc.yaml says so, and the tiny clone's `dvc repro`
+                             ran it; a chain of stage commands (a && b) is checked part by part.
 
 The registry is plain data so that several people can add lines at once without touching the test code.
 """
@@ -42,7 +45,7 @@ SHELL_FENCES = ("bash", "sh", "shell", "console")
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # run | parse | tested | part
+    kind: str  # run | parse | tested | part | stage
     instance: str | None = None
     where: str = "tiny"
     fails_with: tuple[str, ...] = ()
@@ -71,6 +74,10 @@ def part(of: str) -> Check:
     return Check("part", of=of)
 
 
+def stage() -> Check:
+    return Check("stage")
+
+
 CHECKS: dict[str, Check] = {
     # --- README: the two commands, CI ---------------------------------------------------------------------
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && dvc repro":
@@ -91,19 +98,19 @@ CHECKS: dict[str, Check] = {
     "dvc plots show": run(expect=("dvc_plots/index.html",)),
     "dvc exp show": run(),
     "dvc exp show --drop '.*' --keep 'Experiment|reports/headline/crn.json:(miou|fd_seg|realism)'": run(expect=("fd_seg",)),
-    "crn-repro prepare": run(expect=("prepared synthetic at 16x32",)),
+    "crn-repro prepare": stage(),
     "crn-repro <stage>": part(of="crn-repro prepare"),
-    "crn-repro train --model segmenter": run(expect=("segmenter: step 4/4",)),
-    "crn-repro train --model crn": run(expect=("crn: step 4/4",)),
+    "crn-repro train --model segmenter": stage(),
+    "crn-repro train --model crn": stage(),
     "crn-repro train --model NAME": part(of="crn-repro train --model crn"),
     "crn-repro train": part(of="crn-repro train --model crn"),
     "crn-repro train --model crn --until-step N": run(instance="crn-repro train --model crn --until-step 2"),
     "crn-repro train --until-step N": part(of="crn-repro train --model crn --until-step N"),
-    "crn-repro synthesize --model crn": run(expect=("crn: 5 layouts x 1 images -> data/synth/crn",)),
+    "crn-repro synthesize --model crn": stage(),
     "crn-repro synthesize --model NAME": part(of="crn-repro synthesize --model crn"),
-    "crn-repro synthesize --model crn && crn-repro evaluate": run(expect=("evaluated 1 models",)),
-    "crn-repro evaluate": run(expect=("evaluated 1 models on 5 layouts",)),
-    "crn-repro report": run(expect=("wrote reports/report.md",)),
+    "crn-repro synthesize --model crn && crn-repro evaluate": stage(),
+    "crn-repro evaluate": stage(),
+    "crn-repro report": stage(),
     "crn-repro synthesize --model crn --labels DIR --out DIR": run(
         instance="mkdir -p my_labels && python -c \"import numpy as np; from PIL import Image; "
                  "Image.fromarray(np.full((64, 128), 7, np.uint8)).save('my_labels/a_gtFine_labelIds.png')\" "

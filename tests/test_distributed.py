@@ -19,28 +19,36 @@ from ddp import assert_same_weights, kill_all, params_file, start_nodes, state, 
 pytestmark = pytest.mark.slow
 
 
-def test_two_processes_compute_what_one_process_with_twice_the_batch_does(ddp_raw, tmp_path, crn_batch2_reference):
-    two = train(ddp_raw, tmp_path / "two", batch_size_per_process=1, processes=2)
-    assert two.returncode == 0, two.stderr
-    summary = json.loads((tmp_path / "two/crn/summary.json").read_text())
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, prepared_tiny):
+    """`crn-repro train` with train.processes: 2 (it relaunches itself under `torchrun --standalone`), batch 1
+    per process, DDP_TRAIN's schedule: the run folder."""
+    from conftest import ddp_raw_params
+
+    root = tmp_path_factory.mktemp("two")
+    result = train(ddp_raw_params(prepared_tiny[0], root), root / "runs", batch_size_per_process=1, processes=2)
+    assert result.returncode == 0, result.stderr
+    return root / "runs"
+
+
+def test_two_processes_compute_what_one_process_with_twice_the_batch_does(two_processes, crn_batch2_reference):
+    summary = json.loads((two_processes / "crn/summary.json").read_text())
     assert summary["processes"] == 2 and summary["batch_size"] == 2 and summary["batch_size_per_process"] == 1
     assert summary["device"] == "cpu x2"
-    a, b = crn_batch2_reference, state(tmp_path / "two")
+    a, b = crn_batch2_reference, state(two_processes)
     assert a["fingerprint"] == b["fingerprint"]  # the same global batches: either can resume the other
     assert_same_weights(a, b, exact=False)
     torch.testing.assert_close(a["objective"]["loss.lambdas"], b["objective"]["loss.lambdas"], rtol=1e-6, atol=0)
 
 
-def test_an_interrupted_ddp_run_resumes_exactly(ddp_raw, tmp_path):
-    whole = train(ddp_raw, tmp_path / "whole", batch_size_per_process=1, processes=2)
-    assert whole.returncode == 0, whole.stderr
+def test_an_interrupted_ddp_run_resumes_exactly(ddp_raw, tmp_path, two_processes):
     first = train(ddp_raw, tmp_path / "split", "--until-step", "2", batch_size_per_process=1, processes=2)
     assert first.returncode == 0, first.stderr
     assert state(tmp_path / "split")["step"] == 2
     second = train(ddp_raw, tmp_path / "split", batch_size_per_process=1, processes=2)
     assert second.returncode == 0, second.stderr
     assert "resuming crn" in second.stderr and "at step 2" in second.stderr
-    assert_same_weights(state(tmp_path / "whole"), state(tmp_path / "split"), exact=True)
+    assert_same_weights(state(two_processes), state(tmp_path / "split"), exact=True)
 
 
 def test_a_failing_worker_fails_the_command(ddp_raw, tmp_path):

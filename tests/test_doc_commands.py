@@ -6,7 +6,8 @@ the registry, one line per command, and says how to add one).
 - parse() checks give each program of the line its own parser (crn-repro's click parser, torchrun's argparse,
   DVC's, a script's --help) and resolve and validate the params the line names, `dvc exp run -S` edits
   applied by DVC's own code;
-- tested() checks name the test that runs the command; part() entries are fragments of checked commands."""
+- tested() checks name the test that runs the command; stage() commands are dvc.yaml's, run by the tiny clone's
+  `dvc repro`; part() entries are fragments of checked commands."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from workspace import ENV, clone, commit, run, tiny_params, write_params
 DOCUMENTED = documented_commands()
 KINDS_HELP = ("run() runs it in a tiny clone; parse(why=...) parses it with each program's parser and resolves its "
               "params, for what needs GPUs, a dataset or weights; tested(by='tests/test_x.py::test_name') names the "
-              "test that runs it; part(of='...') for a fragment of another documented command")
+              "test that runs it; stage() for a dvc.yaml stage's command; part(of='...') for a fragment of another "
+              "documented command; see the top of tests/doc_commands.py")
 
 
 # --- the registry covers the docs, and only the docs ------------------------------------------------------
@@ -287,6 +289,35 @@ def test_runs_in_a_clone_with_tiny_params(command, tiny_clone):
 @pytest.mark.parametrize("command", [c for c, check in CHECKS.items() if check.kind == "run" and check.where == "fresh"])
 def test_runs_in_a_fresh_clone(command, fresh_clone):
     _run_check(command, fresh_clone)
+
+
+def _stage_commands() -> dict[str, str]:
+    """{command: stage} as dvc.yaml runs them, `foreach` stages once per model of the tiny clone's params."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, body in stages.items():
+        if "foreach" in body:
+            for model in tiny_params()["models"]:
+                out[body["do"]["cmd"].replace("${item}", model)] = f"{name}@{model}"
+        else:
+            out[body["cmd"]] = name
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c, check in CHECKS.items() if check.kind == "stage"])
+def test_a_stage_command_is_what_dvc_repro_ran(command, tiny_clone):
+    """dvc.yaml runs the command exactly as the docs write it, and the tiny clone's `dvc repro` ran that stage
+    (its lock entry records the command)."""
+    import yaml
+
+    locked = yaml.safe_load((tiny_clone / "dvc.lock").read_text())["stages"]
+    for part in command.split(" && "):
+        stage_name = _stage_commands().get(part)
+        assert stage_name, f"`{part}` is no stage's command in dvc.yaml"
+        assert locked[stage_name]["cmd"] == part, (stage_name, locked[stage_name]["cmd"])
 
 
 # --- commands checked by name in the registry -------------------------------------------------------------------
