@@ -149,6 +149,12 @@ class TrainParams:
         "(about a third more compute; the 1024p CRN then trains in 12 GB in bf16)"
     )
     fused_adam: bool = doc("Adam's fused implementation: one kernel for all parameters (CUDA and CPU)")
+    sync_batchnorm: bool = doc(
+        "BatchNorm models (pix2pix, gan-semseg) under several processes: torch's SyncBatchNorm takes batch statistics "
+        "over the global batch, so N processes at batch b compute what one process at N x b does; false: each process "
+        "normalises its own b images (the running statistics are then the first process's). CUDA only (torch's "
+        "SyncBatchNorm does not run on CPUs); no effect on one process or on models without BatchNorm"
+    )
     adam_epsilon: Literal["pytorch", "tensorflow"] = doc(
         "where Adam's epsilon (1e-8) enters: pytorch = torch.optim.Adam (added to sqrt(v_hat)); tensorflow = "
         "TensorFlow 1's epsilon hat, as the authors' release trained (docs/facts.md §3); they differ early in training"

@@ -44,6 +44,7 @@ from crn_repro.errors import CrnError, one_line
 from crn_repro.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from crn_repro.labels import colorize_channels
 from crn_repro.losses import Objective
+from crn_repro.noise import per_image_noise
 from crn_repro.params import Params, TrainParams
 from crn_repro.progress import StageProgress
 from crn_repro.stats import significant
@@ -355,8 +356,14 @@ def resume(run: Run, rt: Runtime, console: Console) -> Position:
 
 
 def prepare_networks(nets: dict[str, torch.nn.Module], tp: TrainParams, rt: Runtime) -> dict[str, torch.nn.Module]:
-    """The networks as the loop runs them: compiled (``train.compile``), then, under torchrun, every
-    network with trainable parameters in DistributedDataParallel. ``checkpoint.unwrap`` undoes both."""
+    """The networks as the loop runs them: with SyncBatchNorm (``train.sync_batchnorm``, several CUDA
+    processes; same state_dict), compiled (``train.compile``), then, under torchrun, every network with
+    trainable parameters in DistributedDataParallel. ``checkpoint.unwrap`` undoes the last two."""
+    if tp.sync_batchnorm and rt.world_size > 1:
+        if rt.device.type != "cuda":
+            raise CrnError(f"train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA only (this run: {rt.device.type} x "
+                           f"{rt.world_size}); set it false (each process then normalises its own images)")
+        nets = {name: torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) for name, net in nets.items()}
     if tp.compile:
         nets = {name: torch.compile(net) for name, net in nets.items()}
     if rt.world_size > 1:
@@ -471,6 +478,15 @@ def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, t
     without parameter gradients and outside DDP: the G phase then back-propagates through D to the
     image only, not into D's weights."""
     torch.manual_seed(derive_seed(run.train.seed, STEP_NOISE, step, rt.rank))
+    positions = range(rt.rank, run.global_batch, rt.world_size)  # this process's images in the global batch
+    with per_image_noise(derive_seed(run.train.seed, STEP_NOISE, step), positions):  # dropout: per image, not per rank
+        losses_out = _phases(run, step, batch, autocast)
+    run.objective.after_step(step + 1)
+    return losses_out
+
+
+def _phases(run: Run, step: int, batch, autocast) -> dict[str, torch.Tensor]:
+    """Each phase of the objective in turn: forward, backward (DDP averages the gradients), optimizer step."""
     losses_out = {}
     for i, phase in enumerate(run.objective.phases):
         stepped = run.objective.phases[:i]
@@ -485,7 +501,6 @@ def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, t
         run.optimizers[phase].step()
         for name, value in losses.items():
             losses_out[f"{phase}/{name}"] = value.detach().float()
-    run.objective.after_step(step + 1)
     return losses_out
 
 
