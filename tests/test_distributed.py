@@ -89,3 +89,68 @@ def test_an_interrupted_two_node_run_resumes(ddp_raw, tmp_path, crn_batch2_refer
     assert [rc for rc, _ in results] == [0, 0], "\n".join(out for _, out in results)
     assert f"at step {killed_at}" in "".join(out for _, out in results)  # resumed, not started afresh
     assert_same_weights(crn_batch2_reference, state(tmp_path / "nodes"), exact=False)
+
+
+# --- every model family against what docs/multi-gpu.md says of it ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """Tiny params at 64x128 (pix2pix needs num_downs 6 for a dropout level) with pix2pix, gan-semseg and the
+    segmenter, and the segmenter trained by one process at batch 2 (gan-semseg's frozen segmenter, and the
+    segmenter's reference)."""
+    from conftest import tiny_raw_params
+
+    from crn_repro.params import parse_params
+    from crn_repro.prepare import prepare
+
+    root = tmp_path_factory.mktemp("families")
+    raw = tiny_raw_params(root)
+    raw["data"]["image_size_hw"] = [64, 128]
+    raw["train"].update(total_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+    raw["models"] = ["crn", "pix2pix", "gan-semseg"]
+    raw["pix2pix"]["network"].update(num_downs=6, ngf=4, ndf=4, dropout=0.5)
+    raw["gan-semseg"]["network"].update(ngf=4, ndf=4)
+    raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
+    prepare(parse_params(raw))
+    reference = train(raw, root / "segmenter-one", model="segmenter", batch_size_per_process=2)
+    assert reference.returncode == 0, reference.stderr
+    raw["gan-semseg"]["objective"]["segmenter"] = str(root / "segmenter-one/segmenter/model.pt")
+    return raw, root
+
+
+def _ghost_reference(raw: dict, folder, model: str, groups: int):
+    """One process at batch groups x 1 whose BatchNorm normalises each process's share alone
+    (tests/ghost_batchnorm.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ddp import params_file
+
+    params = params_file(raw, folder, batch_size_per_process=groups)
+    return subprocess.run([sys.executable, str(Path(__file__).parent / "ghost_batchnorm.py"), str(groups), "--params",
+                           str(params), "train", "--model", model], capture_output=True, text=True, timeout=600)
+
+
+def test_the_segmenter_two_processes_compute_what_one_process_with_twice_the_batch_does(families, tmp_path):
+    """GroupNorm, no noise: as the CRN, N processes at batch b = one process at N x b (to rounding)."""
+    raw, root = families
+    two = train(raw, tmp_path / "two", model="segmenter", batch_size_per_process=1, processes=2)
+    assert two.returncode == 0, two.stderr
+    assert_same_weights(state(root / "segmenter-one", "segmenter"), state(tmp_path / "two", "segmenter"), exact=False, net="S")
+
+
+@pytest.mark.parametrize("model", ["pix2pix", "gan-semseg"])
+def test_batchnorm_models_two_processes_compute_one_process_normalising_each_share(families, tmp_path, model):
+    """BatchNorm (pix2pix, gan-semseg) takes its statistics over each process's b images: N processes at batch
+    b compute what one process at batch N x b computes when each BatchNorm normalises the N shares separately
+    (for rank r, images r, r + N, ... of the global batch); pix2pix's dropout masks are drawn per image of the
+    global batch, so they agree too. Generator and discriminator weights are compared."""
+    raw, _ = families
+    reference = _ghost_reference(raw, tmp_path / "one", model, groups=2)
+    assert reference.returncode == 0, reference.stderr
+    two = train(raw, tmp_path / "two", model=model, batch_size_per_process=1, processes=2)
+    assert two.returncode == 0, two.stderr
+    one, both = state(tmp_path / "one", model), state(tmp_path / "two", model)
+    for net in ("G", "D"):  # the running statistics are the first process's (DDP broadcasts its buffers)
+        assert_same_weights(one, both, exact=False, net=net, buffers=False)
