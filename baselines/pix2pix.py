@@ -40,6 +40,7 @@ from torch import nn
 from baselines.dcgan import dcgan_init_
 from crn_repro.config import doc
 from crn_repro.labels import CHANNEL_COLORS
+from crn_repro.noise import Dropout
 
 MIN_DOWNS = 5  # the U-Net's outermost four levels are fixed, plus the innermost one
 COLOR_SOURCES = ("label_ids", "channels")  # input 'color': the official map from labelIds | palette over L
@@ -182,7 +183,7 @@ class UnetGenerator(nn.Module):
                 up = [nn.ConvTranspose2d(up_in, widths[i - 1], 4, stride=2, padding=1, bias=False),
                       nn.BatchNorm2d(widths[i - 1])]
                 if 4 <= i < innermost and dropout > 0:
-                    up.append(nn.Dropout(dropout))
+                    up.append(Dropout(dropout))  # per image of the global batch (crn_repro.noise)
             self.up.append(nn.Sequential(*up))
         dcgan_init_(self)
 

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from crn_repro.datasets import PreparedSplit
 from crn_repro.params import parse_params
 from crn_repro.prepare import prepare
-from crn_repro.presets import resolve
+from crn_repro.presets import load_preset
 from crn_repro.registry import BuildContext, get_spec
 from crn_repro.batches import batch_indices
 from crn_repro.runtime import setup_runtime
@@ -41,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bench_params(root: Path, frames: int) -> dict:
-    raw = yaml.safe_load(resolve("cityscapes-256p", REPO / "presets"))
+    raw = load_preset("cityscapes-256p", REPO / "presets")
     raw["paths"] = {k: str(root / k) for k in raw["paths"]}
     raw["data"]["dataset"] = "synthetic"
     raw["synthetic"].update(num_train=frames, num_val=4, image_size_hw=[256, 512])

@@ -87,7 +87,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    params: Path = typer.Option(Path("params.yaml"), "--params", "-p", metavar="FILE", help="params file (the single source of truth)"),
+    params: Path = typer.Option(Path("params.yaml"), "--params", "-p", metavar="FILE", help="params file (the single source of truth), or a preset file (presets/NAME.yaml: resolved over presets/demo.yaml as `crn-repro preset NAME` resolves it)"),
     debug: bool = typer.Option(False, "--debug", metavar="", help="show tracebacks for errors"),
     version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True, help="print the version and exit"),
 ) -> None:
@@ -228,14 +228,12 @@ def bench(
         print(results_table())
         return
     from crn_repro.params import load_params, parse_params
-    from crn_repro.presets import preset_names, resolve
+    from crn_repro.presets import load_preset, preset_names
 
     if preset:
         if preset not in preset_names():
             raise CrnError(f"--preset {preset}: no presets/{preset}.yaml (presets: {', '.join(preset_names())})")
-        import yaml
-
-        params, source = parse_params(yaml.safe_load(resolve(preset)), f"preset {preset}"), f"preset {preset}"
+        params, source = parse_params(load_preset(preset), f"preset {preset}"), f"preset {preset}"
     else:
         params, source = load_params(STATE["params"]), str(STATE["params"])
     name = model.value if model else "crn"
@@ -261,7 +259,8 @@ def preset(
     \b
     Example: crn-repro preset cityscapes-256p && dvc repro
     Back to the embedded demo: crn-repro preset demo"""
-    from crn_repro.presets import preset_names, write_preset
+    from crn_repro.params import write_preset
+    from crn_repro.presets import preset_names
 
     if name is None:
         console.print("presets: " + ", ".join(preset_names()) + "  (crn-repro preset NAME writes params.yaml)")

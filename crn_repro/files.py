@@ -1,4 +1,5 @@
-"""Files the suite writes and reads back: atomic writes and a checked CSV reader.
+"""Files the suite writes and reads back: atomic writes, checked readers (CSV, JSON, arrays, images) and
+the YAML reader of params and presets (as DVC reads them).
 
 No torch and no model code here, so that every module (the study server too) can write its outputs
 atomically without importing the networks. Checkpoints (``checkpoint.py``) build on these writers.
@@ -150,6 +151,35 @@ def read_json(path: Path, fix: str) -> Any:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CrnError(f"{path}: not readable JSON ({one_line(error)}); {fix}") from None
+
+
+def parse_yaml(text: str, source: str, fix: str) -> Any:
+    """YAML text parsed exactly as DVC parses params files (``dvc.utils.serialize.parse_yaml``: ruamel.yaml's
+    safe loader, YAML 1.2), so that the suite, `dvc params diff` and `dvc exp run -S` agree on every value:
+    ``2e-4`` and ``1e4`` are floats, ``yes`` is a string. A syntax error or a repeated key is one line naming
+    ``source`` and, where known, its line and column; ``fix`` says what to do."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(error, "problem", None) or one_line(error)
+        raise CrnError(f"{source}: not valid YAML{where} ({what.strip().splitlines()[0]}); {fix}") from None
+
+
+def read_yaml(path: Path, fix: str) -> Any:
+    """A YAML file (params, presets) read as DVC reads it (``parse_yaml``), with one-line errors naming the
+    file; ``fix`` says what to do."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CrnError(f"{path}: not UTF-8 text (byte {error.start}); {fix}") from None
+    except OSError as error:
+        raise CrnError(f"{path}: cannot be read ({error.strerror}); {fix}") from None
+    return parse_yaml(text, str(path), fix)
 
 
 def read_array(path: Path, fix: str, shape_tail: tuple | None = None, dtype: str | None = None):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from crn_repro.config import SEED, Problems, doc, from_dict, to_dict
 from crn_repro.errors import CrnError
+from crn_repro.files import atomic_write_text, read_yaml
 from crn_repro.losses import VggParams
+from crn_repro.presets import BASE, PRESETS_DIR, closest_preset, load_preset, preset_file, resolve
 from crn_repro.registry import GENERATORS, MODELS
 from crn_repro.study.params import StudyParams
 
@@ -149,6 +149,12 @@ class TrainParams:
         "(about a third more compute; the 1024p CRN then trains in 12 GB in bf16)"
     )
     fused_adam: bool = doc("Adam's fused implementation: one kernel for all parameters (CUDA and CPU)")
+    sync_batchnorm: bool = doc(
+        "BatchNorm models (pix2pix, gan-semseg) under several processes: torch's SyncBatchNorm takes batch statistics "
+        "over the global batch, so N processes at batch b compute what one process at N x b does; false: each process "
+        "normalises its own b images (the running statistics are then the first process's). CUDA only (torch's "
+        "SyncBatchNorm does not run on CPUs); no effect on one process or on models without BatchNorm"
+    )
     adam_epsilon: Literal["pytorch", "tensorflow"] = doc(
         "where Adam's epsilon (1e-8) enters: pytorch = torch.optim.Adam (added to sqrt(v_hat)); tensorflow = "
         "TensorFlow 1's epsilon hat, as the authors' release trained (docs/facts.md §3); they differ early in training"
@@ -401,27 +407,54 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     return Params(models=tuple(models), model_sections=model_sections, **sections)
 
 
+REQUIRED_SECTIONS = (*STATIC_SECTIONS, "models")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+    """Read and validate a params file: a full one (params.yaml) or a preset (``presets/NAME.yaml``, an
+    override file, resolved over ``presets/demo.yaml`` exactly as `crn-repro preset NAME` resolves it).
+    Values are read as DVC reads them (YAML 1.2: ``2e-4`` is a float)."""
     path = Path(path)
     if not path.is_file():
         raise CrnError(f"{path}: params file not found; run from the repository root or pass --params")
-    return parse_params(read_yaml(path, "fix the file or write it again with `crn-repro preset NAME`"), str(path))
+    preset = preset_file(path)
+    if preset is not None:
+        name, folder = preset
+        return parse_params(load_preset(name, folder), f"{path} (resolved over {folder / BASE}.yaml)")
+    raw = read_yaml(path, "fix the file or write it again with `crn-repro preset NAME`")
+    missing = [key for key in REQUIRED_SECTIONS if not isinstance(raw, dict) or key not in raw]
+    if isinstance(raw, dict) and missing and len(missing) < len(REQUIRED_SECTIONS):
+        raise CrnError(
+            f"{path}: a partial params file (no {', '.join(missing)}) that is not a preset; --params takes a full "
+            f"params file or a preset (presets/NAME.yaml, overrides of presets/demo.yaml): move it into presets/ "
+            f"and pass that, or write a full file with `crn-repro --params FILE preset demo` and edit it")
+    return parse_params(raw, str(path))
 
 
-def read_yaml(path: Path, fix: str) -> Any:
-    """A YAML file parsed, with one-line errors naming the file, and for a syntax error its line and
-    column; ``fix`` says what to do."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CrnError(f"{path}: not UTF-8 text (byte {error.start}); {fix}") from None
-    except OSError as error:
-        raise CrnError(f"{path}: cannot be read ({error.strerror}); {fix}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise CrnError(f"{path}: not valid YAML{where} ({what}); {fix}") from None
+def write_preset(name: str, out: Path, force: bool = False, presets_dir: Path = PRESETS_DIR) -> Path:
+    """Write the resolved preset ``name`` to ``out`` (atomically); a preset that does not validate is
+    never written. An ``out`` whose values are no preset's holds edits of its own: it is replaced only
+    with ``force``, and the refusal lists the edits against the closest preset. The preset's raw-data
+    folder (``paths.raw``, next to ``out``) is created empty if missing, so that `dvc repro` reaches
+    `prepare`, which says what to download and where to put it, instead of DVC stopping at the missing
+    dependency ("No such file or directory")."""
+    presets_dir, out = Path(presets_dir), Path(out)
+    text = resolve(name, presets_dir)
+    params = parse_params(load_preset(name, presets_dir), f"{presets_dir / name}.yaml (resolved)")
+    if preset_file(out) is not None:
+        raise CrnError(f"{out}: is a preset file; write the params file elsewhere (default: params.yaml)")
+    if out.exists() and not force:
+        try:
+            current = read_yaml(out, "")
+        except CrnError as error:
+            raise CrnError(f"{str(error).rstrip('; ')}; to replace it, run again with --force") from None
+        closest, changes = closest_preset(current, presets_dir)
+        if changes:
+            shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12 else "")
+            raise CrnError(f"{out}: has edits that no preset holds (against preset {closest}: {shown}); keep them "
+                           "(commit or copy the file), then run again with --force to replace it")
+    atomic_write_text(out, text)
+    raw = out.parent / params.paths.raw  # prepare's DVC dependency: without it DVC stops before prepare can say
+    if not raw.exists() and not raw.is_symlink():  # what to download, so it starts as an empty folder
+        raw.mkdir(parents=True)
+    return out

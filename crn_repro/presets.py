@@ -4,11 +4,14 @@
 (``presets/cityscapes-256p.yaml``, ...) holds only the keys its experiment changes, with a comment where
 the value needs one. ``crn-repro preset NAME`` writes ``params.yaml``, the file DVC and every command
 read: the defaults with the preset's values and comments merged in (a comment of the defaults that
-described the demo's value is dropped where the preset changes the value). A test resolves and
+described the demo's value is dropped where the preset changes the value). ``--params`` also takes a
+preset file itself (``-p presets/cityscapes-1024p.yaml``), resolved the same way. A test resolves and
 validates every preset, so none can rot, and checks that the shipped params.yaml is the resolved demo.
 
 The file is written the way DVC writes params when ``dvc exp run -S key=value`` changes one (ruamel's
-round trip: nulls as empty values), so such an edit changes exactly its own line.
+round trip with DVC's settings: lists in block style, nulls as empty values), so that such an edit
+changes exactly its own line: DVC rewrites every list of the file in block style (it replaces each with
+the plain list its override machinery returns), whatever style the file had.
 """
 
 from __future__ import annotations
@@ -21,17 +24,39 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
 from crn_repro.errors import CrnError, one_line
-from crn_repro.files import atomic_write_text
+from crn_repro.files import parse_yaml
 
 PRESETS_DIR = Path("presets")
 BASE = "demo"  # the preset that holds every setting
 
 
 def _yaml() -> YAML:
-    yaml = YAML()  # round trip: comments, key order and flow style are kept
-    yaml.width = 4096  # never fold a long line
-    yaml.indent(mapping=2, sequence=4, offset=2)
+    """ruamel's round trip (comments and key order kept) with the settings DVC dumps params with
+    (``dvc.utils.serialize._yaml._get_yaml``), so that a file we write is what DVC writes back."""
+    yaml = YAML()
+    yaml.default_flow_style = False
     return yaml
+
+
+def _as_dvc_writes(node):
+    """``node`` with every list replaced by a plain one (block style), recursively, as DVC's
+    ``apply_overrides`` leaves a params file: it merges the overridden config back key by key and
+    replaces every non-mapping value, lists included, by the plain value OmegaConf returns."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            node[key] = _as_dvc_writes(value)
+        return node
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
+
+
+def _plain(node):
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
 
 
 def preset_names(presets_dir: Path = PRESETS_DIR) -> list[str]:
@@ -104,7 +129,7 @@ def resolve(name: str, presets_dir: Path = PRESETS_DIR) -> str:
     header = [f"Written by `crn-repro preset {name}` from presets/{BASE}.yaml"
               + ("" if name == BASE else f" and the overrides in presets/{name}.yaml") + ".",
               "Change the preset and write it again, or edit this file: it is what `dvc repro` and every command read.",
-              "A null is written as an empty value, as `dvc exp run -S` writes it."]
+              "Lists and nulls are written as `dvc exp run -S` writes them (block lists, empty values), so -S changes one line."]
     if name != BASE:
         over = _load(presets_dir / f"{name}.yaml")
         _merge(base, over, presets_dir / f"{name}.yaml")
@@ -115,7 +140,7 @@ def resolve(name: str, presets_dir: Path = PRESETS_DIR) -> str:
     base.ca.comment = None
     base.yaml_set_start_comment("\n".join(header))
     buffer = io.StringIO()
-    _yaml().dump(base, buffer)
+    _yaml().dump(_as_dvc_writes(base), buffer)
     return buffer.getvalue()
 
 
@@ -127,21 +152,51 @@ def _start_comment(data: CommentedMap) -> list[str]:
     return [token.value.rstrip("\n") for token in comment[1]]
 
 
-def write_preset(name: str, out: Path, force: bool = False, presets_dir: Path = PRESETS_DIR) -> Path:
-    """Write the resolved preset ``name`` to ``out`` (atomically). An ``out`` that is not already
-    some preset's resolution holds edits of its own: it is replaced only with ``force``."""
-    from crn_repro.params import parse_params  # a preset that does not validate is never written
+def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> dict:
+    """The values of preset ``name`` resolved over the defaults, read as DVC reads params.yaml."""
+    presets_dir = Path(presets_dir)
+    return parse_yaml(resolve(name, presets_dir), f"{presets_dir / name}.yaml (resolved over {presets_dir / BASE}.yaml)",
+                      "fix the preset file")
 
-    text = resolve(name, presets_dir)
-    try:
-        parse_params(YAML(typ="safe").load(text), f"presets/{name}.yaml (resolved)")
-    except CrnError as error:
-        raise CrnError(str(error)) from None
-    out = Path(out)
-    if out.exists() and not force:
-        current = out.read_text(encoding="utf-8", errors="replace")
-        if current != text and all(current != resolve(other, presets_dir) for other in preset_names(presets_dir)):
-            raise CrnError(f"{out}: has edits that no preset holds; keep them (commit or copy the file), "
-                           "then run again with --force to replace it")
-    atomic_write_text(out, text)
+
+def preset_file(path: Path) -> tuple[str, Path] | None:
+    """(name, presets folder) when ``path`` is a preset: a YAML file in a folder that holds the defaults
+    (``demo.yaml``), as ``presets/`` does; None for any other file."""
+    path = Path(path)
+    if path.suffix == ".yaml" and path.is_file() and (path.parent / f"{BASE}.yaml").is_file():
+        return path.stem, path.parent
+    return None
+
+
+def _flatten(values, prefix: str = "") -> dict:
+    """{dotted key: value} of nested mappings (lists and scalars are values)."""
+    if not isinstance(values, dict) or not values:
+        return {prefix.rstrip("."): values} if prefix else {}
+    out = {}
+    for key, value in values.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
     return out
+
+
+def edits(values: dict, preset: dict) -> list[str]:
+    """The settings in which ``values`` differ from ``preset``, compared as values (as DVC reads them: a
+    list's layout, quoting, a comment or ``1e-3`` written as ``0.001`` are no edit), one per key:
+    ``train.total_steps: 7 (preset: 400)``."""
+    mine, theirs = _flatten(values), _flatten(preset)
+    out = []
+    for key in sorted(mine.keys() | theirs.keys()):
+        if key not in theirs:
+            out.append(f"{key}: {mine[key]!r} (no such setting in the preset)")
+        elif key not in mine:
+            out.append(f"{key}: missing (preset: {theirs[key]!r})")
+        elif mine[key] != theirs[key] or isinstance(mine[key], bool) != isinstance(theirs[key], bool):
+            out.append(f"{key}: {mine[key]!r} (preset: {theirs[key]!r})")
+    return out
+
+
+def closest_preset(values, presets_dir: Path = PRESETS_DIR) -> tuple[str, list[str]]:
+    """(the preset whose values ``values`` equal, or the one it differs from in the fewest settings,
+    ``edits`` against it)."""
+    found = [(name, edits(values if isinstance(values, dict) else {}, load_preset(name, presets_dir)))
+             for name in preset_names(presets_dir)]
+    return min(found, key=lambda item: (len(item[1]), item[0] != BASE))

@@ -8,7 +8,8 @@ Writes under ``paths.reports``:
 - ``tables/<name>.csv`` and ``.tex``: every table, for a paper;
 - ``figures/``: PNG and PDF of every figure (``figures.py``), written so that unchanged results give
   byte-identical files;
-- ``gallery/``: one HTML page per model with every validation layout (``gallery.py``);
+- ``gallery/``: a page per model with every validation layout and a page per layout with every model, the
+  images copied beside them (``gallery.py``);
 - ``params.json``: the params that produced it.
 
 Tables are built by pure functions (data in, DataFrame out); ``write_report`` does the file I/O.
@@ -468,18 +469,15 @@ def _published_section(tables: Path) -> list[str]:
 
 
 def _write_gallery(params: Params, folder: Path, val: PreparedSplit, indexes: dict, palette) -> None:
-    """Every validation frame of every model, one HTML page per model (``gallery.py``)."""
+    """Every validation frame of every model: a page per model and a page per layout (``gallery.py``)."""
     layouts = [colorize_channels(np.asarray(val.labels[i]), palette) for i in range(len(val))]
-    gallery.write_inputs(folder, val.names, layouts, [np.asarray(val.images[i]) for i in range(len(val))])
-    pages = []
+    models = []
     for model, index in indexes.items():
         synth = Path(params.paths.synth) / model
         images = [[synth / name for name in output_names(stem, index["k"])] for stem in val.names]
-        note = (f"{len(val)} validation layouts of {index['facts'].get('dataset')}; the synthesized images are linked from "
-                f"{synth} (the synthesize stage's output), the layouts and references are copies.")
-        gallery.write_page(folder / f"{model}.html", gallery.model_page(f"{model}: every validation layout", val.names, images, folder, note))
-        pages.append((f"{model}.html", model, index["k"]))
-    gallery.write_page(folder / "index.html", gallery.index_page("crn-repro gallery: every validation layout", pages))
+        models.append(gallery.ModelImages(model, index["k"], images, str(synth)))
+    dataset = next(iter(indexes.values()))["facts"].get("dataset") if indexes else ""
+    gallery.write_gallery(folder, val.names, layouts, [np.asarray(val.images[i]) for i in range(len(val))], models, dataset)
 
 
 def to_html(markdown_text: str, base: Path) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from crn_repro.errors import CrnError
 from crn_repro.params import TrainParams
 
 
@@ -54,9 +55,15 @@ def setup_runtime(tp: TrainParams) -> Runtime:
 
 
 def prepare_networks(nets: dict[str, torch.nn.Module], tp: TrainParams, rt: Runtime) -> dict[str, torch.nn.Module]:
-    """The networks as the loop runs them: compiled (``train.compile``), then, under torchrun, every
-    network with trainable parameters in DistributedDataParallel. ``checkpoint.unwrap`` undoes both,
-    ``checkpoint.unwrap_ddp`` the latter."""
+    """The networks as the loop runs them: with SyncBatchNorm (``train.sync_batchnorm``, several CUDA
+    processes; same state_dict), compiled (``train.compile``), then, under torchrun, every network with
+    trainable parameters in DistributedDataParallel. ``checkpoint.unwrap`` undoes the last two,
+    ``checkpoint.unwrap_ddp`` the DDP wrapper only."""
+    if tp.sync_batchnorm and rt.world_size > 1:
+        if rt.device.type != "cuda":
+            raise CrnError(f"train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA only (this run: {rt.device.type} x "
+                           f"{rt.world_size}); set it false (each process then normalises its own images)")
+        nets = {name: torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) for name, net in nets.items()}
     if tp.compile:
         nets = {name: torch.compile(net) for name, net in nets.items()}
     if rt.world_size > 1:

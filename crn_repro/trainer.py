@@ -46,6 +46,7 @@ from crn_repro.errors import CrnError, one_line
 from crn_repro.files import atomic_write_json, remove_stale_temporaries
 from crn_repro.fingerprint import run_fingerprint
 from crn_repro.losses import Objective
+from crn_repro.noise import per_image_noise
 from crn_repro.params import Params, TrainParams
 from crn_repro.progress import StageProgress
 from crn_repro.registry import BuildContext, ModelSpec, count_parameters, get_spec
@@ -337,6 +338,15 @@ def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, t
     without parameter gradients and outside DDP: the G phase then back-propagates through D to the
     image only, not into D's weights."""
     torch.manual_seed(derive_seed(run.train.seed, STEP_NOISE, step, rt.rank))
+    positions = range(rt.rank, run.global_batch, rt.world_size)  # this process's images in the global batch
+    with per_image_noise(derive_seed(run.train.seed, STEP_NOISE, step), positions):  # dropout: per image, not per rank
+        losses_out = _phases(run, step, batch, autocast)
+    run.objective.after_step(step + 1)
+    return losses_out
+
+
+def _phases(run: Run, step: int, batch, autocast) -> dict[str, torch.Tensor]:
+    """Each phase of the objective in turn: forward, backward (DDP averages the gradients), optimizer step."""
     losses_out = {}
     for i, phase in enumerate(run.objective.phases):
         stepped = run.objective.phases[:i]
@@ -351,7 +361,6 @@ def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, t
         run.optimizers[phase].step()
         for name, value in losses.items():
             losses_out[f"{phase}/{name}"] = value.detach().float()
-    run.objective.after_step(step + 1)
     return losses_out
 
 

@@ -6,8 +6,8 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
+from crn_repro.files import read_yaml
 from crn_repro.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 def tiny_raw_params(root: Path) -> dict:
     """params.yaml shrunk to seconds: 16x32 images, 3-module CRN, a handful of frames, paths under root."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = read_yaml(REPO / "params.yaml", "")
     raw = copy.deepcopy(raw)
     raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
     raw["data"]["image_size_hw"] = [16, 32]
@@ -90,3 +90,53 @@ def prepared_small(tmp_path_factory):
     raw["data"]["image_size_hw"] = list(SMALL_SIZE)
     prepare(parse_params(raw))
     return root / "data/prepared"
+
+
+# --- multi-process training (tests/test_distributed.py, tests/test_slurm.py) ----------------------------------
+
+DDP_TRAIN = dict(total_steps=6, checkpoint_every_steps=2, log_every_steps=1)  # checkpoints at 2 and 4: room to interrupt
+
+
+def ddp_raw_params(prepared_root: Path, root: Path) -> dict:
+    raw = tiny_raw_params(root)
+    raw["paths"]["prepared"] = str(prepared_root / "data/prepared")
+    raw["train"].update(DDP_TRAIN)
+    return raw
+
+
+@pytest.fixture
+def ddp_raw(prepared_tiny, tmp_path) -> dict:
+    """Tiny params on the shared prepared data, with DDP_TRAIN's schedule."""
+    return ddp_raw_params(prepared_tiny[0], tmp_path)
+
+
+@pytest.fixture(scope="session")
+def crn_batch2_reference(prepared_tiny, tmp_path_factory) -> dict:
+    """The training state of the tiny CRN trained by one process at batch 2 (DDP_TRAIN's schedule): what N
+    processes at batch 2 / N must compute, wherever they run."""
+    from ddp import state, train
+
+    root = tmp_path_factory.mktemp("reference")
+    result = train(ddp_raw_params(prepared_tiny[0], root), root / "runs", batch_size_per_process=2, processes=1)
+    assert result.returncode == 0, result.stderr
+    return state(root / "runs")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real SLURM cluster of four nodes on this machine (tests/slurm_cluster.py); skipped where SLURM or
+    munge is missing, unless CRN_REQUIRE_SLURM=1 (set by .ci/run), which makes that a failure."""
+    import os
+
+    from slurm_cluster import Cluster, missing
+
+    reason = missing()
+    if reason:
+        if os.environ.get("CRN_REQUIRE_SLURM") == "1":
+            pytest.fail(f"{reason}; CRN_REQUIRE_SLURM=1 forbids skipping the SLURM tests")
+        pytest.skip(reason)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

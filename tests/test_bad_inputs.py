@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from crn_repro.cli import app
 from crn_repro.config import Range
+from crn_repro.files import read_yaml
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def ws(workspace, tmp_path, monkeypatch):
 
 
 def edit_params(root: Path, change) -> None:
-    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw = read_yaml(root / "params.yaml", "")
     change(raw)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
 
@@ -170,7 +171,7 @@ def _demo_value(raw: dict, path: tuple):
 
 @pytest.mark.parametrize("path,allowed", [(p, r) for p, _, r in NUMERIC], ids=[".".join(p) for p, _, _ in NUMERIC])
 def test_a_number_outside_its_range_is_one_line_naming_the_key(path, allowed, tmp_path):
-    raw = yaml.safe_load((REPO / "presets/demo.yaml").read_text())
+    raw = read_yaml(REPO / "presets/demo.yaml", "")
     current = _demo_value(raw, path)
     if current is None:  # optional and null in the demo: give it a value first
         current = 1
@@ -185,14 +186,14 @@ def test_a_number_outside_its_range_is_one_line_naming_the_key(path, allowed, tm
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_and_infinity_are_never_in_range(value, tmp_path):
-    raw = yaml.safe_load((REPO / "presets/demo.yaml").read_text())
+    raw = read_yaml(REPO / "presets/demo.yaml", "")
     raw["crn"]["optimizer"]["G"]["lr"] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     fails_in_one_line(tmp_path, ["info", "--model", "crn"], "crn.optimizer.G.lr", "out of range")
 
 
 def test_a_global_train_problem_is_reported_once(tmp_path):
-    raw = yaml.safe_load((REPO / "presets/demo.yaml").read_text())
+    raw = read_yaml(REPO / "presets/demo.yaml", "")
     raw["train"]["log_every_steps"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     line = fails_in_one_line(tmp_path, ["info", "--model", "crn"], "train.log_every_steps")
@@ -223,14 +224,14 @@ def test_params_file_is_not_a_mapping(tmp_path):
 
 
 def test_unknown_model_in_models(tmp_path):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = read_yaml(REPO / "params.yaml", "")
     raw["models"] = ["crn", "crm"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     fails_in_one_line(tmp_path, ["info", "--model", "crn"], "models: unknown model 'crm'")
 
 
 def test_wrong_type(tmp_path):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = read_yaml(REPO / "params.yaml", "")
     raw["train"]["total_steps"] = "many"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     fails_in_one_line(tmp_path, ["info", "--model", "crn"], "train.total_steps: expected int")

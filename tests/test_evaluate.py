@@ -92,8 +92,17 @@ def test_report_carries_tables_gallery_provenance_and_the_papers_numbers(tiny_ru
     names = json.loads((root / "data/prepared/val/names.json").read_text())
     assert page.count("<tr>") == len(names) + 1  # the header and every validation layout
     assert "u = 1" in page and "inputs/" in page
-    for src in re.findall(r'src="([^"]+)"', page):
-        assert (reports / "gallery" / src).resolve().is_file(), src  # every image the page shows exists
+    pages = [reports / "gallery" / "index.html", *(reports / "gallery").glob("*.html"), *(reports / "gallery/layouts").glob("*.html")]
+    assert len(list((reports / "gallery/layouts").glob("*.html"))) == len(names)  # a page per layout
+    for path in pages:  # every image and page a gallery page points to is in the report's folder
+        for target in re.findall(r'(?:src|href)="([^"]+)"', path.read_text()):
+            resolved = (path.parent / target).resolve()
+            assert resolved.is_file() and resolved.is_relative_to(reports.resolve()), (path.name, target)
+    layout = (reports / "gallery/layouts" / f"{names[0]}.html").read_text()
+    assert all(f'href="../{model}.html"' in layout for model in ("crn", "crn-diverse"))  # every model, side by side
+    assert "crn-diverse: all" in layout and "dvc repro" in layout  # the k outputs; how to get the full-size PNGs
+    for target in re.findall(r"\]\(([^)]+)\)", report):  # the report's own links stay in the report's folder too
+        assert (reports / target).resolve().exists() and (reports / target).resolve().is_relative_to(reports.resolve()), target
 
 
 def test_report_rerun_rewrites_identical_figures(tiny_run):

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from crn_repro.errors import CrnError
+from crn_repro.files import read_yaml
 from crn_repro.params import load_params, parse_params
 from crn_repro.registry import GENERATORS, MODELS
 
@@ -17,13 +18,13 @@ def test_shipped_params_validate():
 
 
 def test_every_registry_model_has_a_section_in_shipped_params():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = read_yaml(REPO / "params.yaml", "")
     assert set(MODELS) <= set(raw)
 
 
 def test_dvc_yaml_stages_use_params_sections():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = read_yaml(REPO / "params.yaml", "")
     assert list(dvc["stages"]) == ["prepare", "segmenter", "train", "synthesize", "evaluate", "report"]
     assert dvc["stages"]["train"]["foreach"] == "${models}"
     for stage in dvc["stages"].values():
@@ -113,3 +114,95 @@ def test_what_prepare_reads_must_lie_in_the_folder_dvc_watches(tmp_path, tiny_ra
     assert "nyu.path" not in str(error.value)
     raw["data"]["dataset"] = "synthetic"  # generated, reads nothing
     parse_params(raw)
+
+
+# --- params read as DVC reads them (YAML 1.2, ruamel.yaml's safe loader) ----------------------------------
+
+NUMBER_FORMS = ["2e-4", "2.0e-4", "0.0002", "1e-3", "1E-3", "1e4", "1.0e+4", "1e+4", ".5", "5e-1", "1", "400",
+                "012", "1_000", "0x10", "yes", "true", "null", "~", "", "'2e-4'", "1e", "2e-4.5"]
+
+
+@pytest.mark.parametrize("form", NUMBER_FORMS)
+def test_values_are_read_as_dvc_reads_them(form):
+    """DVC parses params.yaml with ruamel.yaml as YAML 1.2 (`dvc params diff`, `dvc exp show`, the values
+    `-S` edits): the suite's reader gives the same value of the same type for every form people write."""
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+
+    from crn_repro.files import parse_yaml
+
+    text = f"a:\n  lr: {form}\n"
+    ours, dvcs = parse_yaml(text, "test", ""), dvc_parse_yaml(text, "test")
+    assert ours == dvcs and type(ours["a"]["lr"]) is type(dvcs["a"]["lr"]), (ours, dvcs)
+
+
+def test_learning_rates_written_as_papers_write_them_are_floats(tmp_path):
+    """`lr: 2e-4` and `schedule_scale: 5e-2` (YAML 1.2 floats; PyYAML, YAML 1.1, read them as strings)."""
+    text = (REPO / "params.yaml").read_text()
+    text = text.replace("G: {lr: 1.0e-3, betas: [0.9, 0.999]}   # paper: lr 1e-4", "G: {lr: 2e-4, betas: [0.9, 0.999]}   # paper: lr 1e-4", 1)
+    text = text.replace("  schedule_scale: 1.0 ", "  schedule_scale: 5e-1", 1)
+    text = text.replace("  total_steps: 400 ", "  total_steps: 4e2 ", 1)  # not an int in YAML 1.2 either
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(CrnError, match=r"train.total_steps: expected int, got 400.0"):
+        load_params(path)
+    path.write_text(text.replace("  total_steps: 4e2 ", "  total_steps: 400 ", 1))
+    params = load_params(path)
+    assert params.model("crn").optimizer["G"].lr == 2e-4 and params.train.schedule_scale == 0.5
+
+
+def test_a_yaml_error_names_the_line_and_column(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  seed: 0\n  seed: 1\n")  # a repeated key: PyYAML kept the last silently
+    with pytest.raises(CrnError, match=r"params.yaml: not valid YAML at line 3, column 3"):
+        load_params(path)
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(CrnError, match=r"params.yaml: not valid YAML at line \d+, column \d+"):
+        load_params(path)
+
+
+# --- --params: a full params file or a preset ----------------------------------------------------------------
+
+def test_a_preset_file_is_a_params_file(tmp_path):
+    """`-p presets/cityscapes-1024p.yaml` (the documented torchrun and SLURM commands) is the preset resolved
+    over presets/demo.yaml, exactly as `crn-repro preset cityscapes-1024p` writes it."""
+    from crn_repro.params import write_preset
+
+    written = write_preset("cityscapes-1024p", tmp_path / "params.yaml", presets_dir=REPO / "presets")
+    direct = load_params(REPO / "presets/cityscapes-1024p.yaml")
+    assert direct == load_params(written)
+    assert direct.data.image_size_hw == (1024, 2048) and direct.paths.runs == "runs/cityscapes-1024p"
+    assert load_params(REPO / "presets/demo.yaml") == load_params(REPO / "params.yaml")
+
+
+def test_a_preset_of_your_own_is_resolved_over_its_folders_defaults(tmp_path):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "demo.yaml").write_text((REPO / "presets/demo.yaml").read_text())
+    (presets / "mine.yaml").write_text("train:\n  total_steps: 1e1\n")
+    with pytest.raises(CrnError, match=r"mine.yaml \(resolved over .*demo.yaml\): invalid params: train.total_steps: expected int"):
+        load_params(presets / "mine.yaml")
+    (presets / "mine.yaml").write_text("train:\n  total_steps: 10\ncrn:\n  optimizer:\n    G: {lr: 2e-4, betas: [0.9, 0.999]}\n")
+    params = load_params(presets / "mine.yaml")
+    assert params.train.total_steps == 10 and params.model("crn").optimizer["G"].lr == 2e-4
+
+
+def test_a_partial_file_that_is_not_a_preset_is_refused_with_how_to_make_a_full_one(tmp_path):
+    path = tmp_path / "overrides.yaml"
+    path.write_text("train:\n  total_steps: 10\n")
+    with pytest.raises(CrnError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: a partial params file (no paths, data, ") and "\n" not in message
+    assert "move it into presets/" in message and "`crn-repro --params FILE preset demo`" in message
+
+
+def test_the_cli_takes_a_preset_file(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from crn_repro.cli import app
+
+    result = CliRunner().invoke(app, ["--params", str(REPO / "presets/cityscapes-1024p.yaml"), "info", "--model", "crn", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["parameters"] == 98_674_531  # docs/facts.md §1: the 1024p CRN

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_raw_params
+from crn_repro.files import read_yaml
 
 
 @pytest.mark.slow
@@ -61,7 +62,7 @@ def test_dvc_repro_tiny(tmp_path):
     assert "up to date" in same.stdout, same.stdout
     # Of the params, prepare depends on `data` and the section of the dataset it reads only.
     params_path = work / "params.yaml"
-    edited = yaml.safe_load(params_path.read_text())
+    edited = read_yaml(params_path, "")
     edited["nyu"]["num_classes"] += 1
     params_path.write_text(yaml.safe_dump(edited))
     same = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)

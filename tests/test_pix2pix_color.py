@@ -207,14 +207,12 @@ def test_shipped_params_keep_ids_where_pix2pix_trains_on_colour():
     training stops at once); the 256p preset, the paper's comparisons, does."""
     from conftest import REPO
 
-    import yaml
-
     from crn_repro.params import parse_params
-    from crn_repro.presets import preset_names, resolve
+    from crn_repro.presets import load_preset, preset_names
 
     trains_on_colour = []
     for name in preset_names(REPO / "presets"):
-        params = parse_params(yaml.safe_load(resolve(name, REPO / "presets")))
+        params = parse_params(load_preset(name, REPO / "presets"))
         if params.data.dataset == "cityscapes" and "pix2pix" in params.models and params.model("pix2pix").network.input == "color":
             assert params.cityscapes.keep_label_ids, name
             trains_on_colour.append(name)

@@ -114,3 +114,29 @@ def test_gan_semseg_state_excludes_the_frozen_segmenter(tiny_raw, tmp_path):
     objective.load_state_dict(state)
     assert all(torch.equal(before[k], v) for k, v in objective.segmenter.state_dict().items())
     assert len(objective.identity()["segmenter_sha256"]) == 64
+
+
+def test_the_model_families_docs_multi_gpu_names():
+    """docs/multi-gpu.md states what N processes compute per family: BatchNorm only in pix2pix and gan-semseg,
+    dropout (the one noise a network draws) only in pix2pix, and always the per-image kind of crn_repro.noise;
+    every other model normalises per image (layer or group norm). Checked on the shipped networks."""
+    from pathlib import Path
+
+    from conftest import REPO
+    from crn_repro.noise import Dropout
+    from crn_repro.params import load_params
+
+    params = load_params(REPO / "params.yaml")
+    ctx = BuildContext(tuple(params.data.image_size_hw), 20, params.vgg, 3, Path("runs"))
+    batchnorm, dropout = set(), set()
+    for model, spec in MODELS.items():
+        for name, (cls, resolve) in spec.networks.items():
+            with torch.device("meta"):
+                net = cls(**resolve(params.model(model).network, ctx))
+            for module in net.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    batchnorm.add(model)
+                if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                    assert isinstance(module, Dropout), f"{model}.{name}: {type(module).__name__} draws noise per process"
+                    dropout.add(model)
+    assert batchnorm == {"pix2pix", "gan-semseg"} and dropout == {"pix2pix"}

@@ -184,3 +184,22 @@ def test_tensorflow_adam_epsilon_equals_tensorflows_update():
         reference.step()
         np.testing.assert_allclose(param.detach().numpy(), theta, rtol=1e-12, atol=1e-15)
     assert np.abs(plain.detach().numpy() - theta).max() > 1e-6  # PyTorch's own placement differs here
+
+
+def test_sync_batchnorm_needs_cuda_and_keeps_the_files_format(tiny_params):
+    """train.sync_batchnorm converts BatchNorm to torch's SyncBatchNorm for several CUDA processes; torch's runs
+    on GPUs only, so several CPU processes are refused with one line (no GPU here: the CUDA path is not run).
+    The converted networks have the same state_dict, so their model files rebuild with plain BatchNorm."""
+    import dataclasses
+
+    from baselines.pix2pix import UnetGenerator
+    from crn_repro.trainer import Runtime, prepare_networks
+
+    tp = dataclasses.replace(tiny_params.train, sync_batchnorm=True)
+    nets = {"G": UnetGenerator(20, "layout", 6, 4)}
+    with pytest.raises(CrnError, match=r"train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA only \(this run: cpu x 2\)"):
+        prepare_networks(nets, tp, Runtime(torch.device("cpu"), 0, 2, None, False))
+    assert prepare_networks(nets, tp, Runtime(torch.device("cpu"), 0, 1, None, False))["G"] is nets["G"]  # one process
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(UnetGenerator(20, "layout", 6, 4))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    UnetGenerator(20, "layout", 6, 4).load_state_dict(synced.state_dict())  # strict: the same keys and shapes
