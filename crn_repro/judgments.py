@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from crn_repro import stats
 from crn_repro.errors import CrnError
@@ -19,6 +20,11 @@ from crn_repro.files import read_table
 from crn_repro.study.records import REAL, is_simulated
 
 BOOTSTRAP_COLUMNS = ["boot_workers_low", "boot_workers_high", "boot_images_low", "boot_images_high"]
+# the crossed analyses (docs/facts.md §6): a two-way bootstrap, and the logistic mixed model with crossed
+# random intercepts for participant and layout (``stats.crossed_logit``)
+MIXED_COLUMNS = ["crossed_low", "crossed_high", "odds_ratio", "odds_ratio_low", "odds_ratio_high", "mixed_rate", "mixed_low",
+                 "mixed_high", "mixed_p_value", "participant_sd", "layout_sd"]
+MIXED_FORMULA = "first_won ~ 1 + (1 | participant) + (1 | layout)"
 TIME_CURVE_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value", *BOOTSTRAP_COLUMNS]
 PAIR_ORDER = {REAL: 0, "crn": 1}  # Fig. 3 names a pair type "Real > CRN", "CRN > pix2pix": real first, then crn
 
@@ -28,20 +34,42 @@ def pair_order(a: str, b: str) -> tuple[str, str]:
     return tuple(sorted((a, b), key=lambda m: (PAIR_ORDER.get(m, 2), m)))
 
 
-def judgment_summary(group: pd.DataFrame, first: str, num_resamples: int = 1000, seed: int = 0) -> dict:
+def judgment_summary(group: pd.DataFrame, first: str, num_resamples: int = 1000, seed: int = 0, mixed: bool = True) -> dict:
     """One comparison: how often ``first`` won (columns winner, and optionally participant, layout),
     with Wilson interval, exact binomial p and, where the columns exist, 95% cluster-bootstrap
     intervals resampling whole participants (workers) and whole layouts (images); NaN where a column
     is missing or names fewer than ``stats.MIN_BOOTSTRAP_CLUSTERS`` workers (images). The two are
-    separate one-way bootstraps, not a crossed (two-way) one: each ignores the other source of
-    variation, so each is somewhat too narrow."""
+    separate one-way bootstraps, each ignoring the other source of variation. With ``mixed`` and both
+    columns, also the crossed analyses (``MIXED_COLUMNS``): the two-way bootstrap resampling
+    participants and layouts at once, and the logistic mixed model ``MIXED_FORMULA`` (its odds ratio
+    against even odds, the preference probability of a typical participant on a typical layout, both
+    with 95% intervals, its Wald p against no preference, and the two standard deviations)."""
     won = (group.winner == first).to_numpy(dtype=float)
     out = {"wins": int(won.sum()), **_summary(int(won.sum()), len(won))}
+    clusters = {}
     for column, name in (("participant", "workers"), ("layout", "images")):
         low = high = float("nan")
         if column in group.columns and len(won) and group[column].notna().all():
-            low, high = stats.cluster_bootstrap_ci(won, group[column].astype(str).to_numpy(), num_resamples=num_resamples, seed=seed)
+            clusters[column] = group[column].astype(str).to_numpy()
+            low, high = stats.cluster_bootstrap_ci(won, clusters[column], num_resamples=num_resamples, seed=seed)
         out[f"boot_{name}_low"], out[f"boot_{name}_high"] = low, high
+    if mixed:
+        out.update(_crossed(won, clusters, num_resamples, seed))
+    return out
+
+
+def _crossed(won: np.ndarray, clusters: dict, num_resamples: int, seed: int) -> dict:
+    """The ``MIXED_COLUMNS`` of one comparison (NaN without both participant and layout labels)."""
+    out = dict.fromkeys(MIXED_COLUMNS, float("nan"))
+    if len(clusters) < 2:
+        return out
+    out["crossed_low"], out["crossed_high"] = stats.crossed_bootstrap_ci(
+        won, clusters["participant"], clusters["layout"], num_resamples=num_resamples, seed=seed)
+    fit = stats.crossed_logit(won, clusters["participant"], clusters["layout"])
+    out.update({key: fit[key] for key in ("odds_ratio", "odds_ratio_low", "odds_ratio_high", "participant_sd", "layout_sd")})
+    out.update(mixed_rate=fit["rate"], mixed_low=fit["rate_low"], mixed_high=fit["rate_high"])
+    if fit["se"] == fit["se"]:  # not NaN
+        out["mixed_p_value"] = float(2 * scipy.stats.norm.sf(abs(fit["log_odds"]) / fit["se"]))
     return out
 
 
