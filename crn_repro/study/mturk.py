@@ -3,8 +3,10 @@ roughly 100 pairwise comparisons, along with sentinel pairs").
 
 Design: **one HIT per job**, as in the paper. A job's trials travel in one batch-input variable,
 ``${trials}``, compactly encoded (``index|duration_ms|left image|right image`` joined by ``;``; an
-empty duration means unlimited time), and its images are loaded from ``${image_base_url}``, where
-the user hosts the study folder's ``images/``. One HIT per trial would need ~110 HITs per session
+empty duration means unlimited time; a practice trial adds ``|left`` or ``|right``, its right answer,
+for the page's feedback), and its images are loaded from ``${image_base_url}``, where
+the user hosts the study folder's ``images/``. The hype design (one image at a time) is not exported:
+it runs in the web app. One HIT per trial would need ~110 HITs per session
 and lose the job's sentinel check; one variable per trial would need hundreds of columns.
 
 - ``export_mturk`` writes ``hit.html`` (an HTMLQuestion body with crowd-form; the page presents the
