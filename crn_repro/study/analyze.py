@@ -21,8 +21,9 @@ web participants and MTurk workers to the numbers the paper reports, and the one
    (``judgments.MIXED_FORMULA``): odds ratio, preference probability, Wald p, and the participant
    and layout standard deviations; ``significant`` at ``study.alpha``.
 5. A Bradley-Terry ranking of real images and every model from all analysed pairs (test pairs and
-   sentinels of included participants), with bootstrap intervals over participants; a comparison
-   graph that does not connect every item gives no ranking and says why.
+   sentinels of included participants: ``judgments.csv`` holds both, with their ``kind``), with
+   bootstrap intervals over participants (``judgments.ranking``); a comparison graph that does not
+   connect every item gives no ranking and says why.
 6. HYPE studies: per model the fool rate (synthesized images called real) with the same intervals,
    the error on real images, and the HYPE-infinity score (all errors) with a bootstrap interval.
 7. ``--prolific EXPORT``: ``payments.csv`` (``prolific.payments``), apart from the exclusions.
@@ -47,7 +48,7 @@ import pandas as pd
 from crn_repro import stats
 from crn_repro.errors import CrnError
 from crn_repro.files import atomic_write_text, staged_dir
-from crn_repro.judgments import MIXED_COLUMNS, judgment_summary, pair_order
+from crn_repro.judgments import MIXED_COLUMNS, judgment_summary, pair_order, ranking
 from crn_repro.study.manifest import MANIFEST, is_hype, load_manifest, trials_by_key
 from crn_repro.study.mturk import import_results
 from crn_repro.study.records import (
@@ -63,11 +64,10 @@ EXCLUSION_COLUMNS = ["source", "participant", "prolific_pid", "prolific_status",
 MISTIMED_COLUMNS = ["source", "participant", "job", "trial", "layout", "left_model", "right_model", "duration_ms",
                     "measured_ms", "error_ms", "reason"]
 JUDGMENT_COLUMNS = ["model_a", "model_b", "winner", "duration_ms", "participant", "layout", "source", "job", "measured_ms",
-                    "sha256_a", "sha256_b", "source_a", "source_b", "study_build"]
+                    "kind", "sha256_a", "sha256_b", "source_a", "source_b", "study_build"]
 SUMMARY_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value",
                    "boot_workers_low", "boot_workers_high", "boot_images_low", "boot_images_high", *MIXED_COLUMNS,
                    "significant", "participants", "layouts", "mistimed"]
-RANKING_COLUMNS = ["rank", "item", "strength", "strength_low", "strength_high", "rank_low", "rank_high", "wins", "comparisons"]
 HYPE_COLUMNS = ["model", "fakes", "fooled", "fool_rate", "ci_low", "ci_high", "boot_workers_low", "boot_workers_high",
                 "boot_images_low", "boot_images_high", *MIXED_COLUMNS, "reals", "real_errors", "real_error_rate", "hype_score",
                 "hype_low", "hype_high", "participants"]
@@ -197,16 +197,17 @@ def _without(rows: pd.DataFrame, mistimed: pd.DataFrame | None) -> pd.DataFrame:
 
 def to_judgments(responses: pd.DataFrame, exclusions: pd.DataFrame, mistimed: pd.DataFrame | None = None,
                  manifest: dict | None = None, build: str = "") -> pd.DataFrame:
-    """Pair test trials of the included participants, less the ``mistimed`` ones, as pairwise judgments
-    (participant = "source:id"), each with the SHA-256s of the two images, of their sources (from the
-    ``manifest``) and the study build."""
-    keep = _without(_included(responses, exclusions), mistimed)
+    """Pair test and sentinel trials of the included participants, less the ``mistimed`` ones, as
+    pairwise judgments (participant = "source:id", ``kind`` test or sentinel: Table 1 and the time
+    curves count the tests, the ranking both), each with the SHA-256s of the two images, of their
+    sources (from the ``manifest``) and the study build."""
+    keep = _without(_included(responses, exclusions, ("test", "sentinel")), mistimed)
     keep = keep[keep.chosen_side.isin(("left", "right"))]
     sources = (manifest or {}).get("sources", {})
     return pd.DataFrame({
         "model_a": keep.left_model, "model_b": keep.right_model, "winner": keep.chosen_model,
         "duration_ms": keep.duration_ms, "participant": keep.source + ":" + keep.participant,
-        "layout": keep.layout, "source": keep.source, "job": keep.job, "measured_ms": keep.measured_ms,
+        "layout": keep.layout, "source": keep.source, "job": keep.job, "measured_ms": keep.measured_ms, "kind": keep.kind,
         "sha256_a": keep.left_sha256, "sha256_b": keep.right_sha256,
         "source_a": keep.left_sha256.map(sources), "source_b": keep.right_sha256.map(sources), "study_build": build,
     }, columns=JUDGMENT_COLUMNS).reset_index(drop=True)
@@ -231,6 +232,8 @@ def summarize(judgments: pd.DataFrame, num_resamples: int, seed: int, mistimed: 
     with ``significant`` at ``alpha`` and the number of its trials left out as ``mistimed`` (a comparison
     whose every trial was left out still gets a row, with n = 0)."""
     mistimed = mistimed if mistimed is not None else pd.DataFrame(columns=MISTIMED_COLUMNS)
+    if "kind" in judgments.columns:
+        judgments = judgments[judgments.kind == "test"]
     cells = _cell(judgments.model_a, judgments.model_b, judgments.duration_ms) if len(judgments) else pd.Series(dtype=object)
     left_out = (_cell(mistimed.left_model, mistimed.right_model, mistimed.duration_ms).value_counts()
                 if len(mistimed) else pd.Series(dtype=int))
@@ -243,32 +246,6 @@ def summarize(judgments: pd.DataFrame, num_resamples: int, seed: int, mistimed: 
                    mistimed=int(left_out.get((first, second, duration), 0)))
         rows.append(dict(row, significant=significant(row, alpha)))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def ranking(pairs: pd.DataFrame, num_resamples: int, seed: int) -> pd.DataFrame:
-    """A Bradley-Terry ranking of every item (real images and models) in ``pairs`` (records of pair
-    trials), with bootstrap intervals over participants (``stats.bradley_terry_bootstrap``).
-    ValueError naming the groups when the items are not all connected by comparisons."""
-    items = sorted(set(pairs.left_model) | set(pairs.right_model), key=lambda m: (m != REAL, m != "crn", m))
-    index = {m: i for i, m in enumerate(items)}
-    who = (pairs.source + ":" + pairs.participant).to_numpy()
-    people = {p: k for k, p in enumerate(sorted(set(who)))}
-    loser = pairs.left_model.where(pairs.chosen_side == "right", pairs.right_model)
-    wins = np.zeros((len(people), len(items), len(items)))
-    np.add.at(wins, ([people[p] for p in who], pairs.chosen_model.map(index).to_numpy(), loser.map(index).to_numpy()), 1.0)
-    try:
-        fit = stats.bradley_terry_bootstrap(wins, num_resamples=num_resamples, seed=seed)
-    except ValueError as error:
-        groups = [[items[i] for i in component] for component in stats.comparison_components(wins.sum(axis=0))]
-        named = " and ".join("{" + ", ".join(group) + "}" for group in groups)
-        raise ValueError(f"no Bradley-Terry ranking: no chain of compared pairs links {named}, so they have no common scale; "
-                         "a pair type or sentinel that joins them would") from error
-    total = wins.sum(axis=0)
-    table = pd.DataFrame({"item": items, "strength": fit["strength"], "strength_low": fit["strength_low"],
-                          "strength_high": fit["strength_high"], "rank_low": fit["rank_low"], "rank_high": fit["rank_high"],
-                          "wins": total.sum(axis=1).astype(int), "comparisons": (total + total.T).sum(axis=1).astype(int)})
-    table = table.sort_values("strength", ascending=False, kind="stable").reset_index(drop=True)
-    return table.assign(rank=np.arange(1, len(table) + 1)).loc[:, RANKING_COLUMNS]
 
 
 def hype_summary(responses: pd.DataFrame, exclusions: pd.DataFrame, manifest: dict, num_resamples: int, seed: int) -> pd.DataFrame:
@@ -317,9 +294,8 @@ def _tables(study_dir: Path, manifest: dict, analysed: pd.DataFrame, exclusions:
         tables["hype"] = hype_summary(analysed, exclusions, manifest, num_resamples, seed)
         note = "no Bradley-Terry ranking: the hype design shows no pairs (hype.csv has each model's fool rate)"
     else:
-        pairs = _without(_included(analysed, exclusions, ("test", "sentinel")), mistimed)
         try:
-            tables["ranking"] = ranking(pairs, num_resamples, seed) if len(pairs) else None
+            tables["ranking"] = ranking(judgments, num_resamples, seed) if len(judgments) else None
         except ValueError as error:
             note = str(error)
         if tables.get("ranking") is None:

@@ -47,7 +47,7 @@ from crn_repro.study.design import Plan, check_design, study_plan
 from crn_repro.study.manifest import FORMAT, MANIFEST, TIMED_DESIGNS, trial_sides, validate_manifest
 from crn_repro.study.mturk import mturk_exports
 from crn_repro.study.params import StudyParams
-from crn_repro.study.records import REAL
+from crn_repro.study.records import REAL, file_sha256, real_image_sha256
 from crn_repro.synthesize import output_names
 
 REAL_SCORE_MARGIN = 1.0
@@ -118,12 +118,6 @@ def _png_bytes(image: np.ndarray, size_wh: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def real_image_sha256(pixels: np.ndarray) -> str:
-    """The source hash of a prepared real image: SHA-256 of its shape and uint8 RGB pixels."""
-    pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
-    return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
 def mask_image(size_wh: tuple[int, int], seed: int) -> np.ndarray:
@@ -217,7 +211,7 @@ class _Stimuli:
             else:
                 path = Path(self.params.paths.synth) / model / output_names(layout, self.indexes[model]["k"])[0]
                 pixels = read_image(path, f"run `crn-repro synthesize --model {model}` again")
-                source = hashlib.sha256(path.read_bytes()).hexdigest()
+                source = file_sha256(path)
             data = _png_bytes(pixels, tuple(self.params.study.image_size_wh))
             rel = f"images/{hashlib.sha1(data).hexdigest()[:16]}.png"
             (self.folder / rel).write_bytes(data)

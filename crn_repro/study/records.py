@@ -20,6 +20,7 @@ where real answers exist and otherwise labels everything it writes as simulated.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -60,6 +61,19 @@ SOURCES = HUMAN_SOURCES + SIMULATED_SOURCES
 SIDES = ("left", "right")
 HYPE_ANSWERS = ("real", "fake")
 KINDS = ("practice", "test", "sentinel")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes: the source hash of a synthesized image (docs/facts.md §6.2)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def real_image_sha256(pixels) -> str:
+    """The source hash of a prepared real image: SHA-256 of its shape and uint8 RGB pixels."""
+    import numpy as np
+
+    pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+    return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
 def is_simulated(source: pd.Series) -> pd.Series:

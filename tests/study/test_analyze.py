@@ -12,10 +12,10 @@ from study_data import fake_pipeline
 
 from crn_repro import stats
 from crn_repro.errors import CrnError
+from crn_repro.judgments import ranking
 from crn_repro.study.analyze import (
     analyze_study,
     mistimed_trials,
-    ranking,
     sentinel_exclusions,
     summarize,
     to_judgments,
@@ -69,7 +69,8 @@ def test_exclusion_by_sentinel_accuracy(responses):
 def test_judgments_keep_included_test_trials(responses):
     judgments = to_judgments(responses, sentinel_exclusions(responses, 1.0))
     assert set(judgments.participant) == {"web:p1", "web:p2"}  # source-qualified: mturk:p1 is someone else
-    assert len(judgments) == 2 * 14 and set(judgments.winner) <= {"crn", "pix2pix", "real"}
+    assert (judgments.kind == "test").sum() == 2 * 14 and set(judgments.winner) <= {"crn", "pix2pix", "real"}
+    assert (judgments.kind == "sentinel").sum() == 2 * 2  # kept for the ranking; Table 1 counts the tests
     assert list(judgments.columns[:6]) == ["model_a", "model_b", "winner", "duration_ms", "participant", "layout"]
 
 
@@ -171,7 +172,8 @@ def test_mistimed_trials_are_left_out_and_counted(responses, study, monkeypatch)
     out = analyze_study(study, num_resamples=20, timing_tolerance_ms=17.0)
     assert len(out["mistimed"]) == 2 and len(pd.read_csv(out["paths"]["mistimed"])) == 2
     judgments = pd.read_csv(out["paths"]["judgments"])
-    assert len(judgments) == 2 * 14 - 2 and judgments.measured_ms.notna().sum() == 8 - 2
+    tests = judgments[judgments.kind == "test"]
+    assert len(tests) == 2 * 14 - 2 and tests.measured_ms.notna().sum() == 8 - 2
     summary = pd.read_csv(out["paths"]["summary"]).set_index(["first", "second"])
     timed, unlimited = summary.loc[("real", "crn")], summary.loc[("crn", "pix2pix")]
     assert (timed.n, timed.mistimed) == (6, 2) and (unlimited.n, unlimited.mistimed) == (20, 0)  # unlimited: untouched
@@ -215,7 +217,7 @@ def test_only_simulated_answers_are_analysed_and_labelled_so(responses, study, t
     assert out["simulated"] and out["note"].startswith("only simulated participants answered (62 answers of 4 simulated")
     path = out["paths"]["judgments"]
     judgments = read_judgments([path])
-    assert set(judgments.source) == {"simulated-web"} and len(judgments) == 2 * 14
+    assert set(judgments.source) == {"simulated-web"} and (judgments.kind == "test").sum() == 2 * 14
     assert human_source(judgments, [path]) == "simulated participants (2, 2 excluded), not human judgments"
 
     # a real study beside it: the simulated judgments are dropped, and only real exclusions are counted
@@ -224,7 +226,7 @@ def test_only_simulated_answers_are_analysed_and_labelled_so(responses, study, t
     monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: responses)
     real = analyze_study(real_dir, num_resamples=20)["paths"]["judgments"]
     mixed = read_judgments([real, path])
-    assert set(mixed.source) == {"web"} and len(mixed) == 2 * 14
+    assert set(mixed.source) == {"web"} and (mixed.kind == "test").sum() == 2 * 14
     assert human_source(mixed, [real, path]) == "human judgments (2 participants, 2 excluded)"
     assert human_source(read_judgments([real]), [real]) == "human judgments (2 participants, 2 excluded)"
 
@@ -285,12 +287,11 @@ def test_summary_reports_the_mixed_model_and_the_crossed_bootstrap():
 
 
 def test_ranking_needs_a_connected_comparison_graph():
-    rows = pd.DataFrame({"source": "web", "participant": ["a", "b", "c", "d"], "left_model": ["crn", "pix2pix", "real", "unet"],
-                         "right_model": ["pix2pix", "crn", "unet", "real"], "chosen_side": ["left", "right", "left", "right"]})
-    rows["chosen_model"] = rows.left_model.where(rows.chosen_side == "left", rows.right_model)
+    judgments = pd.DataFrame({"participant": ["a", "b", "c", "d"], "model_a": ["crn", "pix2pix", "real", "unet"],
+                              "model_b": ["pix2pix", "crn", "unet", "real"], "winner": ["crn", "crn", "real", "real"]})
     with pytest.raises(ValueError, match=r"no Bradley-Terry ranking: no chain of compared pairs links \{real, unet\} and "
                                          r"\{crn, pix2pix\}, so they have no common scale"):
-        ranking(rows, num_resamples=20, seed=0)
+        ranking(judgments, num_resamples=20, seed=0)
 
 
 def test_hype_study_reports_fool_rates(tmp_path, tiny_raw, prepared_tiny, monkeypatch):
@@ -428,3 +429,40 @@ def test_registration_is_refused_after_people_answered(study, tiny_raw):
     write_responses_csv(check_responses(pd.DataFrame(_answers(manifest, 0, _right, "p1")), "t"), study / "analysis" / "responses.csv")
     with pytest.raises(CrnError, match=r"people have already answered \(\d+ answers, the first at 2026-02-01T10:00:00Z\)"):
         preregister(study, to_dict(parse_params(tiny_raw, "params").study), force=True)
+
+
+def test_judgments_count_only_where_their_images_are_still_the_synthesized_ones(study, monkeypatch):
+    import crn_repro.study.analyze as analyze
+    from crn_repro.judgments import bind_to_current, preference_tables, read_judgments
+
+    manifest = load_manifest(study)
+    rows = [r for p in range(6) for r in _answers(manifest, p % len(manifest["jobs"]), _right, f"p{p}")]
+    bound = analyze.bind_images(check_responses(pd.DataFrame(rows), "test"), manifest, "test")  # as gather_responses does
+    monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: bound)
+    path = analyze_study(study, num_resamples=20)["paths"]["judgments"]
+    judgments = read_judgments([path])
+    source_of = {}  # (model, layout) -> the source hash the study recorded
+    for job in manifest["jobs"]:
+        for t in job["trials"]:
+            for side in ("left", "right"):
+                source_of[(t[side]["model"], t["layout"])] = manifest["sources"][t[side]["sha256"]]
+    kept, binding = bind_to_current(judgments, lambda m, layout: source_of.get((m, layout)), "here", "rerun it")
+    assert len(kept) == len(judgments) and binding["dropped"] == 0 and binding["builds"] == [judgments.study_build[0]]
+    assert binding["builds"][0].startswith("demo@") and binding["unbound"] == 0
+
+    retrained = lambda m, layout: "f" * 64 if m == "pix2pix" else source_of.get((m, layout))  # noqa: E731
+    kept, binding = bind_to_current(judgments, retrained, "here", "rerun it")
+    involved = (judgments.model_a == "pix2pix") | (judgments.model_b == "pix2pix")
+    assert binding["dropped"] == involved.sum() > 0 and len(kept) == (~involved).sum()
+    with pytest.raises(CrnError, match=rf"here: all {len(judgments)} judgments judged images that are no longer the synthesized "
+                                       r"ones .*; rerun it"):
+        bind_to_current(judgments, lambda m, layout: "0" * 64, "here", "rerun it")
+    plain = judgments.drop(columns=["source_a", "source_b"])  # judgments from elsewhere: kept, marked unbound
+    assert bind_to_current(plain, retrained, "here", "x")[1] == {"dropped": 0, "unbound": len(plain), "builds": []}
+
+    tables = preference_tables("crn", ["pix2pix", "image-space"], {}, (str(path),), 20, 0, retrained, "rerun it")
+    preference = tables["preference"].set_index("baseline")
+    assert preference.loc["pix2pix", "n"] == 0 and preference.loc["image-space", "n"] > 0
+    assert (preference.dropped == involved.sum()).all()
+    assert preference.study_build.iloc[0] == judgments.study_build[0]
+    assert set(tables["ranking"].item) == {"real", "crn", "image-space", "crn-diverse"}  # sentinels link real

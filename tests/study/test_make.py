@@ -16,7 +16,8 @@ from study_data import MODELS, SCORES, fake_image, fake_pipeline
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError
 from crn_repro.synthesize import output_names
-from crn_repro.study.make import REAL_SCORE_MARGIN, _png_bytes, make_study, real_image_sha256
+from crn_repro.study.make import REAL_SCORE_MARGIN, _png_bytes, make_study
+from crn_repro.study.records import real_image_sha256
 from crn_repro.study.manifest import load_manifest
 
 
