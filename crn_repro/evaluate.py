@@ -26,13 +26,14 @@ from rich.console import Console
 from crn_repro import metrics as M
 from crn_repro import stats
 from crn_repro.files import atomic_write_json, atomic_write_text, read_image, read_json, staged_dir
-from crn_repro.judgments import preference_table
+from crn_repro.judgments import RANKING_COLUMNS, preference_tables
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
 from crn_repro.params import EvaluateParams, Params
 from crn_repro.progress import StageProgress
 from crn_repro.registry import SEGMENTER, load_segmenter
 from crn_repro.segmentation import confusion_matrix, predict, segmentation_scores
+from crn_repro.study.records import REAL, file_sha256, real_image_sha256
 from crn_repro.synthesize import output_names
 
 
@@ -304,16 +305,61 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
             results[model] = entry
             atomic_write_text(per_image_dir / f"{model}.csv", per_image.to_csv(index=False))
 
-    preference, curves = preference_table(
-        ep.reference_model, table_baselines(params), realism, ep.judgment_files, ep.bootstrap_resamples, ep.seed
-    )
-    atomic_write_text(reports / "preference.csv", preference.to_csv(index=False))
-    atomic_write_text(reports / "time_curves.csv", curves.to_csv(index=False))
+    preference = write_preference(params, val, realism, reports, console)
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
            "missing": missing_metrics(params, results)}
     atomic_write_json(reports / "metrics.json", out)
     write_headlines(reports / "headline", results, preference)
     return out
+
+
+RERUN_STUDY = ("the study judged earlier images: build a new one for the current images (`crn-repro study make --out "
+               "studies/NEW`), collect answers and `crn-repro study analyze` it, or set evaluate.human_judgments: null for the "
+               "automatic judge")
+
+
+def current_sources(params: Params, val: PreparedSplit):
+    """(model, layout) -> the SHA-256 of what a study image of it is made from now: the synthesized
+    file (first output), or the prepared real image; None where there is none (docs/facts.md §6.2)."""
+    rows = {name: i for i, name in enumerate(val.names)}
+    ks: dict[str, int | None] = {}
+
+    def source(model: str, layout: str) -> str | None:
+        if layout not in rows:
+            return None
+        if model == REAL:
+            return real_image_sha256(np.asarray(val.images[rows[layout]]))
+        if model not in ks:
+            index_path = Path(params.paths.synth) / model / "index.json"
+            ks[model] = read_json(index_path, f"run `crn-repro synthesize --model {model}` again").get("k") if index_path.is_file() else None
+        if ks[model] is None:
+            return None
+        path = Path(params.paths.synth) / model / output_names(layout, ks[model])[0]
+        return file_sha256(path) if path.is_file() else None
+
+    return source
+
+
+def write_preference(params: Params, val: PreparedSplit, realism: dict[str, np.ndarray], reports: Path,
+                     console: Console) -> pd.DataFrame:
+    """``preference.csv``, ``time_curves.csv`` and ``ranking.csv`` (``judgments.preference_tables``): human
+    judgments count only where they judged the current images; says how many were dropped."""
+    ep = params.evaluate
+    tables = preference_tables(ep.reference_model, table_baselines(params), realism, ep.judgment_files, ep.bootstrap_resamples,
+                               ep.seed, current_sources(params, val) if ep.judgment_files else None, RERUN_STUDY)
+    binding = tables["binding"]
+    if binding and binding["dropped"]:
+        console.print(f"human judgments: {binding['dropped']} judged images that are no longer the synthesized ones and are "
+                      f"left out (study build {', '.join(binding['builds']) or 'unknown'})", highlight=False, soft_wrap=True)
+    if binding and binding["unbound"]:
+        console.print(f"human judgments: {binding['unbound']} carry no image hashes and cannot be checked against the current "
+                      "images (analyse the study again with this version to bind them)", highlight=False, soft_wrap=True)
+    ranking = (tables["ranking"].assign(note="") if tables["ranking"] is not None   # no ranking: one row saying why
+               else pd.DataFrame([{"note": tables["ranking_note"]}], columns=[*RANKING_COLUMNS, "note"]))
+    atomic_write_text(reports / "preference.csv", tables["preference"].to_csv(index=False))
+    atomic_write_text(reports / "time_curves.csv", tables["curves"].to_csv(index=False))
+    atomic_write_text(reports / "ranking.csv", ranking.to_csv(index=False))
+    return tables["preference"]
 
 
 def missing_metrics(params: Params, results: dict) -> list[dict]:
