@@ -251,6 +251,13 @@ def test_human_judgments_count_only_for_the_current_images(tiny_run, tmp_path):
     assert table.study_build[0] == "demo@2026-01-01T00:00:00Z/0123456789ab" and table.odds_ratio.notna()[0]
     ranked = pd.read_csv(root / "reports/ranking.csv")
     assert set(ranked.item) == {"real", "crn", "crn-diverse"} and ranked.note.isna().all()  # the sentinel links real
+    result = runner.invoke(app, ["--params", str(params_file), "report"])
+    assert result.exit_code == 0, result.output
+    report = (root / "reports/report.md").read_text()
+    assert ("Study build: **demo@2026-01-01T00:00:00Z/0123456789ab**; 3 judgments of images that are no longer the "
+            "synthesized ones were left out.") in report
+    assert "| mixed model [95%] | odds ratio [95%] |" in report and "95% bootstrap, both" in report
+    assert "### Ranking (Bradley-Terry)" in report and "| rank | item | strength (log) |" in report
 
     pd.DataFrame([dict(r, source_a="e" * 64) for r in rows]).to_csv(judgments, index=False)
     result = runner.invoke(app, ["--params", str(params_file), "evaluate"])
