@@ -92,7 +92,9 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     report = (tmp_path / "reports" / "report.md").read_text()
     assert f"Source: **simulated participants ({8 - excluded}, {excluded} excluded), not human judgments**" in report
     assert "> These are **simulated participants, not human judgments**" in report and "human judgments (" not in report
-    assert "| baseline | preferred | 95% Wilson | 95% bootstrap, workers | 95% bootstrap, images | p | n |" in report
+    assert ("| baseline | preferred | 95% Wilson | 95% bootstrap, workers | 95% bootstrap, images | 95% bootstrap, both | "
+            "mixed model [95%] | odds ratio [95%] | sd participant, layout | p | n |") in report
+    assert "Study build: **demo@" in report and "### Ranking (Bradley-Terry)" in report and table.dropped[0] == 0
     assert "automatic proxy judgments" not in report
 
     # Fig. 3: the time-limited design, on MTurk
