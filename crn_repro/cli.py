@@ -293,7 +293,7 @@ def info(
 # --- the human perceptual study (Sec. 5.1): `crn-repro study ...` ---------------------------------
 
 study_app = typer.Typer(
-    short_help="Human perceptual study: make, serve, export-mturk, analyze, power, simulate.",
+    short_help="Human perceptual study: make, preregister, serve, export-mturk, analyze, power, simulate.",
     help="Human perceptual study (paper Sec. 5.1): build it, run it in a browser or on MTurk, analyse it.",
     no_args_is_help=True,
 )
@@ -306,8 +306,10 @@ def _study_command(name: str):
 
 
 class Design(str, enum.Enum):
-    unlimited = "unlimited"
+    paper = "paper"
     timed = "timed"
+    mixed = "mixed"
+    hype = "hype"
 
 
 class Via(str, enum.Enum):
@@ -320,23 +322,42 @@ StudyDir = typer.Argument(..., metavar="STUDY", help="study folder written by `c
 
 @_study_command("make")
 def study_make(
-    design: Optional[Design] = typer.Option(None, help="default: study.design"),
+    design: Optional[Design] = typer.Option(None, help="default: study.design (paper: Table 1 as the authors ran it)"),
     out: Optional[Path] = typer.Option(None, metavar="DIR", help="study folder to write; default: study.dir"),
     force: bool = typer.Option(False, "--force", metavar="", help="replace a study that already holds responses or an MTurk export (they are lost)"),
 ) -> None:
-    """Build a study folder (manifest.json + 400x200 stimuli) from the synthesized validation sets.
+    """Build a study folder (manifest.json + 400x200 stimuli) from the synthesized validation sets, and
+    estimate a session's length and reward.
 
     \b
     Example: crn-repro study make --design timed --out studies/timed"""
     from crn_repro.study.make import make_study
+    from crn_repro.study.power import simulated_session_minutes
 
     params = _params()
     manifest = make_study(params, design.value if design else None, out, force, err_console)
     folder = out or Path(params.study.dir)
     trials = sum(len(job["trials"]) for job in manifest["jobs"])
     console.print(f"study {manifest['study_id']!r} ({manifest['design']}): {len(manifest['jobs'])} jobs, {trials} trials -> {folder}")
-    console.print(f"next: `crn-repro study serve {folder}` (lab) or `crn-repro study export-mturk {folder} OUT_DIR --base-url URL`",
-                  soft_wrap=True)
+    _print_pay(params.study, simulated_session_minutes(manifest, seed=params.study.seed), "simulated participants")
+    console.print(f"next: `crn-repro study preregister {folder}`, then `crn-repro study serve {folder}` (lab, Prolific) or "
+                  f"`crn-repro study export-mturk {folder} OUT_DIR --base-url URL`", soft_wrap=True)
+
+
+def _print_pay(study, minutes: float, source: str, hourly_rate: float | None = None) -> None:
+    """The median session and its reward at the hourly rate, with Prolific's warnings."""
+    from crn_repro.study.params import PROLIFIC_MINIMUM_HOURLY
+    from crn_repro.study.power import pay_estimate
+
+    consent = study.consent
+    rate = hourly_rate if hourly_rate is not None else study.prolific.hourly_rate
+    pay = pay_estimate(minutes, rate, consent.currency, PROLIFIC_MINIMUM_HOURLY.get(consent.currency), consent.reward,
+                       consent.duration_minutes)
+    console.print(f"session: median {minutes:.1f} minutes ({source}); at {rate:.2f} {consent.currency}/h the reward is "
+                  f"{pay['reward']:.2f} {consent.currency} (stated: {consent.pay or 'unpaid'}, {consent.duration_minutes} min)",
+                  soft_wrap=True, highlight=False)
+    for warning in pay["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
 @_study_command("serve")
@@ -376,87 +397,225 @@ def study_export_mturk(
 def study_analyze(
     study: Path = StudyDir,
     mturk: list[Path] = typer.Option([], "--mturk", metavar="CSV", help="MTurk batch results CSV (repeatable)"),
+    prolific: Optional[Path] = typer.Option(None, "--prolific", metavar="CSV", help="Prolific's submissions export: writes analysis/payments.csv"),
     no_web: bool = typer.Option(False, "--no-web", metavar="", help="ignore the web app's responses.sqlite"),
 ) -> None:
-    """Exclude by sentinels, then preference rates with Wilson intervals, binomial p and bootstrap over workers and images.
+    """Exclude by sentinels, then per comparison: rates with Wilson intervals, binomial p, bootstraps over
+    workers, images and both, a logistic mixed model with crossed random effects; a Bradley-Terry ranking.
 
     \b
     Example: crn-repro study analyze studies/demo --mturk Batch_123_batch_results.csv"""
-    import pandas as pd
-    from rich.table import Table
-
+    from crn_repro.config import to_dict
     from crn_repro.study.analyze import analyze_study
 
     sp = _params().study
     result = analyze_study(study, mturk, not no_web, sp.min_sentinel_accuracy, sp.bootstrap_resamples, sp.seed,
-                           sp.timing_tolerance_ms)
+                           sp.timing_tolerance_ms, alpha=sp.alpha, prolific_csv=prolific,
+                           reject_min_failed_sentinels=sp.prolific.reject_min_failed_sentinels, study_params=to_dict(sp))
+    _print_analysis(result, sp)
+
+
+def _print_analysis(result: dict, sp) -> None:
+    from crn_repro.study.analyze import hype_table, print_whole, ranking_table, summary_table
+
+    plain = {"highlight": False, "markup": False, "soft_wrap": True}
     ex = result["exclusions"]
     if result["note"]:
-        console.print(result["note"], highlight=False, markup=False, soft_wrap=True)
+        console.print(result["note"], **plain)
     who = "simulated participants" if result["simulated"] else "participants"
     console.print(f"{len(result['analysed'])} answers from {len(ex)} {who}; {int(ex.excluded.sum())} excluded "
-                  f"(sentinel accuracy < {sp.min_sentinel_accuracy:.0%})")
+                  f"(sentinel accuracy < {sp.min_sentinel_accuracy:.0%}, or withdrawn)", **plain)
     for r in ex[ex.excluded].itertuples():
-        console.print(f"  excluded {r.source}:{r.participant}: {r.reason}", highlight=False, markup=False)
+        console.print(f"  excluded {r.source}:{r.participant}: {r.reason}", **plain)
     mistimed = result["mistimed"]
     if result["analysed"].duration_ms.notna().any():  # a timed design
         console.print(f"{len(mistimed)} timed test answers left out: on screen more than {sp.timing_tolerance_ms:g} ms "
                       f"from the target, or not measured ({int(mistimed.measured_ms.isna().sum())}) -> "
-                      f"{result['paths']['mistimed']}", highlight=False, markup=False, soft_wrap=True)
-
-    def interval(low, high):  # n/a: no judgments, or too few workers or images to bootstrap
-        return "n/a" if pd.isna(low) else f"{low:.0%}-{high:.0%}"
-
-    table = Table("pair", "time", "rate", "Wilson 95%", "workers 95%", "images 95%", "p", "n",
-                  title="preference of the first model (bootstrap intervals resample workers, images)")
-    for r in result["summary"].itertuples():
-        table.add_row(
-            f"{r.first} > {r.second}", "-" if pd.isna(r.duration_ms) else f"{int(r.duration_ms)} ms",
-            "n/a" if pd.isna(r.rate) else f"{r.rate:.0%}", interval(r.ci_low, r.ci_high),
-            interval(r.boot_workers_low, r.boot_workers_high), interval(r.boot_images_low, r.boot_images_high),
-            "n/a" if pd.isna(r.p_value) else f"{r.p_value:.1g}", str(r.n),
-        )
-    console.print(table)
+                      f"{result['paths']['mistimed']}", **plain)
+    if "hype" in result:
+        print_whole(console, hype_table(result["hype"]))
+    else:
+        print_whole(console, summary_table(result["summary"], sp.alpha))
+    if "ranking" in result:
+        print_whole(console, ranking_table(result["ranking"]))
+    elif result["ranking_note"]:
+        console.print(result["ranking_note"], **plain)
+    if "payments" in result:
+        decisions = result["payments"].decision.value_counts()
+        console.print(f"payments (Prolific): {', '.join(f'{n} {d}' for d, n in decisions.items()) or 'no submissions'} -> "
+                      f"{result['paths']['payments']}", **plain)
+    registration = result["registration"]
+    console.print(registration["note"] + ("" if not registration["registered"] else
+                  ": the analysis ran as registered" if registration["as_registered"] else ": deviations from it:"), **plain)
+    for deviation in registration["deviations"]:
+        console.print(f"  deviation: {deviation}", **plain)
     judgments = result["paths"]["judgments"]
-    console.print(f"wrote {judgments.parent}/; the report uses it after: dvc exp run -S 'evaluate.human_judgments={judgments}' "
-                  f"(or set evaluate.human_judgments: {judgments} in params.yaml and run `dvc repro report`)", soft_wrap=True)
+    console.print(f"study build {result['build']}; wrote {judgments.parent}/; the report uses it after: dvc exp run -S "
+                  f"'evaluate.human_judgments={judgments}' (or set evaluate.human_judgments: {judgments} in params.yaml and run "
+                  "`dvc repro report`)", **plain)
+
+
+@_study_command("preregister")
+def study_preregister(
+    study: Path = StudyDir,
+    force: bool = typer.Option(False, "--force", metavar="", help="register again (refused once anyone has answered)"),
+) -> None:
+    """Freeze the analysis before the first real answer: the study's params, exclusion and payment rules,
+    model formula and alpha, with the manifest's hash, into STUDY/preregistration.json.
+
+    \b
+    Example: crn-repro study preregister studies/demo"""
+    from crn_repro.config import to_dict
+    from crn_repro.study.registration import REGISTRATION, preregister
+
+    record = preregister(study, to_dict(_params().study), force)
+    console.print(f"registered {record['study_id']} ({record['design']}) at {record['registered_utc']}: params "
+                  f"{record['params_sha256'][:12]}, manifest {record['manifest_sha256'][:12]}, alpha {record['alpha']:g} -> "
+                  f"{study / REGISTRATION}; `crn-repro study analyze` lists any deviation", soft_wrap=True, highlight=False)
 
 
 @_study_command("power")
 def study_power(
     rate: Optional[float] = typer.Option(None, metavar="RATE", help="true preference rate in (0, 1), not 0.5 (default: a table from 0.55 to 0.99)"),
-    alpha: float = typer.Option(1e-3, metavar="ALPHA", help="significance level (paper: p < 1e-3)"),
+    alpha: Optional[float] = typer.Option(None, metavar="ALPHA", help="significance level (default: study.alpha, else 1e-3; paper: p < 1e-3)"),
     power: float = typer.Option(0.9, metavar="POWER", help="probability of reaching it"),
+    design: Optional[Design] = typer.Option(None, help="the design to simulate (default: study.design)"),
+    participant_sd: float = typer.Option(0.5, metavar="SD", help="participants' bias sd, log-odds (a pilot's analysis overrides)"),
+    layout_sd: float = typer.Option(0.5, metavar="SD", help="layouts' difficulty sd, log-odds (a pilot's analysis overrides)"),
+    replicates: int = typer.Option(100, metavar="N", help="simulated studies per size tried"),
+    pilot: Optional[Path] = typer.Option(None, metavar="STUDY", help="a pilot study: its median session time, and its fitted sds"),
+    hourly_rate: Optional[float] = typer.Option(None, metavar="RATE", help="pay per hour (default: study.prolific.hourly_rate)"),
 ) -> None:
-    """How many judgments a comparison needs for p < alpha at a given true preference rate.
+    """How many judgments (exact binomial test) and participants (the crossed design, simulated) a
+    comparison needs for p < alpha at a true preference rate; and a session's length and reward.
 
     \b
     Example: crn-repro study power --rate 0.7"""
-    from rich.table import Table
-
-    from crn_repro.stats import SUSTAINED_SEARCH_FACTOR
-    from crn_repro.study.design import study_design
-    from crn_repro.study.power import DEFAULT_RATES, jobs_needed, power_table
+    from crn_repro.study.power import DEFAULT_RATES
 
     for name, value in (("--rate", rate), ("--alpha", alpha), ("--power", power)):
         if value is not None and not 0.0 < value < 1.0:
             raise CrnError(f"study power: {name} {value:g} must lie strictly between 0 and 1")
-    designs = {}
-    if STATE["params"].is_file():  # jobs per design when run next to a params file
-        params = _params()
-        designs = {name: study_design(params.study, name, params.models) for name in ("unlimited", "timed")}
+    if participant_sd < 0 or layout_sd < 0 or replicates < 10:
+        raise CrnError("study power: need --participant-sd >= 0, --layout-sd >= 0 and --replicates >= 10")
+    params = _params() if STATE["params"].is_file() else None
+    alpha = alpha if alpha is not None else params.study.alpha if params else 1e-3
+    plans = _power_binomial((rate,) if rate is not None else DEFAULT_RATES, alpha, power, params)
+    if params is None:
+        return
+    sds = (participant_sd, layout_sd)
+    if pilot is not None:
+        sds = _pilot(pilot, params.study, hourly_rate, sds)
+    name = design.value if design else params.study.design
+    if name == "hype":
+        console.print("the crossed simulation plans pair comparisons; for the hype design, the fool rate's comparison with 50% "
+                      "follows the binomial table above", soft_wrap=True)
+        return
+    if name not in plans:
+        from crn_repro.study.design import study_plan
+
+        study_plan(params.study, name, params.models, [f"layout-{i}" for i in range(_power_layouts(params))])  # says why
+    _power_crossed(plans[name], (rate,) if rate is not None else (0.6, 0.7, 0.8), alpha, power, sds, replicates, params)
+
+
+def _power_binomial(rates, alpha: float, power: float, params) -> dict:
+    """The exact binomial table, with the jobs of each design; returns the designs' plans."""
+    from rich.table import Table
+
+    from crn_repro.stats import SUSTAINED_SEARCH_FACTOR
+    from crn_repro.study.analyze import print_whole
+    from crn_repro.study.design import study_plan
+    from crn_repro.study.power import jobs_needed, power_table
+
+    plans = {}
+    if params is not None:  # jobs per design when run next to a params file
+        layouts = [f"layout-{i}" for i in range(_power_layouts(params))]
+        for name in ("paper", "timed", "mixed", "hype"):
+            try:
+                plans[name] = study_plan(params.study, name, params.models, layouts)
+            except CrnError:
+                if name == params.study.design:
+                    raise  # another design's settings may not fit these layouts; the one in use must
     try:
-        rows = power_table((rate,) if rate is not None else DEFAULT_RATES, alpha, power)
+        rows = power_table(rates, alpha, power)
     except ValueError as error:
         raise CrnError(f"study power: {error}") from None
-    table = Table("true rate", "judgments", "power there", "first reached at", *[f"jobs ({name})" for name in designs],
+    table = Table("true rate", "judgments", "power there", "first reached at", *[f"jobs ({name})" for name in plans],
                   title=f"judgments for p < {alpha:g} with power {power:g} (exact two-sided binomial test)")
     for row in rows:
-        jobs = [str(jobs_needed(row["judgments"], d)) for d in designs.values()]
+        jobs = [str(jobs_needed(row["judgments"], plan)) for plan in plans.values()]
         table.add_row(f"{row['rate']:.0%}", str(row["judgments"]), f"{row['power']:.3f}", str(row["first"]), *jobs)
-    console.print(table)
+    print_whole(console, table)
     console.print(f"judgments: the smallest n from which every larger n keeps the power (checked up to {SUSTAINED_SEARCH_FACTOR}x "
-                  "'first reached at'); exact power is a sawtooth in n", soft_wrap=True)
+                  "'first reached at'); exact power is a sawtooth in n. It counts every judgment as independent; the "
+                  "crossed simulation below does not", soft_wrap=True)
+    return plans
+
+
+def _power_layouts(params) -> int:
+    """Validation layouts: the prepared split's, else the dataset's configured count."""
+    from crn_repro.datasets import PreparedSplit
+
+    try:
+        return len(PreparedSplit(Path(params.paths.prepared), "val").names)
+    except (CrnError, OSError):
+        return {"synthetic": params.synthetic.num_val, "cityscapes": params.cityscapes.expected_val or 500,
+                "nyu": 654}.get(params.data.dataset, 500)
+
+
+def _pilot(pilot: Path, study, hourly_rate, sds: tuple[float, float]) -> tuple[float, float]:
+    """A pilot's median session (and its reward), and its fitted sds where it was analysed."""
+    import pandas as pd
+
+    from crn_repro.study.analyze import gather_responses, real_or_simulated
+    from crn_repro.study.manifest import load_manifest
+    from crn_repro.study.power import pilot_session_minutes
+
+    responses, simulated, _ = real_or_simulated(gather_responses(pilot))
+    try:
+        minutes, finished = pilot_session_minutes(responses, load_manifest(pilot))
+    except ValueError as error:
+        raise CrnError(f"study power --pilot {pilot}: {error}") from None
+    _print_pay(study, minutes, f"{finished} {'simulated ' if simulated else ''}pilot participants", hourly_rate)
+    summary = Path(pilot) / "analysis" / "summary.csv"
+    if summary.is_file():
+        fitted = pd.read_csv(summary)[["participant_sd", "layout_sd"]].median()
+        if fitted.notna().all():
+            console.print(f"sds from the pilot's mixed models (median over comparisons): participant {fitted.participant_sd:.2f}, "
+                          f"layout {fitted.layout_sd:.2f}", soft_wrap=True)
+            return float(fitted.participant_sd), float(fitted.layout_sd)
+    return sds
+
+
+def _power_crossed(plan, rates, alpha: float, power: float, sds: tuple[float, float], replicates: int, params) -> None:
+    """Participants per comparison from simulated studies of the design (``power.participants_needed``)."""
+    import math
+
+    from rich.table import Table
+
+    from crn_repro.progress import StageProgress
+    from crn_repro.stats import judgments_needed
+    from crn_repro.study.analyze import print_whole
+    from crn_repro.study.observer import CrossedPopulation
+    from crn_repro.study.power import CrossedLayout, participants_needed
+
+    layout = CrossedLayout.of(plan, _power_layouts(params))
+    table = Table("true rate", "participants", "power there", "judgments", "jobs, all comparisons",
+                  title=f"the {plan.design} design, simulated: participants per comparison for mixed-model p < {alpha:g} with "
+                        f"power {power:g} (sd participant {sds[0]:g}, layout {sds[1]:g}; {replicates} studies per size)")
+    with StageProgress(err_console) as progress:
+        task = progress.add_task("simulated studies", total=None)
+        for rate in rates:
+            population = CrossedPopulation(math.log(rate / (1 - rate)), bias_sd=sds[0], difficulty_sd=sds[1])
+            start = math.ceil(judgments_needed(rate, alpha, power) / layout.per_participant)
+            n, reached = participants_needed(population, layout, alpha, power, replicates, params.study.seed, start,
+                                             progress=lambda n, p: progress.update(task, description=f"rate {rate:g}: {n} participants, power {p:.2f}"))
+            table.add_row(f"{rate:.0%}", str(n), f"{reached:.2f}", str(n * layout.per_participant),
+                          str(plan.jobs_for(n * layout.per_participant)))
+    print_whole(console, table)
+    console.print(f"each participant gives a comparison {layout.per_participant} judgments over {layout.layouts} layouts; "
+                  f"a typical participant's rate is the true rate (participants and layouts vary around it); power has a "
+                  f"Monte Carlo error of about {math.sqrt(power * (1 - power) / replicates):.2f}", soft_wrap=True)
 
 
 @_study_command("simulate")

@@ -29,13 +29,14 @@ from torch import nn
 from crn_repro import metrics as M
 from crn_repro import stats
 from crn_repro.files import atomic_write_json, atomic_write_text, read_image, staged_dir
-from crn_repro.judgments import preference_table
+from crn_repro.judgments import RANKING_COLUMNS, preference_tables
 from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
 from crn_repro.params import EvaluateParams, Params
 from crn_repro.progress import StageProgress
 from crn_repro.registry import SEGMENTER, load_segmenter
 from crn_repro.segmentation import confusion_matrix, predict, segmentation_scores
+from crn_repro.study.records import REAL, file_sha256, real_image_sha256
 from crn_repro.synthesize import output_names, read_index
 
 
@@ -104,7 +105,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
         task = progress.add_task("evaluate", total=len(params.models) * len(val))
         for model in params.models:
             scores[model] = score_model(params, model, val, scorers, real, advance=lambda n: progress.advance(task, n))
-    return write_outputs(params, val, scores)
+    return write_outputs(params, val, scores, console)
 
 
 # --- the scorers ------------------------------------------------------------------------------------
@@ -439,27 +440,71 @@ def _diversity_measures(got: Scored, scorers: Scorers, lpips_backbone: str | Non
 # --- writing the outputs ----------------------------------------------------------------------------
 
 
-def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores]) -> dict:
-    """Write every model's per-image table, the preference table (from human judgments where given, else
-    the automatic judge on the realism scores), its time curves, metrics.json and the headline metrics;
-    returns the metrics."""
-    ep = params.evaluate
+def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores], console: Console) -> dict:
+    """Write every model's per-image table, the preference table (from human judgments of the current
+    images where given, else the automatic judge on the realism scores), its time curves and ranking,
+    metrics.json and the headline metrics; returns the metrics."""
     reports = Path(params.paths.reports)
     for model, scored in scores.items():
         atomic_write_text(reports / "per_image" / f"{model}.csv", scored.per_image.to_csv(index=False))
     results = {model: scored.entry for model, scored in scores.items()}
     realism = {model: scored.realism for model, scored in scores.items()}
-    preference, curves = preference_table(
-        ep.reference_model, table_baselines(params), realism, ep.judgment_files, ep.bootstrap_resamples, ep.seed
-    )
-    atomic_write_text(reports / "preference.csv", preference.to_csv(index=False))
-    atomic_write_text(reports / "time_curves.csv", curves.to_csv(index=False))
+    preference = write_preference(params, val, realism, reports, console)
     h, w = val.size_hw
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
            "missing": missing_metrics(params, results)}
     atomic_write_json(reports / "metrics.json", out)
     write_headlines(reports / "headline", results, preference)
     return out
+
+
+RERUN_STUDY = ("the study judged earlier images: build a new one for the current images (`crn-repro study make --out "
+               "studies/NEW`), collect answers and `crn-repro study analyze` it, or set evaluate.human_judgments: null for the "
+               "automatic judge")
+
+
+def current_sources(params: Params, val: PreparedSplit):
+    """(model, layout) -> the SHA-256 of what a study image of it is made from now: the synthesized
+    file (first output), or the prepared real image; None where there is none (docs/facts.md §6.2)."""
+    rows = {name: i for i, name in enumerate(val.names)}
+    ks: dict[str, int | None] = {}
+
+    def source(model: str, layout: str) -> str | None:
+        if layout not in rows:
+            return None
+        if model == REAL:
+            return real_image_sha256(np.asarray(val.images[rows[layout]]))
+        folder = Path(params.paths.synth) / model
+        if model not in ks:
+            ks[model] = read_index(folder, model)["k"] if (folder / "index.json").is_file() else None
+        if ks[model] is None:
+            return None
+        path = folder / output_names(layout, ks[model])[0]
+        return file_sha256(path) if path.is_file() else None
+
+    return source
+
+
+def write_preference(params: Params, val: PreparedSplit, realism: dict[str, np.ndarray], reports: Path,
+                     console: Console) -> pd.DataFrame:
+    """``preference.csv``, ``time_curves.csv`` and ``ranking.csv`` (``judgments.preference_tables``): human
+    judgments count only where they judged the current images; says how many were dropped."""
+    ep = params.evaluate
+    tables = preference_tables(ep.reference_model, table_baselines(params), realism, ep.judgment_files, ep.bootstrap_resamples,
+                               ep.seed, current_sources(params, val) if ep.judgment_files else None, RERUN_STUDY)
+    binding = tables["binding"]
+    if binding and binding["dropped"]:
+        console.print(f"human judgments: {binding['dropped']} judged images that are no longer the synthesized ones and are "
+                      f"left out (study build {', '.join(binding['builds']) or 'unknown'})", highlight=False, soft_wrap=True)
+    if binding and binding["unbound"]:
+        console.print(f"human judgments: {binding['unbound']} carry no image hashes and cannot be checked against the current "
+                      "images (analyse the study again with this version to bind them)", highlight=False, soft_wrap=True)
+    ranking = (tables["ranking"].assign(note="") if tables["ranking"] is not None   # no ranking: one row saying why
+               else pd.DataFrame([{"note": tables["ranking_note"]}], columns=[*RANKING_COLUMNS, "note"]))
+    atomic_write_text(reports / "preference.csv", tables["preference"].to_csv(index=False))
+    atomic_write_text(reports / "time_curves.csv", tables["curves"].to_csv(index=False))
+    atomic_write_text(reports / "ranking.csv", ranking.to_csv(index=False))
+    return tables["preference"]
 
 
 def missing_metrics(params: Params, results: dict) -> list[dict]:

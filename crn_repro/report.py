@@ -101,6 +101,7 @@ def preference_table(preference: pd.DataFrame, dataset: str) -> pd.DataFrame:
     column: other data, other judges)."""
     row_name, paper = published.table_1_row(dataset)
     boot = any(c in preference.columns and preference[c].notna().any() for c in ("boot_workers_low", "boot_images_low"))
+    mixed = any(c in preference.columns and preference[c].notna().any() for c in ("crossed_low", "odds_ratio"))
     rows = []
     for r in preference.itertuples():
         row = {"baseline": r.baseline, "preferred": "n/a" if pd.isna(r.rate) else f"{r.rate:.1%}",
@@ -108,10 +109,25 @@ def preference_table(preference: pd.DataFrame, dataset: str) -> pd.DataFrame:
         if boot:
             row["95% bootstrap, workers"] = _interval(r.boot_workers_low, r.boot_workers_high)
             row["95% bootstrap, images"] = _interval(r.boot_images_low, r.boot_images_high)
+        if mixed:  # the crossed analyses (docs/facts.md §6.3)
+            row["95% bootstrap, both"] = _interval(r.crossed_low, r.crossed_high)
+            row["mixed model [95%]"] = "n/a" if pd.isna(r.mixed_rate) else f"{r.mixed_rate:.1%} [{_interval(r.mixed_low, r.mixed_high)}]"
+            row["odds ratio [95%]"] = ("n/a" if pd.isna(r.odds_ratio) else
+                                       f"{r.odds_ratio:.3g} [{r.odds_ratio_low:.3g} - {r.odds_ratio_high:.3g}]")
+            row["sd participant, layout"] = "n/a" if pd.isna(r.participant_sd) else f"{r.participant_sd:.2f}, {r.layout_sd:.2f}"
         row.update({"p": _p(r.p_value), "n": str(r.n),
                     f"paper ({row_name})": f"{paper[r.baseline]:.1%}" if r.baseline in paper else "-"})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ranking_table(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The Bradley-Terry ranking of real images and the models, with bootstrap intervals over participants."""
+    return pd.DataFrame([{"rank": str(int(r.rank)), "item": r.item, "strength (log)": f"{r.strength:+.2f}",
+                          "95% bootstrap, participants": "n/a" if pd.isna(r.strength_low) else
+                          f"{r.strength_low:+.2f} - {r.strength_high:+.2f}",
+                          "rank 95%": "n/a" if pd.isna(r.rank_low) else f"{int(r.rank_low)} - {int(r.rank_high)}",
+                          "wins": str(int(r.wins)), "pairs": str(int(r.comparisons))} for r in ranking.itertuples()])
 
 
 def time_curves_table(curves: pd.DataFrame) -> pd.DataFrame:
@@ -346,6 +362,7 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
     source = preference["source"].iloc[0] if len(preference) else "none"
     lines = _preference_section(params, preference, source, dataset, tables)
     if source.startswith(("human judgments", "simulated participants")):
+        lines += _ranking_section(reports, tables)
         lines += _time_curves_section(reports / "time_curves.csv", source, figures, tables)
     lines += _metrics_section(metrics, missing, figures, tables)
     lines += _published_section(tables)
@@ -401,12 +418,40 @@ def _preference_section(params: Params, preference: pd.DataFrame, source: str, d
         lines += [
             "Unlimited viewing time (paper Table 1). Participants whose sentinel answers fell "
             "below `study.min_sentinel_accuracy` are excluded (`crn-repro study analyze`). The bootstrap intervals "
-            "resample whole workers and whole images, so correlated judgments are not counted as independent; they "
-            "are two separate bootstraps, not a crossed one, so each is somewhat too narrow, and they read n/a "
-            f"where a comparison has fewer than {stats.MIN_BOOTSTRAP_CLUSTERS} workers (images).",
+            "resample whole workers, whole images, and both at once (crossed), so correlated judgments are not counted "
+            "as independent; the one-way ones each ignore the other source of variation, and all read n/a where a "
+            f"comparison has fewer than {stats.MIN_BOOTSTRAP_CLUSTERS} workers (images). The mixed model, logit "
+            "`first_won ~ 1 + (1 | participant) + (1 | layout)` (docs/facts.md §6.3), gives the preference of a typical "
+            "participant on a typical layout and its odds ratio against even odds, with the standard deviations of "
+            "participants and layouts on the log-odds scale.",
             "",
+            *_study_build(preference),
         ]
     return lines + _table(preference_table(preference, dataset), tables, "preference")
+
+
+def _study_build(preference: pd.DataFrame) -> list[str]:
+    """Which study build the human numbers come from, and how many judgments of earlier images were left out."""
+    if "study_build" not in preference.columns or not len(preference):
+        return []
+    build, dropped = preference.study_build.iloc[0], preference.dropped.iloc[0] if "dropped" in preference.columns else 0
+    left_out = (f"; {int(dropped)} judgments of images that are no longer the synthesized ones were left out"
+                if dropped == dropped and dropped else "")
+    return [f"Study build: **{build}**{left_out}.", ""]
+
+
+def _ranking_section(reports: Path, tables: Path) -> list[str]:
+    """The Bradley-Terry ranking of the evaluate stage's ``ranking.csv`` (or why there is none)."""
+    path = reports / "ranking.csv"
+    if not path.is_file():
+        return []
+    ranking = read_table(path, ("item", "note"), fix="run `crn-repro evaluate` again")
+    lines = ["", "### Ranking (Bradley-Terry)", ""]
+    if ranking.item.isna().all():
+        return lines + [f"No ranking: {ranking.note.iloc[0] if len(ranking) else 'no judgments'}."]
+    return lines + ["Real images and every model on one scale from all judged pairs (sentinels included), strengths on "
+                    "the log-odds scale (mean 0); intervals from the bootstrap over participants.", ""] + _table(
+        ranking_table(ranking), tables, "ranking")
 
 
 def _time_curves_section(curves_path: Path, source: str, figures: Path, tables: Path) -> list[str]:

@@ -45,7 +45,8 @@ def tiny_raw_params(root: Path) -> dict:
                         precision="auto", cache_reference_features=False)  # the demo's speed settings have tests of their own
     raw["models"] = ["crn"]
     raw["evaluate"]["baselines"] = None  # every other listed model
-    raw["study"]["unlimited"]["models"] = None
+    for design in ("paper", "mixed", "hype"):  # the study compares the tiny run's models
+        raw["study"][design]["models"] = None
     raw["crn"]["network"]["widths"] = [8, 8, 8]
     raw["crn"]["objective"]["lambda_rescale_after_epochs"] = 1
     raw["report"]["figure_rows"] = 2

@@ -86,6 +86,7 @@ CHECKS: dict[str, Check] = {
         tested(by="tests/test_doc_commands.py::test_ci_runs_the_readme_test_command_exactly"),
     "python -m pytest": part(of="python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q --slow"),
     "pytest": part(of="python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q --slow"),
+    "python -m pytest -q --slow": part(of="python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q --slow"),
     "pytest --slow": part(of="python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q --slow"),
     "bash .ci/run": tested(by="tests/test_doc_commands.py::test_ci_runs_the_readme_test_command_exactly", why="it is CI"),
     "apt-get install chromium": tested(by="tests/test_doc_commands.py::test_ci_installs_the_engines_the_tests_require"),
@@ -202,7 +203,9 @@ CHECKS: dict[str, Check] = {
     "crn-repro study export-mturk studies/demo studies/demo/mturk --base-url URL": tested(
         by="tests/study/test_cli_study.py::test_study_end_to_end",
         instance="crn-repro study export-mturk studies/demo studies/demo/mturk --base-url https://example.org/demo"),
-    "crn-repro study analyze studies/demo [--mturk Batch_123_batch_results.csv ...] [--no-web]": tested(
+    "crn-repro study preregister studies/demo": tested(by="tests/study/test_cli_study.py::test_study_end_to_end"),
+    "crn-repro study preregister STUDY": part(of="crn-repro study preregister studies/demo"),
+    "crn-repro study analyze studies/demo [--mturk Batch_123_batch_results.csv ...] [--prolific prolific_export.csv] [--no-web]": tested(
         by="tests/study/test_cli_study.py::test_study_end_to_end",
         instance="crn-repro study analyze studies/demo --mturk studies/demo/mturk/simulated_results.csv"),
     "crn-repro study simulate STUDY -n 20 --via web|mturk": tested(

@@ -76,7 +76,7 @@ def workspace(tmp_path_factory):
     raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
     raw["evaluate"]["bootstrap_resamples"] = 10
     raw["study"].update(jobs=2, image_size_wh=[64, 32], bootstrap_resamples=20)
-    raw["study"]["unlimited"].update(test_pairs_per_job=4, sentinels_per_job=1)
+    raw["study"]["paper"].update(test_pairs_per_job=4, sentinels_per_job=1)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     cwd = os.getcwd()
     os.chdir(root)

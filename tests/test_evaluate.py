@@ -222,3 +222,53 @@ def test_lpips_diversity_with_the_backbone_file_and_missing_without_it(tiny_run,
     # 16x32 is below AlexNet's smallest input: reported missing with the reason, not computed some other way
     assert "diversity_lpips" not in metrics["models"]["crn-diverse"]
     assert any("LPIPS" in m["metric"] and "at least 32x32" in m["needs"] for m in metrics["missing"])
+
+
+def test_human_judgments_count_only_for_the_current_images(tiny_run, tmp_path):
+    """Judgments carry the hashes of what their images were made from (`study analyze`); evaluate keeps those
+    of the current synthesized images, says how many it dropped, and refuses when none is current."""
+    from pathlib import Path
+
+    from crn_repro.datasets import PreparedSplit
+    from crn_repro.evaluate import current_sources
+    from crn_repro.params import parse_params
+
+    root, raw = tiny_run
+    params = parse_params(raw, "params")
+    val = PreparedSplit(Path(params.paths.prepared), "val")
+    source = current_sources(params, val)
+    rows = []
+    for i, layout in enumerate(val.names * 2):
+        stale = i < 3  # judged before the models were trained again
+        rows.append({"model_a": "crn", "model_b": "crn-diverse", "winner": "crn" if i % 4 else "crn-diverse",
+                     "participant": f"web:p{i % 5}", "layout": layout, "source": "web", "kind": "test",
+                     "source_a": "e" * 64 if stale else source("crn", layout), "source_b": source("crn-diverse", layout),
+                     "study_build": "demo@2026-01-01T00:00:00Z/0123456789ab"})
+    rows.append({**rows[-1], "model_a": "real", "winner": "real", "kind": "sentinel", "source_a": source("real", val.names[0]),
+                 "layout": val.names[0], "source_b": source("crn-diverse", val.names[0])})
+    judgments = tmp_path / "judgments.csv"
+    pd.DataFrame(rows).to_csv(judgments, index=False)
+    raw = dict(raw, evaluate=dict(raw["evaluate"], human_judgments=str(judgments)))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["--params", str(params_file), "evaluate"])
+    assert result.exit_code == 0, result.output
+    assert "human judgments: 3 judged images that are no longer the synthesized ones and are left out (study build " \
+           "demo@2026-01-01T00:00:00Z/0123456789ab)" in result.output
+    table = pd.read_csv(root / "reports/preference.csv")
+    assert table.n[0] == 2 * len(val.names) - 3 and table.dropped[0] == 3  # the sentinel is no Table 1 judgment
+    assert table.study_build[0] == "demo@2026-01-01T00:00:00Z/0123456789ab" and table.odds_ratio.notna()[0]
+    ranked = pd.read_csv(root / "reports/ranking.csv")
+    assert set(ranked.item) == {"real", "crn", "crn-diverse"} and ranked.note.isna().all()  # the sentinel links real
+    result = runner.invoke(app, ["--params", str(params_file), "report"])
+    assert result.exit_code == 0, result.output
+    report = (root / "reports/report.md").read_text()
+    assert ("Study build: **demo@2026-01-01T00:00:00Z/0123456789ab**; 3 judgments of images that are no longer the "
+            "synthesized ones were left out.") in report
+    assert "| mixed model [95%] | odds ratio [95%] |" in report and "95% bootstrap, both" in report
+    assert "### Ranking (Bradley-Terry)" in report and "| rank | item | strength (log) |" in report
+
+    pd.DataFrame([dict(r, source_a="e" * 64) for r in rows]).to_csv(judgments, index=False)
+    result = runner.invoke(app, ["--params", str(params_file), "evaluate"])
+    assert result.exit_code == 1 and f"all {len(rows)} judgments judged images that are no longer the synthesized ones" in result.output
+    assert "crn-repro study make --out studies/NEW" in result.output and "evaluate.human_judgments: null" in result.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,11 +16,17 @@ from crn_repro.stats import (
     binomial_test,
     bootstrap_ci,
     bootstrap_mean_ci,
+    bradley_terry,
+    bradley_terry_bootstrap,
     cluster_bootstrap_ci,
+    comparison_components,
+    crossed_bootstrap_ci,
+    crossed_logit,
     judgments_needed,
     preference_summary,
     wilson_interval,
 )
+from crn_repro.study.observer import CrossedPopulation, simulate_ranking
 
 # Table 1 (docs/facts.md §6): fraction of comparisons in which CRN was preferred, per baseline
 # (image-space loss, GAN+SemSeg, pix2pix, encoder-decoder, full-resolution).
@@ -264,3 +272,147 @@ def test_cluster_bootstrap_needs_enough_clusters():
     assert not np.isnan(cluster_bootstrap_ci(np.arange(12.0), four, min_clusters=4)).any()
     with pytest.raises(ValueError, match="min_clusters"):
         cluster_bootstrap_ci(values, np.arange(6), min_clusters=1)
+
+
+# ---------------------------------------------------------------- crossed designs (docs/facts.md §6.3)
+
+
+def _crossed_data(seed, participants=30, layouts=40, per=20, log_odds=0.8, participant_sd=0.6, layout_sd=0.6):
+    """Outcomes of a logistic model with crossed normal random intercepts (the mixed model's own form)."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(0, participant_sd, participants), rng.normal(0, layout_sd, layouts)
+    who = np.repeat(np.arange(participants), per)
+    where = np.concatenate([rng.choice(layouts, per, replace=False) for _ in range(participants)])
+    p = 1 / (1 + np.exp(-(log_odds + u[who] + v[where])))
+    return (rng.random(len(p)) < p).astype(float), who, where
+
+
+def test_crossed_logit_recovers_the_parameters_at_large_n():
+    y, who, where = _crossed_data(0, participants=150, layouts=150, per=60, log_odds=0.8, participant_sd=0.7, layout_sd=0.4)
+    fit = crossed_logit(y, who, where)
+    assert fit["log_odds"] == pytest.approx(0.8, abs=3 * fit["se"]) and fit["se"] < 0.1
+    assert fit["participant_sd"] == pytest.approx(0.7, abs=0.15) and fit["layout_sd"] == pytest.approx(0.4, abs=0.15)
+    assert fit["odds_ratio"] == pytest.approx(math.exp(fit["log_odds"]))
+    assert fit["rate_low"] < fit["rate"] < fit["rate_high"] and fit["odds_ratio_low"] < 1 < fit["odds_ratio"] or fit["odds_ratio_low"] > 1
+    assert fit["reason"] == ""
+
+
+def test_crossed_logit_without_clustering_is_the_plain_logit():
+    """Where every participant and every layout has the same rate (7 of 10), the standard deviations are 0
+    and the fit is the ordinary logistic intercept, log(70 / 30), with its Wald standard error."""
+    who, where = np.divmod(np.arange(100), 10)
+    y = ((who + where) % 10 < 7).astype(float)
+    fit = crossed_logit(y, who, where)
+    assert fit["participant_sd"] == pytest.approx(0, abs=1e-3) and fit["layout_sd"] == pytest.approx(0, abs=1e-3)
+    assert fit["log_odds"] == pytest.approx(math.log(70 / 30), abs=1e-4)
+    assert fit["se"] == pytest.approx(math.sqrt(1 / 70 + 1 / 30), rel=1e-3)
+
+
+def test_crossed_logit_degenerate_and_invalid():
+    all_won = crossed_logit(np.ones(20), np.arange(20) % 4, np.arange(20) % 5)
+    assert math.isnan(all_won["odds_ratio"]) and "one way" in all_won["reason"]
+    with pytest.raises(ValueError, match="0 or 1"):
+        crossed_logit(np.array([0.5, 1.0]), [0, 1], [0, 1])
+    with pytest.raises(ValueError, match="one participant and one layout per outcome"):
+        crossed_logit(np.array([0.0, 1.0]), [0], [0, 1])
+
+
+def test_crossed_bootstrap_is_wider_than_either_one_way_bootstrap():
+    y, who, where = _crossed_data(1, participants=25, layouts=30, per=15, participant_sd=0.8, layout_sd=0.8)
+    crossed = crossed_bootstrap_ci(y, who, where, num_resamples=500, seed=0)
+    workers = cluster_bootstrap_ci(y, who, num_resamples=500, seed=0)
+    images = cluster_bootstrap_ci(y, where, num_resamples=500, seed=0)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert crossed[0] < y.mean() < crossed[1]
+    assert width(crossed) > max(width(workers), width(images))
+    assert crossed == crossed_bootstrap_ci(y, who, where, num_resamples=500, seed=0)  # seeded
+    assert all(math.isnan(v) for v in crossed_bootstrap_ci(y, who % 4, where, num_resamples=50))  # 4 participants: too few
+
+
+def test_fast_cluster_bootstrap_of_the_mean_equals_the_general_one():
+    rng = np.random.default_rng(3)
+    values, clusters = (rng.random(300) < 0.6).astype(float), rng.integers(0, 25, 300)
+    for method in ("percentile", "basic", "bca"):
+        fast = cluster_bootstrap_ci(values, clusters, method=method, num_resamples=300)
+        general = cluster_bootstrap_ci(values, clusters, lambda v: v.mean(), method=method, num_resamples=300)
+        assert fast == pytest.approx(general, abs=1e-12)
+
+
+def test_bradley_terry_recovers_strengths_and_refuses_a_disconnected_graph():
+    truth = np.array([1.5, 0.5, 0.0, -0.7, -1.3])
+    wins = simulate_ranking(np.random.default_rng(0), truth, participants=400, pairs_per_participant=50).sum(axis=0)
+    strengths = bradley_terry(wins)
+    assert strengths.mean() == pytest.approx(0.0, abs=1e-9)
+    assert strengths == pytest.approx(truth - truth.mean(), abs=0.1)
+    cut = wins.copy()
+    cut[:2, 2:] = cut[2:, :2] = 0  # items 0, 1 never meet 2, 3, 4
+    with pytest.raises(ValueError, match=r"not connected: 2 separate groups of items \[\[2, 3, 4\], \[0, 1\]\]"):
+        bradley_terry(cut)
+    assert comparison_components(cut) == [[2, 3, 4], [0, 1]]
+
+
+@pytest.mark.slow
+def test_crossed_intervals_cover_the_truth_in_simulated_studies(capsys):
+    """Simulated participants with their own bias and sensitivity, layouts with their own difficulty,
+    laid out as the paper's design lays out its jobs (docs/facts.md §6.3): over 50 seeded studies the
+    mixed model's 95% interval covers the population's mean log odds, and the crossed bootstrap's the
+    population's mean rate, at least 90% of the time. The one-way intervals, Wilson's above all, ignore
+    part of the clustering and cover less; their coverage is printed beside."""
+    population = CrossedPopulation(log_odds=0.8, bias_sd=0.5, sensitivity_sd=0.3, difficulty_sd=0.5)
+    truth_rate = population.true_rate()
+    replicates, hits = 50, {"mixed model": 0, "crossed bootstrap": 0, "bootstrap over workers": 0,
+                            "bootstrap over images": 0, "Wilson": 0}
+    for r in range(replicates):
+        data = population.sample(np.random.default_rng([2026, r]), participants=40, layouts=100, jobs=4)
+        y, who, where = data["outcome"], data["participant"], data["layout"]
+        fit = crossed_logit(y, who, where)
+        hits["mixed model"] += fit["log_odds_low"] <= population.log_odds <= fit["log_odds_high"]
+        for name, (low, high) in {
+            "crossed bootstrap": crossed_bootstrap_ci(y, who, where, num_resamples=1000, seed=r),
+            "bootstrap over workers": cluster_bootstrap_ci(y, who, num_resamples=1000, seed=r),
+            "bootstrap over images": cluster_bootstrap_ci(y, where, num_resamples=1000, seed=r),
+            "Wilson": wilson_interval(int(y.sum()), len(y)),
+        }.items():
+            hits[name] += low <= truth_rate <= high
+    coverage = {name: count / replicates for name, count in hits.items()}
+    with capsys.disabled():
+        print(f"\ncoverage of 95% intervals over {replicates} simulated studies (40 participants x 25 judgments, 100 layouts "
+              f"in 4 jobs): " + ", ".join(f"{name} {value:.0%}" for name, value in coverage.items()))
+    assert coverage["mixed model"] >= 0.9 and coverage["crossed bootstrap"] >= 0.9
+    assert coverage["Wilson"] < coverage["crossed bootstrap"]
+
+
+@pytest.mark.slow
+def test_the_ranking_recovers_the_true_order_at_large_n():
+    truth = np.array([2.0, 1.0, 0.6, 0.2, -0.4, -1.5])  # real, crn and four baselines
+    wins = simulate_ranking(np.random.default_rng(7), truth, participants=300, pairs_per_participant=60)
+    fit = bradley_terry_bootstrap(wins, num_resamples=300, seed=0)
+    assert list(np.argsort(-fit["strength"])) == list(range(len(truth)))
+    assert fit["resamples"] == 300 and (fit["strength_low"] <= fit["strength"]).all() and (fit["strength"] <= fit["strength_high"]).all()
+    assert list(fit["rank_low"]) == list(fit["rank_high"]) == list(range(1, len(truth) + 1))  # no overlap at this n
+
+
+def _glmer(y, who, where, tmp_path):
+    """lme4's glmer on the same data: (log odds, se, participant sd, layout sd)."""
+    data = tmp_path / "judgments.csv"
+    data.write_text("y,participant,layout\n" + "".join(f"{int(a)},p{b},l{c}\n" for a, b, c in zip(y, who, where)))
+    script = ('suppressMessages(library(lme4)); d <- read.csv(commandArgs(TRUE)[1]); '
+              'm <- glmer(y ~ 1 + (1 | participant) + (1 | layout), data = d, family = binomial); '
+              'v <- VarCorr(m); cat(fixef(m), sqrt(diag(vcov(m))), attr(v$participant, "stddev"), attr(v$layout, "stddev"))')
+    out = subprocess.run(["Rscript", "-e", script, str(data)], capture_output=True, text=True, check=True, timeout=120)
+    return [float(v) for v in out.stdout.split()]
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed (apt-get install r-cran-lme4)")
+@pytest.mark.parametrize("seed", [5, 6])
+def test_crossed_logit_equals_lme4_glmer(tmp_path, seed):
+    r = subprocess.run(["Rscript", "-e", "library(lme4)"], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("R's lme4 is not installed (apt-get install r-cran-lme4)")
+    y, who, where = _crossed_data(seed, participants=25, layouts=40, per=20, log_odds=0.6, participant_sd=0.7, layout_sd=0.5)
+    fit = crossed_logit(y, who, where)
+    log_odds, se, participant_sd, layout_sd = _glmer(y, who, where, tmp_path)
+    assert fit["log_odds"] == pytest.approx(log_odds, abs=1e-3)
+    assert fit["se"] == pytest.approx(se, rel=0.01)
+    assert fit["participant_sd"] == pytest.approx(participant_sd, abs=2e-3)
+    assert fit["layout_sd"] == pytest.approx(layout_sd, abs=2e-3)

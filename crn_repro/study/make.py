@@ -1,6 +1,12 @@
 """`crn-repro study make`: build a self-contained study folder from the synthesized validation sets
-(paper Sec. 5.1, docs/facts.md §6): ``manifest.json`` and every stimulus resized to 400x200 PNG, named by
-its content hash, plus the post-stimulus mask of the time-limited design.
+(paper Sec. 5.1, docs/facts.md §6): ``manifest.json`` (format in ``manifest``) and every stimulus
+resized to 400x200 PNG, named by its content hash, plus the post-stimulus mask of the time-limited
+design.
+
+Every image side carries the SHA-256 of its file, and the manifest's ``sources`` maps it to the
+SHA-256 of what it was made from (the synthesized file, or for a real image its prepared pixels), so
+judgments stay bound to the images they judged: `evaluate` uses only those whose sources are the
+current synthesized images.
 
 Each image carries a realism score (Kynkäänniemi et al. 2019) from the evaluate stage's
 ``reports/per_image/<model>.csv``; the simulated observer chooses by it. Real images score
@@ -12,15 +18,17 @@ The folder is built next to its destination and renamed into place, byte-identic
 an MTurk export (whose HITs name this build's images; `study export-mturk` logs every export, wherever
 its output goes, in ``mturk/exports.json``), is never replaced unless forced.
 
-The instructions name what the pairs show, from the prepared data's ``meta.json`` dataset
+The instructions name what the images show, from the prepared data's ``meta.json`` dataset
 (``SCENES``: street scenes for Cityscapes and the synthetic street-like demo, indoor rooms for NYU);
-the manifest keeps it as ``scenes``.
+the manifest keeps it as ``scenes``. The consent text, its pay, duration, contact and ethics approval
+come from ``study.consent``; the Prolific codes from ``study.prolific``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html
 import io
 import os
 import re
@@ -30,40 +38,55 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from crn_repro.files import atomic_write_json, read_image, read_json, read_table, staged_dir
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError
+from crn_repro.files import atomic_write_json, read_image, read_json, read_table, staged_dir
 from crn_repro.params import Params
 from crn_repro.progress import StageProgress
-from crn_repro.study.design import Design, build_jobs, study_design
-from crn_repro.study.manifest import FORMAT, MANIFEST, validate_manifest
+from crn_repro.study.design import Plan, check_design, study_plan
+from crn_repro.study.manifest import FORMAT, MANIFEST, TIMED_DESIGNS, trial_sides, validate_manifest
 from crn_repro.study.mturk import mturk_exports
-from crn_repro.study.records import REAL
+from crn_repro.study.params import StudyParams
+from crn_repro.study.records import REAL, file_sha256, real_image_sha256
 from crn_repro.synthesize import output_names
 
 REAL_SCORE_MARGIN = 1.0
-QUESTION = "Which image is more realistic?"
+QUESTIONS = {"pairs": "Which image is more realistic?", "hype": "Is this image a real photograph, or was it made by a computer?"}
 MASK_BLOCK_PX = 10
 
 # what the study's images show, by the prepared dataset (meta.json "dataset"); others: "images"
 SCENES = {"synthetic": "street scenes", "cityscapes": "street scenes", "nyu": "indoor rooms"}
-INSTRUCTIONS = {  # str.format templates: {scenes}; timed also {shortest}, {longest} (seconds)
+_PAIR_KEYS = ("<p>Answer with the <b>F</b> or <b>&larr;</b> key (left image) or the <b>J</b> or <b>&rarr;</b> key "
+              "(right image), or click {what}.</p>")
+INSTRUCTIONS = {  # str.format templates: {scenes}, {practice}; timed also {shortest}, {longest} (seconds)
     "unlimited": (
         "<p>You will see pairs of {scenes}. Each time, choose the image that looks <b>more realistic</b>, "
         "that is, more like a real photograph. Take as long as you need.</p>"
-        "<p>Answer with the <b>F</b> or <b>&larr;</b> key (left image) or the <b>J</b> or <b>&rarr;</b> key "
-        "(right image), or click an image.</p>"
-        "<p>Some pairs check attention; please look at every pair carefully.</p>"
+        + _PAIR_KEYS.format(what="an image")
+        + "<p>{practice}Some pairs check attention; please look at every pair carefully.</p>"
     ),
     "timed": (
         "<p>You will see pairs of {scenes} for a short time, from {shortest} to {longest} seconds; then a "
         "pattern replaces them. Choose the image that looked <b>more realistic</b>, that is, more like a real "
         "photograph. If unsure, make your best guess.</p>"
-        "<p>Answer with the <b>F</b> or <b>&larr;</b> key (left image) or the <b>J</b> or <b>&rarr;</b> key "
-        "(right image), or click a side.</p>"
-        "<p>Some pairs check attention; please keep your eyes on the screen.</p>"
+        + _PAIR_KEYS.format(what="a side")
+        + "<p>{practice}Some pairs check attention; please keep your eyes on the screen.</p>"
+    ),
+    "hype": (
+        "<p>You will see {scenes}, one at a time. Some are real photographs; others were made by a computer. "
+        "For each, answer <b>Real</b> or <b>Fake</b>. Take as long as you need.</p>"
+        "<p>{practice}Some images check attention; please look at every image carefully.</p>"
     ),
 }
+
+
+def practice_note(n: int, hype: bool) -> str:
+    """The instructions' sentence on the practice trials ("" without any)."""
+    if n == 0:
+        return ""
+    unit = ("image" if hype else "pair") if n == 1 else ("images" if hype else "pairs")
+    first = f"The first {unit} is" if n == 1 else f"The first {n} {unit} are"
+    return f"{first} practice: after each you are told the right answer, and they do not count. "
 
 
 def has_responses(study_dir: Path) -> bool:
@@ -73,7 +96,7 @@ def has_responses(study_dir: Path) -> bool:
 
 
 def scenes_of(prepared: Path) -> str:
-    """What the pairs show, in words for the instructions, from the prepared data's meta.json."""
+    """What the images show, in words for the instructions, from the prepared data's meta.json."""
     return SCENES.get(read_prepared_meta(Path(prepared)).get("dataset"), "images")
 
 
@@ -118,11 +141,110 @@ def read_scores(reports: Path, model: str, names: list[str]) -> dict[str, float]
     return {name: scores[name] for name in names}
 
 
-def _sentinel_rule(design: Design) -> str:
-    s = design.sentinel
-    shown = "unlimited time" if s.duration_ms is None else f"{s.duration_ms} ms"
-    return (f"{design.sentinels_per_job} sentinel pairs per job: a real image against {s.second} ({shown}); "
-            f"the real image is the right answer")
+def consent_html(study: StudyParams, hype: bool) -> str:
+    """The consent text (``study.consent.text``, or the built-in one), its values filled in, escaped, one
+    ``<p>`` per paragraph."""
+    c = study.consent
+    values = {"duration_minutes": c.duration_minutes, "pay": c.pay or "no payment", "contact": c.contact,
+              "ethics_approval": c.ethics_approval or "not stated"}
+    if c.text is not None:
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", c.text.format(**values)) if p.strip()]
+    else:
+        task = "whether images are real photographs" if hype else "which of two images looks more realistic"
+        paragraphs = [
+            f"This study asks you to judge {task}. It is part of research on how computers make images.",
+            f"It takes about {c.duration_minutes} minutes. "
+            + (f"You are paid {c.pay} when you finish." if c.pay else "It is unpaid."),
+            "Taking part is voluntary: you may stop at any time, without giving a reason, by closing this page"
+            + (" (on Prolific, return the submission)." if study.prolific.enabled else "."),
+            "We record your answers, how long each took, and a pseudonymous id of your session"
+            + (" (your Prolific ID)" if study.prolific.enabled else "")
+            + "; nothing else about you. Results are published only in aggregate.",
+            *([f"Ethics approval: {c.ethics_approval}."] if c.ethics_approval else []),
+            f"Questions about the study: {c.contact}.",
+        ]
+    return "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir() or (not (out / MANIFEST).is_file() and any(out.iterdir())):
+        raise CrnError(f"{out}: exists and is not a study folder; choose another study.dir or --out")
+    if has_responses(out) and not force:
+        raise CrnError(f"{out}: the study already holds responses; pass --force to replace it (they are lost) or use another --out")
+    exports = mturk_exports(out) if not force else []
+    if exports:
+        raise CrnError(f"{out}: the study has an MTurk export ({', '.join(exports)}) whose HITs name its images; "
+                       "pass --force to replace it (a published batch would then no longer match) or use another --out")
+
+
+class _Stimuli:
+    """The study's images: each (model, layout) resized once into ``images/``, with its SHA-256 and the
+    SHA-256 of its source."""
+
+    def __init__(self, params: Params, models: list[str], val: PreparedSplit, folder: Path):
+        self.params, self.val, self.folder = params, val, folder
+        self.names = list(val.names)
+        self.row_of = {name: i for i, name in enumerate(self.names)}
+        self.indexes, self.scores = {}, {}
+        for model in models:
+            index_path = Path(params.paths.synth) / model / "index.json"
+            index = read_json(index_path, f"run `crn-repro synthesize --model {model}` (the study shows it)")
+            if not isinstance(index, dict) or not {"names", "k"} <= set(index):
+                raise CrnError(f"{index_path}: not a synthesized set's index; run `crn-repro synthesize --model {model}` again")
+            if index["names"] != self.names:
+                raise CrnError(f"{index_path.parent}: synthesized for other layouts than the prepared val split; synthesize again")
+            self.indexes[model] = index
+            self.scores[model] = read_scores(Path(params.paths.reports), model, self.names)
+        best = max((max(s.values()) for s in self.scores.values()), default=0.0)
+        self.scores[REAL] = dict.fromkeys(self.names, best + REAL_SCORE_MARGIN)
+        self.sources: dict[str, str] = {}
+        self.written: dict[tuple[str, str], dict] = {}
+
+    def side(self, model: str, layout: str) -> dict:
+        """The manifest side of one stimulus, its file written the first time it is asked for."""
+        if (model, layout) not in self.written:
+            if model == REAL:
+                pixels = np.asarray(self.val.images[self.row_of[layout]])
+                source = real_image_sha256(pixels)
+            else:
+                path = Path(self.params.paths.synth) / model / output_names(layout, self.indexes[model]["k"])[0]
+                pixels = read_image(path, f"run `crn-repro synthesize --model {model}` again")
+                source = file_sha256(path)
+            data = _png_bytes(pixels, tuple(self.params.study.image_size_wh))
+            rel = f"images/{hashlib.sha1(data).hexdigest()[:16]}.png"
+            (self.folder / rel).write_bytes(data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.sources[sha256] = source
+            self.written[(model, layout)] = {"model": model, "image": rel, "score": round(float(self.scores[model][layout]), 6),
+                                             "sha256": sha256}
+        return dict(self.written[(model, layout)])
+
+
+def _manifest(params: Params, plan: Plan, out: Path, scenes: str, stimuli: _Stimuli, mask: str | None) -> dict:
+    """The manifest's top level around the plan's jobs (their sides already filled in)."""
+    sp = params.study
+    hype = plan.design == "hype"
+    template = "hype" if hype else "timed" if plan.design in TIMED_DESIGNS else "unlimited"
+    practice = practice_note(sp.practice_trials, hype)
+    prolific = sp.prolific
+    return {
+        "format": FORMAT, "study_id": _slug(out.name), "design": plan.design, "seed": sp.seed, "created_utc": _created_utc(),
+        "image_size_wh": list(sp.image_size_wh), "question": QUESTIONS["hype" if hype else "pairs"],
+        "instructions_html": INSTRUCTIONS[template].format(
+            scenes=scenes, practice=practice, shortest=f"{min(sp.timed.durations_ms) / 1000:g}",
+            longest=f"{max(sp.timed.durations_ms) / 1000:g}"),
+        "scenes": scenes, "mask": mask, "sentinel_rule": plan.sentinel_rule,
+        "consent": {"ethics_approval": sp.consent.ethics_approval, "contact": sp.consent.contact, "pay": sp.consent.pay,
+                    "duration_minutes": sp.consent.duration_minutes, "text_html": consent_html(sp, hype)},
+        "prolific": None if not prolific.enabled else {
+            "completion_code": prolific.completion_code, "declined_code": prolific.declined_code,
+            "failed_attention_code": prolific.failed_attention_code, "abandon_after_minutes": prolific.abandon_after_minutes},
+        "attention": {"min_sentinel_accuracy": sp.min_sentinel_accuracy},
+        "sources": dict(sorted(stimuli.sources.items())),
+        "jobs": plan.jobs,
+    }
 
 
 def make_study(
@@ -132,84 +254,29 @@ def make_study(
     returns its manifest."""
     console = console or Console(stderr=True)
     sp = params.study
-    design_name = design or sp.design
     out = Path(out or sp.dir)
-    if out.exists():
-        if not out.is_dir() or (not (out / MANIFEST).is_file() and any(out.iterdir())):
-            raise CrnError(f"{out}: exists and is not a study folder; choose another study.dir or --out")
-        if has_responses(out) and not force:
-            raise CrnError(f"{out}: the study already holds responses; pass --force to replace it (they are lost) or use another --out")
-        exports = mturk_exports(out) if not force else []
-        if exports:
-            raise CrnError(f"{out}: the study has an MTurk export ({', '.join(exports)}) whose HITs name its images; "
-                           "pass --force to replace it (a published batch would then no longer match) or use another --out")
-    plan = study_design(sp, design_name, params.models)
-    scenes = scenes_of(Path(params.paths.prepared))
+    _check_destination(out, force)
+    check_design(sp, design or sp.design, params.models)
     val = PreparedSplit(Path(params.paths.prepared), "val")
-    names = list(val.names)
-    jobs = build_jobs(plan, names, sp.jobs, sp.seed)
-
-    indexes, scores = {}, {}
-    for model in plan.models:
-        index_path = Path(params.paths.synth) / model / "index.json"
-        indexes[model] = read_json(index_path, f"run `crn-repro synthesize --model {model}` (the study shows it)")
-        if not isinstance(indexes[model], dict) or not {"names", "k"} <= set(indexes[model]):
-            raise CrnError(f"{index_path}: not a synthesized set's index; run `crn-repro synthesize --model {model}` again")
-        if indexes[model]["names"] != names:
-            raise CrnError(f"{index_path.parent}: synthesized for other layouts than the prepared val split; synthesize again")
-        scores[model] = read_scores(Path(params.paths.reports), model, names)
-    scores[REAL] = dict.fromkeys(names, max(max(s.values()) for s in scores.values()) + REAL_SCORE_MARGIN)
-    row_of = {name: i for i, name in enumerate(names)}
-
+    plan = study_plan(sp, design or sp.design, params.models, list(val.names))
+    scenes = scenes_of(Path(params.paths.prepared))
     with staged_dir(out) as tmp:  # swapped in whole, or removed on any error
         (tmp / "images").mkdir()
-        size = tuple(sp.image_size_wh)
-        written: dict[tuple[str, str], str] = {}
-
-        def stimulus(model: str, layout: str) -> str:
-            """The study-relative path of one stimulus, written once."""
-            if (model, layout) not in written:
-                if model == REAL:
-                    pixels = np.asarray(val.images[row_of[layout]])
-                else:
-                    path = Path(params.paths.synth) / model / output_names(layout, indexes[model]["k"])[0]
-                    pixels = read_image(path, f"run `crn-repro synthesize --model {model}` again")
-                data = _png_bytes(pixels, size)
-                rel = f"images/{hashlib.sha1(data).hexdigest()[:16]}.png"
-                (tmp / rel).write_bytes(data)
-                written[(model, layout)] = rel
-            return written[(model, layout)]
-
-        total = sum(len(job["trials"]) for job in jobs)
+        stimuli = _Stimuli(params, plan.models, val, tmp)
+        sides = trial_sides({"design": plan.design})
+        total = sum(len(job["trials"]) for job in plan.jobs)
         with StageProgress(console) as progress:
-            task = progress.add_task(f"study {design_name}: stimuli", total=total)
-            for job in jobs:
+            task = progress.add_task(f"study {plan.design}: stimuli", total=total)
+            for job in plan.jobs:
                 for trial in job["trials"]:
-                    for side in ("left", "right"):
-                        model = trial[side]["model"]
-                        trial[side] = {"model": model, "image": stimulus(model, trial["layout"]),
-                                       "score": round(float(scores[model][trial["layout"]]), 6)}
+                    for side in sides:
+                        trial[side] = stimuli.side(trial[side]["model"], trial["layout"])
                     progress.advance(task)
         mask = None
-        if design_name == "timed":
+        if plan.design in TIMED_DESIGNS:
             mask = "images/mask.png"
-            (tmp / mask).write_bytes(_png_bytes(mask_image(size, sp.seed), size))
-        manifest = {
-            "format": FORMAT,
-            "study_id": _slug(out.name),
-            "design": design_name,
-            "seed": sp.seed,
-            "created_utc": _created_utc(),
-            "image_size_wh": list(size),
-            "question": QUESTION,
-            "instructions_html": INSTRUCTIONS[design_name].format(
-                scenes=scenes, shortest=f"{min(sp.timed.durations_ms) / 1000:g}", longest=f"{max(sp.timed.durations_ms) / 1000:g}"
-            ),
-            "scenes": scenes,
-            "mask": mask,
-            "sentinel_rule": _sentinel_rule(plan),
-            "jobs": jobs,
-        }
+            (tmp / mask).write_bytes(_png_bytes(mask_image(tuple(sp.image_size_wh), sp.seed), tuple(sp.image_size_wh)))
+        manifest = _manifest(params, plan, out, scenes, stimuli, mask)
         validate_manifest(manifest, tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest

@@ -3,8 +3,10 @@ roughly 100 pairwise comparisons, along with sentinel pairs").
 
 Design: **one HIT per job**, as in the paper. A job's trials travel in one batch-input variable,
 ``${trials}``, compactly encoded (``index|duration_ms|left image|right image`` joined by ``;``; an
-empty duration means unlimited time), and its images are loaded from ``${image_base_url}``, where
-the user hosts the study folder's ``images/``. One HIT per trial would need ~110 HITs per session
+empty duration means unlimited time; a practice trial adds ``|left`` or ``|right``, its right answer,
+for the page's feedback), and its images are loaded from ``${image_base_url}``, where
+the user hosts the study folder's ``images/``. The hype design (one image at a time) is not exported:
+it runs in the web app. One HIT per trial would need ~110 HITs per session
 and lose the job's sentinel check; one variable per trial would need hundreds of columns.
 
 - ``export_mturk`` writes ``hit.html`` (an HTMLQuestion body with crowd-form; the page presents the
@@ -44,9 +46,9 @@ import pandas as pd
 
 from crn_repro.files import atomic_write_json, atomic_write_text
 from crn_repro.errors import CrnError
-from crn_repro.study.manifest import load_manifest, trials_by_key
+from crn_repro.study.manifest import is_hype, load_manifest, trials_by_key
 from crn_repro.study.observer import observer_factory
-from crn_repro.study.records import RESPONSE_COLUMNS, SIDES
+from crn_repro.study.records import RESPONSE_COLUMNS, SIDES, read_external_csv
 
 HIT_VARIABLES = ("study_id", "job", "image_base_url", "mask_url", "trials")
 REQUIRED_RESULT_COLUMNS = ("HITId", "WorkerId", "AssignmentId", "AssignmentStatus", "Input.job", "Input.trials")
@@ -67,11 +69,14 @@ _MTURK_TIME = "%a %b %d %H:%M:%S %Y"
 
 
 def encode_trials(job: dict) -> str:
-    """The ``${trials}`` value of a job: ``index|duration_ms|left|right;...`` (image names in images/)."""
+    """The ``${trials}`` value of a job: ``index|duration_ms|left|right`` per trial (image names in
+    images/), joined by ``;``; a practice trial adds a fifth field, the side that is right, for the
+    page's feedback."""
     parts = []
     for t in job["trials"]:
         duration = "" if t["duration_ms"] is None else str(t["duration_ms"])
-        parts.append(f"{t['index']}|{duration}|{t['left']['image'].removeprefix('images/')}|{t['right']['image'].removeprefix('images/')}")
+        part = f"{t['index']}|{duration}|{t['left']['image'].removeprefix('images/')}|{t['right']['image'].removeprefix('images/')}"
+        parts.append(part + (f"|{t['correct']}" if t["kind"] == "practice" else ""))
     return ";".join(parts)
 
 
@@ -79,7 +84,7 @@ def decode_trials(text: str) -> list[tuple[int, int | None, str, str]]:
     """Inverse of ``encode_trials``: (index, duration_ms or None, left image, right image) per trial."""
     out = []
     for part in text.split(";"):
-        index, duration, left, right = part.split("|")
+        index, duration, left, right = part.split("|")[:4]
         out.append((int(index), int(duration) if duration else None, left, right))
     return out
 
@@ -135,6 +140,9 @@ def export_mturk(study_dir: Path, out_dir: Path, base_url: str) -> dict[str, Pat
     """Write ``hit.html`` and ``batch_input.csv`` into ``out_dir``; images are expected at
     ``<base_url>/images/``. Returns the written paths."""
     manifest = load_manifest(study_dir)
+    if is_hype(manifest):
+        raise CrnError(f"{study_dir}: the hype design shows one image at a time, which the MTurk HIT does not; run it in the web app "
+                       f"(`crn-repro study serve {study_dir}`, also for Prolific)")
     if not re.match(r"^https?://[^\s\"'<>]+$", base_url):
         raise CrnError(f"--base-url {base_url!r}: expected the http(s) URL where the study's images/ folder is hosted")
     base = base_url.rstrip("/")
@@ -210,15 +218,7 @@ def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
     encoded = {name: encode_trials(job) for name, job in jobs.items()}
     records, seen = [], {}
     for path in map(Path, paths):
-        if not path.is_file():
-            raise CrnError(f"{path}: MTurk results file not found")
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                table = list(reader)
-                header = reader.fieldnames or []
-        except (UnicodeDecodeError, csv.Error) as error:
-            raise CrnError(f"{path}: not a readable CSV ({error})") from None
+        header, table = read_external_csv(path, "MTurk batch results file")
         missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in header]
         if not any(c in header for c in ("Answer.responses", "Answer.taskAnswers")):
             missing.append("Answer.responses")
@@ -259,6 +259,7 @@ def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
                     "layout": t["layout"], "left_model": t["left"]["model"], "right_model": t["right"]["model"],
                     "chosen_side": side, "chosen_model": t[side]["model"], "duration_ms": t["duration_ms"],
                     "measured_ms": measured, "response_ms": response, "answered_utc": answered,
+                    "left_sha256": t["left"]["sha256"], "right_sha256": t["right"]["sha256"],  # the HIT's trials are this build's
                 })
     return pd.DataFrame(records, columns=list(RESPONSE_COLUMNS))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,3 +66,77 @@ def observer_factory(seed: int, careless_fraction: float = 0.0, noise_sd_at_1s: 
         return Observer(seed * 1_000_003 + participant, noise_sd_at_1s=noise_sd_at_1s, lapse_rate=lapse)
 
     return make
+
+
+# --------------------------------------------------------------------------------------------
+# Crossed populations: participants and layouts as random factors, for validation and planning
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrossedPopulation:
+    """Judgments of one comparison by a population of participants on a population of layouts:
+    participant i chooses the first model on layout j with probability
+    ``expit(s_i * log_odds + u_i + d_j)``, where ``s_i`` (log-normal with mean 1, sd of its log
+    ``sensitivity_sd``) is how strongly the participant sees the difference between the models,
+    ``u_i ~ N(0, bias_sd)`` their own bias toward the first model, and ``d_j ~ N(0, difficulty_sd)``
+    how much the layout favours it. ``log_odds`` is then the population's mean log odds (over
+    participants, on the average layout): what the intercept of ``stats.crossed_logit`` estimates;
+    ``true_rate()`` is the population's average preference rate: what the plain rate and the
+    bootstrap intervals estimate."""
+
+    log_odds: float
+    bias_sd: float = 0.5
+    sensitivity_sd: float = 0.2
+    difficulty_sd: float = 0.5
+
+    def true_rate(self) -> float:
+        """E[expit(s log_odds + u + d)] over the population, by Gauss-Hermite quadrature (30^3 nodes)."""
+        nodes, weights = np.polynomial.hermite_e.hermegauss(30)
+        weights = weights / weights.sum()
+        u = self.bias_sd * nodes[:, None, None]
+        s = np.exp(self.sensitivity_sd * nodes[None, :, None] - self.sensitivity_sd**2 / 2)
+        d = self.difficulty_sd * nodes[None, None, :]
+        p = 1.0 / (1.0 + np.exp(-(s * self.log_odds + u + d)))
+        return float(np.einsum("i,j,k,ijk->", weights, weights, weights, p))
+
+    def sample(self, rng: np.random.Generator, participants: int, layouts: int, jobs: int,
+               per_participant: int | None = None) -> dict[str, np.ndarray]:
+        """One simulated study: ``layouts`` split into ``jobs`` equal blocks (as the paper's design
+        splits the validation set), participant i takes job i mod jobs and judges ``per_participant``
+        distinct layouts of its block (all of them by default). Returns 0/1 ``outcome`` (the first
+        model won), ``participant`` and ``layout`` indexes, one entry per judgment."""
+        if not 1 <= jobs <= layouts or participants < 1:
+            raise ValueError(f"need 1 <= jobs <= layouts and participants >= 1, got {jobs} jobs, {layouts} layouts, {participants}")
+        blocks = np.array_split(rng.permutation(layouts), jobs)
+        u = rng.normal(0.0, self.bias_sd, participants)
+        s = np.exp(rng.normal(-self.sensitivity_sd**2 / 2, self.sensitivity_sd, participants))  # mean 1
+        d = rng.normal(0.0, self.difficulty_sd, layouts)
+        who, where = [], []
+        for i in range(participants):
+            block = blocks[i % jobs]
+            shown = block if per_participant is None else rng.choice(block, min(per_participant, len(block)), replace=False)
+            who.append(np.full(len(shown), i))
+            where.append(shown)
+        who, where = np.concatenate(who), np.concatenate(where)
+        p = 1.0 / (1.0 + np.exp(-(s[who] * self.log_odds + u[who] + d[where])))
+        return {"outcome": (rng.random(len(p)) < p).astype(float), "participant": who, "layout": where}
+
+
+def simulate_ranking(rng: np.random.Generator, strengths: np.ndarray, participants: int, pairs_per_participant: int,
+                     sensitivity_sd: float = 0.2) -> np.ndarray:
+    """Pairwise judgments among items with Bradley-Terry ``strengths`` (log scale) by participants who
+    each see ``pairs_per_participant`` random pairs and scale the strength difference by their own
+    sensitivity (``log s ~ N(0, sensitivity_sd)``). Returns wins per participant,
+    ``wins[k, i, j]``: times participant k chose item i over item j."""
+    strengths = np.asarray(strengths, dtype=float)
+    items = len(strengths)
+    wins = np.zeros((participants, items, items))
+    for k in range(participants):
+        s = np.exp(rng.normal(0.0, sensitivity_sd))
+        first = rng.integers(0, items, pairs_per_participant)
+        second = (first + rng.integers(1, items, pairs_per_participant)) % items  # another item
+        p = 1.0 / (1.0 + np.exp(-s * (strengths[first] - strengths[second])))
+        won = rng.random(pairs_per_participant) < p
+        np.add.at(wins[k], (np.where(won, first, second), np.where(won, second, first)), 1.0)
+    return wins

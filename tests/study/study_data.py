@@ -17,7 +17,8 @@ from crn_repro.params import Params, parse_params
 from crn_repro.synthesize import output_names
 
 # realism score per model (the observer prefers higher ones); crn-diverse has k = 2 outputs
-SCORES = {"crn": 1.0, "crn-diverse": 0.8, "pix2pix": 0.5, "image-space": 0.1}
+SCORES = {"crn": 1.0, "crn-diverse": 0.8, "fullres": 0.7, "unet": 0.6, "pix2pix": 0.5, "gan-semseg": 0.3, "image-space": 0.1}
+MODELS = ("crn", "crn-diverse", "pix2pix", "image-space")  # the default fake pipeline's
 
 
 def fake_image(real: np.ndarray, model: str, u: int) -> np.ndarray:
@@ -26,17 +27,22 @@ def fake_image(real: np.ndarray, model: str, u: int) -> np.ndarray:
     return ((real.astype(int) + shift) % 256).astype(np.uint8)
 
 
-def fake_pipeline(root: Path, tiny_raw: dict, prepared: Path, models=tuple(SCORES)) -> Params:
+def fake_pipeline(root: Path, tiny_raw: dict, prepared: Path, models=MODELS, adjust=None) -> Params:
     """Params under ``root`` with the prepared split copied from ``prepared``, and for every model
-    synth/<model>/ (index.json + PNGs) and reports/per_image/<model>.csv."""
+    synth/<model>/ (index.json + PNGs) and reports/per_image/<model>.csv; ``adjust(study)`` changes the
+    small study settings made here."""
     raw = copy.deepcopy(tiny_raw)
     raw["paths"] = {k: str(root / k) for k in raw["paths"]}
     raw["models"] = list(models)
     study = raw["study"]
     study.update(dir=str(root / "studies" / "demo"), jobs=3, image_size_wh=[64, 32], bootstrap_resamples=50)
-    study["unlimited"].update(test_pairs_per_job=6, sentinels_per_job=2)
+    study["paper"].update(models=None, test_pairs_per_job=4, sentinels_per_job=2, jobs_per_model=None)
+    study["mixed"].update(models=None, test_pairs_per_job=6, sentinels_per_job=2)
     study["timed"].update(durations_ms=[125, 1000], pairs=[["real", "crn"], ["crn", "pix2pix"]], test_pairs_per_job=8,
                           sentinels_per_job=2)
+    study["hype"].update(models=["crn", "pix2pix"], real_per_job=3, fake_per_job=3, sentinels_per_job=1, jobs_per_model=None)
+    if adjust is not None:
+        adjust(study)
     params = parse_params(raw, "study test params")
     shutil.copytree(prepared, params.paths.prepared)
     val = PreparedSplit(Path(params.paths.prepared), "val")

@@ -60,7 +60,8 @@ def write_study(
     instructions_html: str = "<p>Pick the image that looks more like a <b>real photograph</b>.</p>",
     seed: int = 0,
 ) -> Path:
-    """Write ``root/manifest.json`` + ``root/images/*.png`` (contract format ``crn-repro-study/1``).
+    """Write ``root/manifest.json`` + ``root/images/*.png`` (contract format ``crn-repro-study/2``; the pair
+    design without durations is written as ``mixed``).
 
     Timed design: test trials cycle through ``durations`` (the first test trial of each job gets the
     first duration), sentinels (real vs crn_imgloss) are shown ``sentinel_ms``; unlimited design: no durations.
@@ -75,7 +76,8 @@ def write_study(
         return name
 
     def side(layout: int, model: str) -> dict:
-        return {"model": model, "image": save(_stimulus(layout, model)), "score": SCORES[model]}
+        data = _stimulus(layout, model)
+        return {"model": model, "image": save(data), "score": SCORES[model], "sha256": hashlib.sha256(data).hexdigest()}
 
     mask = None
     if design == "timed":
@@ -100,10 +102,13 @@ def write_study(
         rng.shuffle(tail)
         manifest_jobs.append({"job": f"job-{j:03d}", "trials": [dict(t, index=k) for k, t in enumerate(head + tail)]})
     manifest = {
-        "format": "crn-repro-study/1", "study_id": f"test-{design}", "design": design, "seed": seed,
-        "created_utc": "2026-01-01T00:00:00Z", "image_size_wh": [400, 200], "question": question,
+        "format": "crn-repro-study/2", "study_id": f"test-{design}", "design": "mixed" if design == "unlimited" else design,
+        "seed": seed, "created_utc": "2026-01-01T00:00:00Z", "image_size_wh": [400, 200], "question": question,
         "instructions_html": instructions_html, "mask": mask,
         "sentinel_rule": "real image vs the image-space-loss baseline; the real one is correct",
+        "consent": {"ethics_approval": None, "contact": "the test", "pay": None, "duration_minutes": 5,
+                    "text_html": "<p>Taking part is voluntary.</p>"},
+        "prolific": None, "attention": {"min_sentinel_accuracy": 1.0},
         "jobs": manifest_jobs,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -19,7 +19,7 @@ def _run(params, *command):
 
 
 @pytest.mark.parametrize("command", [["study"], ["study", "make"], ["study", "serve"], ["study", "export-mturk"],
-                                     ["study", "analyze"], ["study", "power"], ["study", "simulate"]])
+                                     ["study", "analyze"], ["study", "power"], ["study", "simulate"], ["study", "preregister"]])
 def test_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -47,7 +47,7 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     raw["evaluate"]["bootstrap_resamples"] = 20
     study = tmp_path / "studies" / "demo"
     raw["study"].update(dir=str(study), jobs=2, image_size_wh=[64, 32], bootstrap_resamples=50)
-    raw["study"]["unlimited"].update(test_pairs_per_job=4, sentinels_per_job=2)
+    raw["study"]["paper"].update(test_pairs_per_job=4, sentinels_per_job=2)  # 5 layouts: 2 jobs, 3 practice trials each
     raw["study"]["timed"].update(durations_ms=[125, 1000], pairs=[["real", "crn"], ["crn", "image-space"]],
                                  test_pairs_per_job=8, sentinels_per_job=2)
     params = tmp_path / "params.yaml"
@@ -56,19 +56,26 @@ def test_study_end_to_end(tmp_path, tiny_raw):
                     ["train", "-m", "image-space"], ["synthesize", "-m", "image-space"], ["evaluate"]):
         _run(params, *command)
 
-    # Table 1: unlimited time, answered through the web app and on (simulated) MTurk
-    assert "2 jobs" in _run(params, "study", "make")
+    # Table 1: the authors' design, answered through the web app and on (simulated) MTurk
+    out = _run(params, "study", "make")
+    assert "2 jobs" in out and "session: median" in out and "at 9.00 GBP/h the reward is" in out
+    assert "registered demo (paper)" in _run(params, "study", "preregister", study)
     _run(params, "study", "export-mturk", study, study / "mturk", "--base-url", "https://example.org/demo")
     _run(params, "study", "simulate", study, "--participants", 5, "--via", "mturk", "--careless-fraction", 0.2)
     _run(params, "study", "simulate", study, "--participants", 3, "--via", "web", "--careless-fraction", 0)
     out = _run(params, "study", "analyze", study, "--mturk", study / "mturk" / "simulated_results.csv")
     assert f"evaluate.human_judgments={study}/analysis/judgments.csv" in out
-    assert "only simulated participants answered (48 answers of 8 simulated participants)" in out
+    assert "only simulated participants answered (72 answers of 8 simulated participants)" in out  # 9 trials each
     assert "timed test answers left out" not in out  # unlimited time: nothing to measure
+    assert "pre-registered" in out and "the analysis ran as registered" in out
+    table = [line for line in out.splitlines() if "crn > image-space" in line]
+    assert len(table) == 1 and len(table[0]) > 120 and "odds ratio" in out  # the whole table, not cut at 80 columns
+    assert "Bradley-Terry ranking" in out and f"study build demo@" in out
     summary = pd.read_csv(study / "analysis" / "summary.csv")
     assert list(zip(summary["first"], summary["second"])) == [("crn", "image-space")]
     responses = pd.read_csv(study / "analysis" / "responses.csv")
-    assert set(responses.source) == {"simulated-web", "simulated-mturk"} and len(responses) == 8 * 6
+    assert set(responses.source) == {"simulated-web", "simulated-mturk"} and len(responses) == 8 * 9
+    assert (responses.kind == "practice").sum() == 8 * 3
     web = responses[responses.source == "simulated-web"]
     assert web.measured_ms.isna().all() and web.duration_ms.isna().all()
     exclusions = pd.read_csv(study / "analysis" / "exclusions.csv")
@@ -85,7 +92,9 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     report = (tmp_path / "reports" / "report.md").read_text()
     assert f"Source: **simulated participants ({8 - excluded}, {excluded} excluded), not human judgments**" in report
     assert "> These are **simulated participants, not human judgments**" in report and "human judgments (" not in report
-    assert "| baseline | preferred | 95% Wilson | 95% bootstrap, workers | 95% bootstrap, images | p | n |" in report
+    assert ("| baseline | preferred | 95% Wilson | 95% bootstrap, workers | 95% bootstrap, images | 95% bootstrap, both | "
+            "mixed model [95%] | odds ratio [95%] | sd participant, layout | p | n |") in report
+    assert "Study build: **demo@" in report and "### Ranking (Bradley-Terry)" in report and table.dropped[0] == 0
     assert "automatic proxy judgments" not in report
 
     # Fig. 3: the time-limited design, on MTurk

@@ -172,3 +172,41 @@ def test_an_nyu_study_speaks_of_indoor_rooms_on_mturk(tmp_path, tiny_raw, prepar
     assert "pairs of indoor rooms" in html and "street" not in html
     results = simulate_results(params.study.dir, paths["batch_input"], tmp_path / "results.csv", participants=1)
     assert "street" not in results.read_text() and "indoor rooms" in _rows(results)[0]["Description"]
+
+
+def test_practice_trials_carry_their_answer_for_the_page(exported):
+    study, paths, results = exported
+    manifest = load_manifest(study)
+    job = manifest["jobs"][0]
+    parts = encode_trials(job).split(";")
+    for trial, part in zip(job["trials"], parts):
+        fields = part.split("|")
+        assert len(fields) == (5 if trial["kind"] == "practice" else 4)
+        if trial["kind"] == "practice":
+            assert fields[4] == trial["correct"]
+    assert [d[0] for d in decode_trials(encode_trials(job))] == [t["index"] for t in job["trials"]]
+    records = import_results(study, [results])
+    assert set(records.kind) == {"practice", "test", "sentinel"}  # imported; the analysis drops practice
+    assert records.left_sha256.str.fullmatch("[0-9a-f]{64}").all()
+
+
+def test_results_in_other_encodings(exported, tmp_path):
+    study, _, results = exported
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + results.read_bytes())  # a spreadsheet's "CSV UTF-8"
+    assert len(import_results(study, [with_bom])) == len(import_results(study, [results]))
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(results.read_text().replace("[simulated]", "[simulé]").encode("latin-1"))
+    with pytest.raises(CrnError) as error:
+        import_results(study, [latin])
+    message = str(error.value)
+    assert message.startswith(f"{latin}: not UTF-8 (byte 0xe9 on line 2; probably Latin-1/Windows-1252")
+    assert f"iconv -f WINDOWS-1252 -t UTF-8 '{latin}' > " in message and "'CSV UTF-8'" in message and "\n" not in message
+
+
+def test_the_hype_design_is_not_exported_to_mturk(tmp_path, tiny_raw, prepared_tiny):
+    params = fake_pipeline(tmp_path / "run", tiny_raw, prepared_tiny[1].paths.prepared)
+    make_study(params, design="hype")
+    with pytest.raises(CrnError, match="shows one image at a time, which the MTurk HIT does not; run it in the web app"):
+        export_mturk(params.study.dir, tmp_path / "out", "https://example.org/s")
+    assert not (tmp_path / "out").exists()
