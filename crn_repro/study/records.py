@@ -35,6 +35,14 @@ RESPONSE_COLUMNS: tuple[str, ...] = (
     "response_ms",  # stimulus onset to answer, where known
     "answered_utc",
 )
+# crn-repro-study/2 (minimal acceptance by study-web, to be reconciled with study-stats): the web app's
+# records also carry these; kept where present. Hype trials (one image): left_model/left_sha256 describe
+# the image, right_* are empty, chosen_side is "real" | "fake", chosen_model is the image's model when it
+# was called real (else empty). Practice answers have kind "practice" and are never analysed.
+EXTRA_COLUMNS: tuple[str, ...] = ("frame_ms", "left_sha256", "right_sha256", "prolific_pid", "prolific_study_id",
+                                  "prolific_session_id")
+KINDS = ("test", "sentinel", "practice")
+HYPE_SIDES = ("real", "fake")
 HUMAN_SOURCES = ("web", "mturk")
 SIMULATED_SOURCES = ("simulated-web", "simulated-mturk")
 SOURCES = HUMAN_SOURCES + SIMULATED_SOURCES
@@ -56,17 +64,19 @@ def check_responses(df: pd.DataFrame, where: str) -> pd.DataFrame:
     missing = [c for c in RESPONSE_COLUMNS if c not in df.columns]
     if missing:
         raise CrnError(f"{where}: not canonical study responses, missing columns {', '.join(missing)}")
-    df = df.loc[:, list(RESPONSE_COLUMNS)].copy()
-    for column, allowed in (("source", SOURCES), ("chosen_side", SIDES), ("kind", ("test", "sentinel"))):
+    df = df.loc[:, list(RESPONSE_COLUMNS) + [c for c in EXTRA_COLUMNS if c in df.columns]].copy()
+    for column, allowed in (("source", SOURCES), ("chosen_side", SIDES + HYPE_SIDES), ("kind", KINDS)):
         bad = df[~df[column].isin(allowed)]
         if len(bad):
             raise CrnError(f"{where}: row {bad.index[0]}: {column} {bad[column].iloc[0]!r} is not one of {', '.join(allowed)}")
-    chosen = df.left_model.where(df.chosen_side == "left", df.right_model)
-    if len(df) and not (chosen == df.chosen_model).all():
-        row = df.index[(chosen != df.chosen_model).to_numpy()][0]
+    chosen = df.left_model.where(df.chosen_side.isin(("left", "real")), df.right_model)
+    agree = (chosen == df.chosen_model) | (chosen.isna() & df.chosen_model.isna())
+    if len(df) and not agree.all():
+        row = df.index[(~agree).to_numpy()][0]
         raise CrnError(f"{where}: row {row}: chosen_model disagrees with chosen_side")
-    for column in ("trial", "duration_ms", "measured_ms", "response_ms"):
-        df[column] = pd.to_numeric(df[column], errors="coerce")
+    for column in ("trial", "duration_ms", "measured_ms", "response_ms", "frame_ms"):
+        if column in df.columns:
+            df[column] = pd.to_numeric(df[column], errors="coerce")
     df["trial"] = df["trial"].astype(int)
     for column in ("participant", "job", "layout"):
         df[column] = df[column].astype(str)
