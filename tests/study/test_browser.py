@@ -240,7 +240,7 @@ def test_consent_states_pay_duration_ethics_and_contact_and_declining_returns_to
         page.goto(server.url + "/?" + urlencode(prolific_ids(1)))
         wait_phase(page, "consent")
         facts = page.inner_text("#consent-facts")
-        for fact in ("Pay", "£1.80", "about 12 minutes", "approval ERB-2026-014", "study@example.org"):
+        for fact in ("Pay", "£1.80", "About 12 minutes", "approval ERB-2026-014", "study@example.org"):
             assert fact in facts
         assert "Taking part is voluntary" in page.inner_text("#consent-text")
         assert page.inner_text("#agree") == "I agree" and page.inner_text("#decline") == "I do not agree"
@@ -281,6 +281,7 @@ def test_practice_with_feedback_then_back_to_prolific_once_the_last_answer_is_sa
         page.keyboard.press({"left": "f", "right": "j"}[trials[1]["correct"]])
         wait_phase(page, "feedback")
         assert page.inner_text("#feedback-text").startswith("Correct:")
+        assert page.inner_text("#feedback-text").endswith("That was the last practice trial; the study begins now.")
         page.click("#continue")
         wait_phase(page, "answer", 2)
         assert page.inner_text("#progress-text") == "Trial 1 of 3"

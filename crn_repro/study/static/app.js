@@ -117,7 +117,7 @@ async function presentAndAnswer(trial) {
 
 // Practice feedback: the images again (the real or more realistic one outlined; one image: outlined green
 // if answered right, red if not), the answer it should have had, and a Continue button (or Enter).
-async function showFeedback(trial, feedback) {
+async function showFeedback(trial, feedback, last) {
   const single = study.presentation === "single";
   const panels = single ? [[$("single"), trial.image]] : [[$("left"), trial.left], [$("right"), trial.right]];
   for (const [panel, url] of panels) {
@@ -128,7 +128,8 @@ async function showFeedback(trial, feedback) {
   const what = study.presentation === "single"
     ? (feedback.answer === "real" ? "this is a real photograph" : "this image was made by a computer")
     : `the real photograph (or the more realistic image) was on the ${feedback.answer}`;
-  $("feedback-text").textContent = `${feedback.correct ? "Correct" : "Not quite"}: ${what}.`;
+  const next = last ? " That was the last practice trial; the study begins now." : "";
+  $("feedback-text").textContent = `${feedback.correct ? "Correct" : "Not quite"}: ${what}.${next}`;
   $("feedback").className = feedback.correct ? "right" : "wrong";
   $("feedback").hidden = false;
   setPhase("feedback", { correct: String(feedback.correct) });
@@ -168,7 +169,7 @@ async function runTrial(state, creds) {
     if (error.status === 409) return api("GET", "/api/state?" + new URLSearchParams(creds));
     throw error;
   }
-  if (next.feedback) await showFeedback(trial, next.feedback);
+  if (next.feedback) await showFeedback(trial, next.feedback, next.status !== "trial" || !next.trial.practice);
   return next;
 }
 
@@ -217,7 +218,7 @@ function showConsent() {
   if (consent) {
     const facts = {
       "consent-pay": consent.pay,
-      "consent-duration": consent.duration_minutes ? `about ${consent.duration_minutes} minutes` : null,
+      "consent-duration": consent.duration_minutes ? `About ${consent.duration_minutes} minutes` : null,
       "consent-ethics": consent.ethics_approval,
       "consent-contact": consent.contact,
     };
