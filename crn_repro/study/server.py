@@ -32,7 +32,7 @@ JSON API (the page and `crn_repro.study.client` use exactly this; bodies are JSO
   logged in one line.
 - ``POST /api/decline`` ``{[PROLIFIC_PID, STUDY_ID, SESSION_ID]}`` -> ``{completion_code, redirect}``:
   records that consent was declined (no job is taken); for Prolific participants the manifest's
-  ``prolific.declined_code`` and its Prolific completion URL, else nulls.
+  ``prolific.declined_code`` and its Prolific completion URL, else nulls. Counts against the join limit.
 - ``GET /api/state?participant=..&token=..`` -> a state: ``{status: "trial", job, progress: {answered,
   total, practice}, trial: {index, practice, duration_ms, left, right | image}}`` (image URLs;
   ``practice``: a practice trial, answered with feedback; ``duration_ms`` null = unlimited time) or
@@ -544,21 +544,27 @@ class _Handler(BaseHTTPRequestHandler):
         if payload.get("consent") is not True:
             raise ApiError(HTTPStatus.BAD_REQUEST, "consent must be true to take part")
         prolific = _prolific_ids(payload, self.server.study, required=True)
-        if not self.server.study.simulated:
-            wait = self.server.limiter.wait(self.client.address)
-            if wait > 0:
-                seconds = retry_after(wait)
-                raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"many people are joining from this address; retry in {seconds} s",
-                               {"Retry-After": str(seconds)}, retry_after_s=seconds)
+        self._limit()
         seat = self.server.store.join(prolific)
         self._json(HTTPStatus.OK if seat.resumed else HTTPStatus.CREATED, {
             "participant": seat.participant, "token": seat.token, "resumed": seat.resumed,
             "state": self.server.state(seat.participant, seat.job)})
 
+    def _limit(self) -> None:
+        """Joins and declines count against the client address's limit (429 + Retry-After beyond it)."""
+        if self.server.study.simulated:
+            return
+        wait = self.server.limiter.wait(self.client.address)
+        if wait > 0:
+            seconds = retry_after(wait)
+            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"many people are joining from this address; retry in {seconds} s",
+                           {"Retry-After": str(seconds)}, retry_after_s=seconds)
+
     def _decline(self) -> None:
         payload = self._body()
         self._only(payload, set(PROLIFIC_PARAMS))
         prolific = _prolific_ids(payload, self.server.study, required=False)
+        self._limit()
         self.server.store.decline(prolific)
         exit_ = prolific_exit(self.server.study.prolific["declined_code"]) if prolific else {"completion_code": None, "redirect": None}
         self._json(HTTPStatus.OK, exit_)

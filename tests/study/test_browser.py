@@ -237,7 +237,9 @@ def test_consent_states_pay_duration_ethics_and_contact_and_declining_returns_to
         page.goto(server.url + "/")
         wait_phase(page, "error")  # a Prolific study opened without Prolific's ids: nothing to agree to
         assert "open it from the study's page on Prolific" in page.inner_text("#message")
-        page.goto(server.url + "/?" + urlencode(prolific_ids(1)))
+        # Prolific may write a parameter twice (the URL's own placeholder and its appended id): the id counts
+        duplicated = urlencode([("PROLIFIC_PID", "{{%PROLIFIC_PID%}}"), *prolific_ids(1).items()])
+        page.goto(server.url + "/?" + duplicated)
         wait_phase(page, "consent")
         facts = page.inner_text("#consent-facts")
         for fact in ("Pay", "£1.80", "About 12 minutes", "approval ERB-2026-014", "study@example.org"):

@@ -436,6 +436,15 @@ def test_prolific_participants_resume_and_leave_with_their_code(prolific_study):
     assert mine.kind.tolist()[:2] == ["practice", "practice"]
 
 
+def test_simulated_participants_take_part_in_a_prolific_study(prolific_study):
+    with make_server(prolific_study, port=0, simulated=True) as server:
+        ids = simulate_web_participants(server.url, lambda i: HigherScore(), 2, prolific_study)
+    df = read_responses(prolific_study)
+    assert sorted(df.participant.unique()) == sorted(ids) and set(df.source) == {"simulated-web"}
+    assert df.groupby("participant").prolific_pid.nunique().tolist() == [1, 1]
+    assert df.prolific_pid.str.fullmatch(r"[0-9a-f]{24}").all() and (df.kind == "practice").sum() == 4
+
+
 def test_declining_consent_gives_the_declined_code_and_takes_no_job(prolific_study):
     with make_server(prolific_study, port=0) as server:
         status, exit_ = api(server, "POST", "/api/decline", PROLIFIC_IDS)
