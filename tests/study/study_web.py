@@ -84,7 +84,7 @@ def write_study(
     """Write ``root/manifest.json`` + ``root/images/*.png`` (contract format ``crn-repro-study/2``).
 
     Each job: ``practice_per_job`` practice trials first (with their answers), then test trials and
-    sentinels. Pair designs ("timed", "unlimited"): sentinels are real vs crn_imgloss; timed test trials
+    sentinels. Pair designs ("timed", "unlimited", written as design "mixed"): sentinels are real vs crn_imgloss; timed test trials
     cycle through ``durations`` (the first test trial of each job gets the first duration), sentinels are
     shown ``sentinel_ms``, practice trials the first duration. ``design="hype"``: one image per trial (real
     or a model's, ``truth`` real/fake), unlimited time; sentinels are the obvious fakes (crn_imgloss).
@@ -138,7 +138,9 @@ def write_study(
         manifest_jobs.append({"job": f"job-{j:03d}",
                               "trials": [dict(t, index=k) for k, t in enumerate(practice + head + tail)]})
     manifest = {
-        "format": "crn-repro-study/2", "study_id": f"test-{design}", "design": design, "seed": seed,
+        # the pair design without durations is study-stats' "mixed" (no "unlimited" design in crn-repro-study/2)
+        "format": "crn-repro-study/2", "study_id": f"test-{design}", "design": "mixed" if design == "unlimited" else design,
+        "seed": seed,
         "created_utc": "2026-01-01T00:00:00Z", "image_size_wh": [400, 200], "question": question,
         "instructions_html": instructions_html, "mask": mask,
         "sentinel_rule": "real image vs the image-space-loss baseline; the real one is correct",
