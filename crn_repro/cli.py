@@ -365,14 +365,20 @@ def study_serve(
     study: Path = StudyDir,
     host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="address to listen on (127.0.0.1: this machine only)"),
     port: int = typer.Option(8000, metavar="PORT", help="port (0: any free one)"),
+    trusted_proxy: list[str] = typer.Option([], "--trusted-proxy", metavar="ADDRESS",
+                                            help="a reverse proxy (address or network) whose X-Forwarded-For/-Proto name "
+                                                 "the client; repeat for several (docs/study-deployment.md)"),
+    joins_per_minute: int = typer.Option(120, metavar="N", help="joins per client address: N at once, then N a minute (0: no limit)"),
+    public_url: Optional[str] = typer.Option(None, metavar="URL", help="the address participants open (behind a proxy), "
+                                                                       "for the printed Prolific study URL"),
 ) -> None:
-    """Run the study's web app for lab participants until Ctrl-C; answers are saved as they are given.
+    """Run the study's web app until Ctrl-C (a lab, or Prolific behind an HTTPS proxy); answers are saved as given.
 
     \b
     Example: crn-repro study serve studies/demo --port 8000"""
     from crn_repro.study.server import serve
 
-    serve(study, host, port)
+    serve(study, host, port, trusted_proxies=trusted_proxy, joins_per_minute=joins_per_minute, public_url=public_url)
 
 
 @_study_command("export-mturk")

@@ -8,6 +8,7 @@ them as simulated participants; they refuse to answer a server that would record
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from rich.console import Console
 from rich.progress import track
 
 from crn_repro.errors import CrnError
-from crn_repro.study.manifest import load_manifest, trials_by_key
+from crn_repro.study.manifest import trials_by_key
+from crn_repro.study.store import study_manifest
 
 
 class Chooser(Protocol):
@@ -57,11 +59,12 @@ def simulate_web_participants(
     The server must be a simulated one (``make_server(..., simulated=True)``), so the answers are
     stored as simulated. Participant ``i`` is ``observer_factory(i)`` (a `Chooser`, e.g. `crn_repro.study.observer.Observer`).
     The server never reveals models or realism scores, so the observer looks each trial up in
-    ``study_dir``'s manifest by the job and index the server assigned.
+    ``study_dir``'s manifest by the job and index the server assigned; it answers practice trials too, and
+    its answer must be one the design takes ("left"/"right", or "real"/"fake" for hype trials).
     Each timed trial is reported as shown for exactly its target duration; the response time is that
     duration plus the observer's ``response_ms()``.
     """
-    manifest = load_manifest(Path(study_dir))
+    manifest = study_manifest(Path(study_dir))
     info = _call(base_url, "GET", "/api/study")
     if info["study_id"] != manifest["study_id"]:
         raise CrnError(f"{base_url} serves a different study than {study_dir}; point both at the same folder")
@@ -72,13 +75,15 @@ def simulate_web_participants(
     participants = []
     for i in track(range(n), description="simulated participants", console=Console(stderr=True), transient=True):
         observer = observer_factory(i)
-        joined = _call(base_url, "POST", "/api/join", {"consent": True})
+        # a study on Prolific takes participants with Prolific ids: simulated ones get made-up ids of that form
+        ids = {name: secrets.token_hex(12) for name in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")} if info.get("prolific") else {}
+        joined = _call(base_url, "POST", "/api/join", {"consent": True, **ids})
         creds = {"participant": joined["participant"], "token": joined["token"]}
         state = joined["state"]
         while state["status"] == "trial":
             shown = state["trial"]
             trial = trials.get((state["job"], shown["index"]))
-            if trial is None or "/" + trial["left"]["image"] != shown["left"] or "/" + trial["right"]["image"] != shown["right"]:
+            if trial is None or any("/" + trial[key]["image"] != shown.get(key) for key in ("image", "left", "right") if key in trial):
                 raise CrnError(f"{base_url} serves a different study than {study_dir}; point both at the same folder")
             shown_ms = trial["duration_ms"]
             side = observer.choose(trial, shown_ms)

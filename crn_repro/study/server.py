@@ -1,33 +1,53 @@
-"""Lab web app of the human perceptual study: pairwise "which is more realistic?" trials (paper Sec. 5.1,
-docs/facts.md §6), served from a study folder written by `crn-repro study make`.
+"""Web app of the human perceptual study: pairwise "which is more realistic?" trials (paper Sec. 5.1,
+docs/facts.md §6) or single images answered "real"/"fake" (the hype design), served from a study folder
+written by `crn-repro study make`, to a lab or, behind an HTTPS reverse proxy, to Prolific participants
+(docs/study-deployment.md).
 
 Standard library only (`http.server` + `sqlite3`, see `store.py`). Bound to 127.0.0.1 unless told
-otherwise. The page (`static/`) shows the study's instructions and a consent button, then one trial at a
-time: fixation, both images at 400x200, and for timed trials the mask after the target duration
+otherwise. The page (`static/`) shows the study's instructions and consent (pay, duration, ethics
+approval, contact) with "I agree" / "I do not agree", then practice trials with feedback and one trial at
+a time: fixation, the images at 400x200, and for timed trials the mask after the target duration
 (presentation and measurement on requestAnimationFrame timestamps), an answer by key or click, a
-progress bar, and a completion code. Each answer is committed before the reply, so a reload or a server
-restart resumes the participant at their first unanswered trial.
+progress bar, and a completion code (Prolific participants are sent back to Prolific with it). Each
+answer is committed before the reply, so a reload or a server restart resumes the participant at their
+first unanswered trial.
 
 JSON API (the page and `crn_repro.study.client` use exactly this; bodies are JSON objects of at most
 4 KiB, POSTs need ``Content-Type: application/json``; every error is a 4xx ``{"error": "..."}``):
 
-- ``GET /api/study`` -> ``{study_id, design, question, instructions_html, mask, simulated}``: what the
-  consent page needs (``mask``: an image URL or null; ``simulated``: whether this server records its
-  participants as simulated, see below).
-- ``POST /api/join`` ``{"consent": true}`` -> 201 ``{participant, token, state}``: a new participant
-  with a server-made id and secret token, on the least-used job. Keep both (the page keeps them in
-  localStorage) to resume. At most 30 joins a minute from one address (429 beyond; not for simulated
-  servers). A failed save (full or read-only disk) answers 503 and is logged in one line.
+- ``GET /api/study`` -> ``{study_id, design, presentation, answers, question, instructions_html, consent,
+  prolific, mask, simulated}``: what the consent page needs (``presentation``: "pair" or "single" (hype);
+  ``answers``: ["left", "right"] or ["real", "fake"]; ``consent``: ``{ethics_approval, contact, pay,
+  duration_minutes, text_html}`` or null; ``prolific``: whether participants come from Prolific (then
+  joining needs the Prolific ids); ``mask``: an image URL or null; ``simulated``: see below).
+- ``POST /api/join`` ``{"consent": true[, "PROLIFIC_PID", "STUDY_ID", "SESSION_ID"]}`` -> 201
+  ``{participant, token, resumed: false, state}``: a new participant with a server-made id and secret
+  token, on the least-used job; or 200 with ``resumed: true``: a PROLIFIC_PID that joined before gets its
+  own session back (a new token, the same job and answers). The three Prolific ids (24 hex digits each,
+  as Prolific writes them into the study URL) are required where the study takes Prolific participants
+  and refused where it does not. At most ``joins_per_minute`` joins from one client address at once, then
+  that many a minute (429 beyond, with ``Retry-After`` seconds and ``{error, retry_after_s}``; not for
+  simulated servers); the client address is the peer's, or, for requests from a ``trusted_proxies``
+  address, the one its X-Forwarded-For names. A failed save (full or read-only disk) answers 503 and is
+  logged in one line.
+- ``POST /api/decline`` ``{[PROLIFIC_PID, STUDY_ID, SESSION_ID]}`` -> ``{completion_code, redirect}``:
+  records that consent was declined (no job is taken); for Prolific participants the manifest's
+  ``prolific.declined_code`` and its Prolific completion URL, else nulls. Counts against the join limit.
 - ``GET /api/state?participant=..&token=..`` -> a state: ``{status: "trial", job, progress: {answered,
-  total}, trial: {index, duration_ms, left, right}}`` (``left``/``right``: image URLs; ``duration_ms``
-  null = unlimited time) or ``{status: "done", job, progress, completion_code}``.
+  total, practice}, trial: {index, practice, duration_ms, left, right | image}}`` (image URLs;
+  ``practice``: a practice trial, answered with feedback; ``duration_ms`` null = unlimited time) or
+  ``{status: "done", job, progress, completion_code, redirect}``: the lab's completion code, or for a
+  Prolific participant the manifest's ``prolific.completion_code`` (``failed_attention_code`` where the
+  sentinel accuracy is below ``attention.min_sentinel_accuracy``) and ``redirect`` =
+  ``https://app.prolific.com/submissions/complete?cc=<code>``, given only once the last answer is committed.
 - ``POST /api/answer`` ``{participant, token, trial, chosen_side, measured_ms, response_ms[, frame_ms]}``
-  -> the next state. ``trial`` must be the next unanswered index (409 otherwise: re-read the state);
-  ``chosen_side`` is "left" or "right"; ``measured_ms`` is the measured on-screen duration (required
-  for timed trials, null for unlimited ones); ``response_ms`` the time from stimulus onset to the answer
-  (or null); ``frame_ms`` the display's frame interval the page measured (optional).
-- ``GET /``, ``/static/trial.js``, ``/static/app.js``, ``/static/style.css``: the page; ``GET /images/...``: only the image
-  files the manifest names, checked to lie inside the study folder.
+  -> the next state, with ``feedback: {correct, answer}`` after a practice trial. ``trial`` must be the
+  next unanswered index (409 otherwise: re-read the state); ``chosen_side`` is "left" or "right" (pairs)
+  or "real" or "fake" (hype); ``measured_ms`` is the measured on-screen duration (required for timed
+  trials, null for unlimited ones); ``response_ms`` the time from stimulus onset to the answer (or null);
+  ``frame_ms`` the display's frame interval the page measured (optional).
+- ``GET /``, ``/static/trial.js``, ``/static/app.js``, ``/static/style.css``: the page; ``GET /images/...``:
+  only the image files the manifest names, checked to lie inside the study folder.
 
 Simulated participants: `make_server(..., simulated=True)` (used only by `crn-repro study simulate
 --via web`, which runs its own in-process server) records everyone who joins as simulated (ids
@@ -35,13 +55,13 @@ Simulated participants: `make_server(..., simulated=True)` (used only by `crn-re
 request can set or change it, and `crn-repro study serve` never makes one.
 
 Refused with 4xx: unknown ids or wrong tokens (403), trials out of range (400) or out of turn (409),
-strings holding markup or control characters, non-numeric or absurd times, unknown keys, oversized
-bodies (413), cross-origin POSTs and, on a loopback binding, foreign Host headers (DNS rebinding).
+strings holding markup or control characters, malformed Prolific ids, non-numeric or absurd times,
+unknown keys, oversized bodies (413), cross-origin POSTs and, on a loopback binding, foreign Host headers
+(DNS rebinding) except on requests a trusted proxy forwarded.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ipaddress
 import json
@@ -53,19 +73,20 @@ import socketserver
 import sqlite3
 import sys
 import threading
-import time
+from collections.abc import Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from rich.console import Console
 
 from crn_repro.errors import CrnError, one_line
-from crn_repro.study.manifest import load_manifest, resolve_image
-from crn_repro.study.store import AlreadyAnswered, ResponseStore
+from crn_repro.study.access import DEFAULT_JOINS_PER_MINUTE, Client, JoinLimiter, client_of, retry_after, trusted_networks
+from crn_repro.study.manifest import resolve_image
+from crn_repro.study.store import ANSWERS, PROLIFIC_KEYS, AlreadyAnswered, ResponseStore, correct_answer, study_manifest, trial_images
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -76,6 +97,11 @@ MAX_RESPONSE_MS = 3_600_000.0
 PARTICIPANT_RE = re.compile(r"(?:p|sim)-[0-9a-f]{16}")  # sim-: a simulated participant (see ResponseStore)
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 UNSAFE_RE = re.compile(r"[<>\x00-\x1f\x7f]")
+# Prolific's ids (participant, study, session) are 24 hex digits; the page sends them under their URL names
+PROLIFIC_ID_RE = re.compile(r"[0-9a-fA-F]{24}")
+PROLIFIC_PARAMS = dict(zip(("PROLIFIC_PID", "STUDY_ID", "SESSION_ID"), PROLIFIC_KEYS))
+PROLIFIC_COMPLETE = "https://app.prolific.com/submissions/complete?cc="
+PROLIFIC_URL_PARAMS = "PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/trial.js": ("trial.js", "text/javascript; charset=utf-8"),
@@ -96,9 +122,11 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 class ApiError(Exception):
     """A refused request: HTTP status + a message for the JSON body (never echoes the input)."""
 
-    def __init__(self, status: HTTPStatus, message: str):
+    def __init__(self, status: HTTPStatus, message: str, headers: dict | None = None, **extra):
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
+        self.extra = extra
 
 
 class Study:
@@ -107,38 +135,56 @@ class Study:
     def __init__(self, study_dir: Path, simulated: bool = False):
         self.dir = Path(study_dir).resolve()
         self.simulated = bool(simulated)
-        manifest = load_manifest(self.dir)
+        manifest = study_manifest(self.dir)
         self.manifest = manifest
         self.trials = {job["job"]: job["trials"] for job in manifest["jobs"]}
+        self.practice = {job: sum(t["kind"] == "practice" for t in trials) for job, trials in self.trials.items()}
+        self.answers = ANSWERS[manifest["presentation"]]
+        self.prolific = manifest["prolific"]
         self.images_dir = (self.dir / "images").resolve()
         # URL path -> file: the only files ever served from the study folder (load_manifest checked them)
-        rels = [trial[side]["image"] for trials in self.trials.values() for trial in trials for side in ("left", "right")]
+        rels = [side["image"] for trials in self.trials.values() for trial in trials for side in trial_images(trial)]
         self.files = {"/" + rel: resolve_image(self.dir, rel) for rel in rels + [manifest["mask"]] if rel}
         self.public = {
             "study_id": manifest["study_id"],
             "design": manifest["design"],
+            "presentation": manifest["presentation"],
+            "answers": list(self.answers),
             "question": manifest["question"],
             "instructions_html": manifest["instructions_html"],
+            "consent": manifest["consent"],
+            "prolific": self.prolific is not None,
             "mask": "/" + manifest["mask"] if manifest["mask"] else None,
             "simulated": bool(simulated),
         }
 
+    def shown(self, job: str, index: int) -> dict:
+        """A trial as the page sees it: no models, scores, kinds (beyond practice) or answers."""
+        trial = self.trials[job][index]
+        images = {"image": "/" + trial["image"]["image"]} if "image" in trial else {
+            "left": "/" + trial["left"]["image"], "right": "/" + trial["right"]["image"]}
+        return {"index": index, "practice": trial["kind"] == "practice", "duration_ms": trial["duration_ms"], **images}
 
-JOINS_PER_MINUTE = 30  # per client address: a lab seats a new participant every few minutes, a script thousands
 
 DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
 class StudyServer(ThreadingHTTPServer):
     """The study's HTTP server. `start()` runs it in a background thread (tests, simulations), `stop()`
-    ends it; `serve_forever()` blocks (the CLI). Usable as a context manager that starts and stops it."""
+    ends it; `serve_forever()` blocks (the CLI). Usable as a context manager that starts and stops it.
+    ``trusted_proxies``: addresses or networks of reverse proxies whose X-Forwarded-For / -Proto name the
+    client; ``joins_per_minute``: the per-client-address limit on joins (0: none)."""
 
     daemon_threads = True
+    request_queue_size = 256  # listen backlog: socketserver's 5 resets connections when many people join at once
 
     def __init__(self, study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False,
-                 simulated: bool = False):
+                 simulated: bool = False, trusted_proxies: Iterable[str] = (),
+                 joins_per_minute: int = DEFAULT_JOINS_PER_MINUTE):
         self.study = Study(study_dir, simulated)
         self.quiet = quiet
+        self.trusted = trusted_networks(trusted_proxies)
+        self.limiter = JoinLimiter(joins_per_minute)
         self.static = {route: (resources.files("crn_repro.study").joinpath("static", name).read_bytes(), ctype)
                        for route, (name, ctype) in STATIC.items()}
         self.store = ResponseStore(self.study.dir, self.study.manifest, simulated=simulated)
@@ -151,20 +197,6 @@ class StudyServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
         self._connections_lock = threading.Lock()
-        self._joins: dict[str, collections.deque] = {}  # client address -> times of its recent joins
-        self._joins_lock = threading.Lock()
-
-    def allow_join(self, address: str, now: float | None = None) -> bool:
-        """Whether ``address`` may join now: at most JOINS_PER_MINUTE joins in any 60 s from one address."""
-        now = time.monotonic() if now is None else now
-        with self._joins_lock:
-            recent = self._joins.setdefault(address, collections.deque())
-            while recent and now - recent[0] >= 60:
-                recent.popleft()
-            if len(recent) >= JOINS_PER_MINUTE:
-                return False
-            recent.append(now)
-            return True
 
     def handle_error(self, request, client_address) -> None:
         """A client that went away mid-answer is normal, not a traceback; anything else is logged in full."""
@@ -222,17 +254,26 @@ class StudyServer(ThreadingHTTPServer):
         self.stop()
 
     def state(self, participant: str, job: str) -> dict:
-        """What the participant sees next: their first unanswered trial, or the completion code."""
+        """What the participant sees next: their first unanswered trial, or how to finish."""
         trials = self.study.trials[job]
         answered = self.store.answered(participant)
-        progress = {"answered": answered, "total": len(trials)}
-        if answered >= len(trials):
-            return {"status": "done", "job": job, "progress": progress,
-                    "completion_code": self.store.completion_code(participant)}
-        trial = trials[answered]
-        return {"status": "trial", "job": job, "progress": progress,
-                "trial": {"index": answered, "duration_ms": trial["duration_ms"],
-                          "left": "/" + trial["left"]["image"], "right": "/" + trial["right"]["image"]}}
+        progress = {"answered": answered, "total": len(trials), "practice": self.study.practice[job]}
+        if answered < len(trials):
+            return {"status": "trial", "job": job, "progress": progress, "trial": self.study.shown(job, answered)}
+        return {"status": "done", "job": job, "progress": progress, **self.finish(participant)}
+
+    def finish(self, participant: str) -> dict:
+        """The code of a finished participant: Prolific's completion code (or the failed-attention one) with
+        its redirect for a Prolific participant, the lab's own code for anyone else."""
+        session = self.store.session(participant)
+        if session["prolific"] and self.study.prolific is not None:
+            key = "failed_attention_code" if session["passed_attention"] is False else "completion_code"
+            return prolific_exit(self.study.prolific[key])
+        return {"completion_code": self.store.completion_code(participant), "redirect": None}
+
+
+def prolific_exit(code: str) -> dict:
+    return {"completion_code": code, "redirect": PROLIFIC_COMPLETE + quote(code, safe="")}
 
 
 def is_loopback(host: str) -> bool:
@@ -245,18 +286,27 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(
-    study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = True, simulated: bool = False
+    study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = True, simulated: bool = False,
+    trusted_proxies: Iterable[str] = (), joins_per_minute: int = DEFAULT_JOINS_PER_MINUTE,
 ) -> StudyServer:
     """A study server bound to ``host:port`` (port 0 = a free one), not yet running: call `.start()`
     (background thread) or `.serve_forever()`, and `.stop()` when done; ``.url`` is its base URL.
-    ``simulated=True``: everyone who joins is recorded as a simulated participant (`study simulate`)."""
-    return StudyServer(Path(study_dir), host, port, quiet=quiet, simulated=simulated)
+    ``simulated=True``: everyone who joins is recorded as a simulated participant (`study simulate`).
+    ``trusted_proxies``, ``joins_per_minute``: see `StudyServer`."""
+    return StudyServer(Path(study_dir), host, port, quiet=quiet, simulated=simulated, trusted_proxies=trusted_proxies,
+                       joins_per_minute=joins_per_minute)
 
 
-def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False) -> None:
-    """Serve the study until Ctrl-C (`crn-repro study serve`)."""
+def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False,
+          trusted_proxies: Iterable[str] = (), joins_per_minute: int = DEFAULT_JOINS_PER_MINUTE,
+          public_url: str | None = None) -> None:
+    """Serve the study until Ctrl-C (`crn-repro study serve`). ``public_url``: the address participants
+    open (behind a reverse proxy), used in the printed study URL."""
+    if public_url is not None and not re.fullmatch(r"https?://[^\s/?#<>]+/?", public_url):
+        raise CrnError(f"--public-url {public_url!r}: expected the site's base URL, e.g. https://study.example.org")
     console = Console(stderr=True, soft_wrap=True)  # keep URLs on one line
-    server = make_server(study_dir, host, port, quiet=quiet)
+    server = make_server(study_dir, host, port, quiet=quiet, trusted_proxies=trusted_proxies,
+                         joins_per_minute=joins_per_minute)
 
     def stop(number, frame):
         raise KeyboardInterrupt
@@ -265,13 +315,7 @@ def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: 
     # before the address is printed, so that a signal sent as soon as it appears stops the server cleanly
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if not server.loopback:
-            console.print(f"[yellow]warning:[/] listening on {host}:{server.host_port}, reachable from other machines; "
-                          "use it on a trusted lab network only (participants open http://<this machine's address>:"
-                          f"{server.host_port}/)")
-        where = server.url if server.loopback or host in ("0.0.0.0", "::") else f"http://{host}:{server.host_port}"
-        console.print(f"study {server.study.public['study_id']!r}: open {where}/ in a browser "
-                      f"(answers go to {server.store.path}); Ctrl-C stops")
+        _banner(console, server, host, public_url)
         server.serve_forever()
     except KeyboardInterrupt:
         console.print("stopped; every answer given so far is saved")
@@ -279,6 +323,24 @@ def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: 
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _banner(console: Console, server: StudyServer, host: str, public_url: str | None) -> None:
+    """What `study serve` prints at start-up: where to open the study, and where participants come in."""
+    if not server.loopback:
+        console.print(f"[yellow]warning:[/] listening on {host}:{server.host_port}, reachable from other machines; "
+                      "use it on a trusted lab network only (participants open http://<this machine's address>:"
+                      f"{server.host_port}/), or bind 127.0.0.1 behind an HTTPS reverse proxy (docs/study-deployment.md)")
+    where = server.url if server.loopback or host in ("0.0.0.0", "::") else f"http://{host}:{server.host_port}"
+    console.print(f"study {server.study.public['study_id']!r}: open {where}/ in a browser "
+                  f"(answers go to {server.store.path}); Ctrl-C stops")
+    limit = server.limiter.per_minute
+    proxies = ", ".join(map(str, server.trusted)) or "none (the peer's address is the client's)"
+    console.print(f"joins: at most {limit} at once, then {limit} a minute, per client address" if limit else
+                  "joins: no limit per client address", f"; trusted proxies: {proxies}", sep="")
+    if server.study.prolific is not None:
+        base = (public_url or "https://<your site>").rstrip("/")
+        console.print(f"Prolific study URL (paste into Prolific): {base}/?{PROLIFIC_URL_PARAMS}")
 
 
 def _credential(payload: dict, key: str, pattern: re.Pattern) -> str:
@@ -299,18 +361,40 @@ def _number(payload: dict, key: str, low: float, high: float, *, required: bool)
     return float(value)
 
 
+def _prolific_ids(payload: dict, study: Study, *, required: bool) -> dict | None:
+    """The Prolific ids of a join or decline (validated), None if it carries none. Where the study takes
+    Prolific participants a join must carry them (``required``); where it does not, none may be sent."""
+    given = {name: payload[name] for name in PROLIFIC_PARAMS if name in payload}
+    if not given:
+        if required and study.prolific is not None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "this study takes participants from Prolific: open it from the study's "
+                                                   "link on Prolific (it carries PROLIFIC_PID, STUDY_ID and SESSION_ID)")
+        return None
+    if study.prolific is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "this study is not set up for Prolific (its manifest has no prolific section)")
+    for name in PROLIFIC_PARAMS:
+        value = given.get(name)
+        if not isinstance(value, str) or not PROLIFIC_ID_RE.fullmatch(value):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: expected the 24 hex digits Prolific puts in the study link")
+    return {key: given[name] for name, key in PROLIFIC_PARAMS.items()}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: StudyServer
     protocol_version = "HTTP/1.1"
     server_version = "crn-repro-study"
     sys_version = ""
     timeout = 30  # a stalled client frees its thread
+    client: Client | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
     def end_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             self.send_header(name, value)
         super().end_headers()
+
+    def address_string(self) -> str:  # logs name the real client where a trusted proxy says who it is
+        return self.client.address if self.client else self.client_address[0]
 
     def log_request(self, code="-", size="-") -> None:  # the path only: queries hold tokens
         if not self.server.quiet:
@@ -323,20 +407,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_error(self, format, *args) -> None:  # errors are logged even by a quiet server, one line each
         sys.stderr.write(f"{self.address_string()} error: {format % args}\n")
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str, cache: str = "no-store") -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, cache: str = "no-store",
+              headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: HTTPStatus, obj: dict) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
+    def _json(self, status: HTTPStatus, obj: dict, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", headers=headers)
 
     def _dispatch(self, routes: dict) -> None:
         try:
+            self.client = client_of(self.client_address[0], self.headers.get_all("X-Forwarded-For") or [],
+                                    self.headers.get_all("X-Forwarded-Proto") or [], self.server.trusted)
             self._check_host()
             path = urlsplit(self.path).path
             route = routes.get(path)
@@ -347,7 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
             route()
         except ApiError as e:
             self.close_connection = True  # a refused body may be unread; never parse it as the next request
-            self._json(e.status, {"error": str(e)})
+            self._json(e.status, {"error": str(e), **e.extra}, e.headers)
         except DISCONNECTS:  # the client left; nothing to answer
             self.close_connection = True
         except (OSError, CrnError, sqlite3.OperationalError) as e:  # the disk (full, read-only): not saved; one line
@@ -362,9 +451,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise
 
     def _check_host(self) -> None:
-        """On a loopback binding only local names may address us: a page elsewhere cannot rebind DNS onto it."""
+        """On a loopback binding only local names may address us (a page elsewhere cannot rebind DNS onto
+        it), except through a trusted proxy, which forwards the public name participants use."""
         host = self.headers.get("Host", "")
-        if self.server.loopback and host not in {f"{name}:{self.server.host_port}" for name in LOOPBACK_NAMES}:
+        if self.server.loopback and not self.client.proxied and host not in {
+                f"{name}:{self.server.host_port}" for name in LOOPBACK_NAMES}:
             raise ApiError(HTTPStatus.FORBIDDEN, "unexpected Host header; open the study at its 127.0.0.1 URL")
 
     def __getattr__(self, name: str):
@@ -381,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch({"/api/study": self._study, "/api/state": self._state})
 
     def do_POST(self) -> None:
-        self._dispatch({"/api/join": self._join, "/api/answer": self._answer})
+        self._dispatch({"/api/join": self._join, "/api/decline": self._decline, "/api/answer": self._answer})
 
     def _file(self, path: str) -> None:
         if path in self.server.static:
@@ -395,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> dict:
         origin = self.headers.get("Origin")
-        if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
+        if origin is not None and origin != f"{self.client.scheme}://{self.headers.get('Host', '')}":
             raise ApiError(HTTPStatus.FORBIDDEN, "cross-origin request refused")
         if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
             raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json")
@@ -449,14 +540,34 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _join(self) -> None:
         payload = self._body()
-        self._only(payload, {"consent"})
+        self._only(payload, {"consent", *PROLIFIC_PARAMS})
         if payload.get("consent") is not True:
             raise ApiError(HTTPStatus.BAD_REQUEST, "consent must be true to take part")
-        if not self.server.study.simulated and not self.server.allow_join(self.client_address[0]):
-            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"more than {JOINS_PER_MINUTE} joins a minute from this address; wait a minute")
-        participant, token, job = self.server.store.join()
-        self._json(HTTPStatus.CREATED, {"participant": participant, "token": token,
-                                        "state": self.server.state(participant, job)})
+        prolific = _prolific_ids(payload, self.server.study, required=True)
+        self._limit()
+        seat = self.server.store.join(prolific)
+        self._json(HTTPStatus.OK if seat.resumed else HTTPStatus.CREATED, {
+            "participant": seat.participant, "token": seat.token, "resumed": seat.resumed,
+            "state": self.server.state(seat.participant, seat.job)})
+
+    def _limit(self) -> None:
+        """Joins and declines count against the client address's limit (429 + Retry-After beyond it)."""
+        if self.server.study.simulated:
+            return
+        wait = self.server.limiter.wait(self.client.address)
+        if wait > 0:
+            seconds = retry_after(wait)
+            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, f"many people are joining from this address; retry in {seconds} s",
+                           {"Retry-After": str(seconds)}, retry_after_s=seconds)
+
+    def _decline(self) -> None:
+        payload = self._body()
+        self._only(payload, set(PROLIFIC_PARAMS))
+        prolific = _prolific_ids(payload, self.server.study, required=False)
+        self._limit()
+        self.server.store.decline(prolific)
+        exit_ = prolific_exit(self.server.study.prolific["declined_code"]) if prolific else {"completion_code": None, "redirect": None}
+        self._json(HTTPStatus.OK, exit_)
 
     def _answer(self) -> None:
         payload = self._body()
@@ -467,8 +578,9 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(trials):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"trial: expected an integer index in [0, {len(trials) - 1}]")
         side = payload.get("chosen_side")
-        if side not in ("left", "right"):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "chosen_side: expected 'left' or 'right'")
+        answers = self.server.study.answers
+        if side not in answers:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"chosen_side: expected {answers[0]!r} or {answers[1]!r}")
         timed = trials[index]["duration_ms"] is not None
         if not timed and payload.get("measured_ms") is not None:
             raise ApiError(HTTPStatus.BAD_REQUEST, "measured_ms: must be null on an unlimited-time trial")
@@ -479,4 +591,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.store.record(participant, index, side, measured_ms, response_ms, frame_ms)
         except AlreadyAnswered:
             raise ApiError(HTTPStatus.CONFLICT, "not the next unanswered trial; GET /api/state for it") from None
-        self._json(HTTPStatus.OK, self.server.state(participant, job))
+        state = self.server.state(participant, job)
+        if trials[index]["kind"] == "practice":  # practice only: the answer it should have had
+            answer = correct_answer(trials[index])
+            state["feedback"] = {"correct": side == answer, "answer": answer}
+        self._json(HTTPStatus.OK, state)
