@@ -89,7 +89,20 @@ CHECKS: dict[str, Check] = {
     "python -m pytest -q --slow": part(of="python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q --slow"),
     "pytest --slow": part(of="python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest -q --slow"),
     "bash .ci/run": tested(by="tests/test_doc_commands.py::test_ci_runs_the_readme_test_command_exactly", why="it is CI"),
-    "apt-get install chromium": tested(by="tests/test_doc_commands.py::test_ci_installs_the_engines_the_tests_require"),
+    "apt-get install chromium nginx openssl": tested(by="tests/test_doc_commands.py::test_ci_installs_the_engines_the_tests_require"),
+    "apt-get install nginx": tested(by="tests/test_doc_commands.py::test_ci_installs_the_engines_the_tests_require"),
+    "nginx": part(of="apt-get install nginx"),
+    # --- docs/study-deployment.md: the HTTPS deployment (tests/study/test_proxy.py runs its marked blocks) ---
+    "crn-repro study serve": part(of="crn-repro study serve studies/demo"),
+    "openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout privkey.pem -out fullchain.pem":
+        tested(by="tests/study/test_proxy.py::test_the_documented_proxy_serves_the_study_over_https_only"),
+    "crn-repro study serve studies/demo --host 127.0.0.1 --port 8000 --trusted-proxy 127.0.0.1 --public-url https://study.example.org":
+        tested(by="tests/study/test_proxy.py::test_the_documented_proxy_serves_the_study_over_https_only"),
+    "apt-get install certbot python3-certbot-nginx": parse(why="a certificate from Let's Encrypt needs a public domain name and the internet"),
+    "ln -s /etc/nginx/sites-available/crn-study /etc/nginx/sites-enabled/ && nginx -t && systemctl reload nginx": tested(
+        by="tests/study/test_proxy.py::test_the_documented_proxy_serves_the_study_over_https_only",
+        why="the test runs `nginx -t` and nginx itself on this site configuration; enabling it in /etc and reloading a "
+            "system nginx need systemd, which a test machine lacks"),
     # --- the pipeline, in a clone with tiny params after `dvc repro` ---------------------------------------
     "dvc repro": run(expect=("Data and pipelines are up to date",)),
     "dvc status": run(expect=("up to date",)),
@@ -247,7 +260,7 @@ def _strip_comment(line: str) -> str:
 
 def _is_command(text: str) -> bool:
     first = text.split(maxsplit=1)[0] if text.strip() else ""
-    return first in PROGRAMS or first.startswith("./") or first.startswith("$")
+    return first in PROGRAMS or first.startswith("./") or first == "$"  # "$ cmd": a prompt; `$name` is a variable
 
 
 def _shell_lines(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:

@@ -207,6 +207,16 @@ def _parse_sbatch(args: list[str], params: Params) -> None:
         _parse_crn(["--params", params_file, "train", "--model", name, *rest], params)
 
 
+def _parse_apt_get_install(packages: list[str]) -> None:
+    """Every package an `apt-get install` line names is one Debian knows (`apt-cache show`, from the package
+    lists `apt-get update` fetched; CI's .ci/run fetches them)."""
+    if not any(Path("/var/lib/apt/lists").glob("*Packages*")):
+        pytest.skip("no Debian package lists here (run apt-get update) to look the packages up in")
+    for package in (p for p in packages if not p.startswith("-")):
+        known = subprocess.run(["apt-cache", "show", package], capture_output=True, text=True)
+        assert known.returncode == 0 and known.stdout.strip(), f"apt-get install: Debian has no package {package!r}"
+
+
 def parse_line(line: str, tmp_path: Path) -> None:
     params = Params(tmp_path)
     for argv in _words(line):
@@ -224,6 +234,8 @@ def parse_line(line: str, tmp_path: Path) -> None:
             _parse_torchrun(args, params)
         elif program == "sbatch":
             _parse_sbatch(args, params)
+        elif program == "apt-get" and args[:1] == ["install"]:
+            _parse_apt_get_install(args[1:])
         else:
             raise AssertionError(f"`{' '.join(argv)}`: no parser for {program}; check it with run() or tested()")
 
@@ -350,13 +362,13 @@ def test_the_first_command_installs_as_the_test_command_does_then_runs_dvc_repro
 
 
 def test_ci_installs_the_engines_the_tests_require():
-    """`apt-get install chromium` (README) is what .ci/run does for the browser tests, and slurm-wlm with
-    munge for the SLURM tests, and it turns their skips into failures."""
+    """`apt-get install chromium nginx openssl` (README) is what .ci/run does for the browser and reverse-proxy
+    tests, and slurm-wlm with munge for the SLURM tests, and it turns their skips into failures."""
     script = (REPO / ".ci/run").read_text()
-    for package in ("chromium", "slurm-wlm", "munge"):
+    for package in ("chromium", "nginx", "openssl", "slurm-wlm", "munge"):
         assert f"packages+=({package})" in script, package
     assert 'apt-get install -y -q --no-install-recommends "${packages[@]}"' in script
-    assert "export CRN_REQUIRE_BROWSER=1 CRN_REQUIRE_SLURM=1" in script
+    assert "export CRN_REQUIRE_BROWSER=1 CRN_REQUIRE_PROXY=1 CRN_REQUIRE_SLURM=1" in script
     ok = subprocess.run(["bash", "-n", str(REPO / ".ci/run")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
 
