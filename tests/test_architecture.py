@@ -4,9 +4,12 @@ and the light modules stay light (the study server and the judgment statistics n
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("crn_repro", "baselines")
@@ -85,6 +88,47 @@ def test_imports_form_no_cycle():
     assert cycles == [], " ; ".join(" -> ".join(c) for c in cycles)
 
 
+def documented_layers() -> dict[str, int]:
+    """module -> layer, from the table under "Imports go one way" in docs/architecture.md (the rule itself)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    table = text[text.index("<!-- layers:"):].split("\n\n", 1)[0]
+    layers = {}
+    for row in re.findall(r"^\| (\d+)\. [^|]+\| (.+) \|$", table, flags=re.M):
+        for name in re.findall(r"`([^`]+)`", row[1]):
+            module = name if name.startswith("baselines") else ("crn_repro" if name == "crn_repro" else f"crn_repro.{name}")
+            assert module not in layers, f"docs/architecture.md: {name} is listed in two layers"
+            layers[module] = int(row[0])
+    assert len(set(layers.values())) >= 5, "docs/architecture.md: the layer table was not found"
+    return layers
+
+
+def test_every_module_has_exactly_one_documented_layer():
+    graph, layers = import_graph(), documented_layers()
+    unlisted = sorted(set(graph) - set(layers))
+    assert not unlisted, f"add these modules to the layer table of docs/architecture.md: {', '.join(unlisted)}"
+    not_modules = sorted(set(layers) - set(graph))
+    assert not not_modules, f"docs/architecture.md's layer table lists what is no module: {', '.join(not_modules)}"
+
+
+def test_imports_go_down_the_documented_layers():
+    """A module imports only from its own layer or the layers below (docs/architecture.md)."""
+    graph, layers = import_graph(), documented_layers()
+    upward = [f"{module} (layer {layers[module]}) imports {target} (layer {layers[target]})"
+              for module, targets in sorted(graph.items()) for target in sorted(targets)
+              if module in layers and target in layers and layers[target] > layers[module]]
+    assert upward == [], "; ".join(upward)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
+    """The check above is not vacuous: an import from a higher layer (here memory -> registry, the one the
+    previous layout let through) is found."""
+    graph = import_graph()
+    graph["crn_repro.memory"] = graph["crn_repro.memory"] | {"crn_repro.registry"}
+    monkeypatch.setattr(sys.modules[__name__], "import_graph", lambda: graph)
+    with pytest.raises(AssertionError, match="crn_repro.memory \\(layer 2\\) imports crn_repro.registry \\(layer 3\\)"):
+        test_imports_go_down_the_documented_layers()
+
+
 def test_checkpoint_format_knows_no_models():
     """checkpoint.py is the file format; rebuilding networks is the registry's (registry -> checkpoint)."""
     graph = import_graph()
@@ -92,9 +136,13 @@ def test_checkpoint_format_knows_no_models():
     assert "crn_repro.checkpoint" in graph["crn_repro.registry"]
 
 
-def test_study_tools_and_judgment_statistics_do_not_load_torch():
+def test_layer_one_never_loads_torch():
+    """Layer 1 is plain Python: the study server, `study analyze` and the judgment statistics start without
+    torch (or the registry of networks)."""
+    light = sorted(m for m, layer in documented_layers().items() if layer == 1)
+    assert {"crn_repro.study.server", "crn_repro.study.analyze", "crn_repro.judgments", "crn_repro.files"} <= set(light)
     code = (
-        "import sys; import crn_repro.study.server, crn_repro.study.analyze, crn_repro.judgments, crn_repro.files; "
+        f"import sys, importlib; [importlib.import_module(m) for m in {light!r}]; "
         "print(sorted(m for m in ('torch', 'crn_repro.registry') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
