@@ -416,7 +416,7 @@ def study_analyze(
 
     sp = _params().study
     result = analyze_study(study, mturk, not no_web, sp.min_sentinel_accuracy, sp.bootstrap_resamples, sp.seed,
-                           sp.timing_tolerance_ms, alpha=sp.alpha, prolific_csv=prolific,
+                           sp.timing_tolerance_frames, alpha=sp.alpha, prolific_csv=prolific,
                            reject_min_failed_sentinels=sp.prolific.reject_min_failed_sentinels, study_params=to_dict(sp))
     _print_analysis(result, sp)
 
@@ -435,7 +435,7 @@ def _print_analysis(result: dict, sp) -> None:
         console.print(f"  excluded {r.source}:{r.participant}: {r.reason}", **plain)
     mistimed = result["mistimed"]
     if result["analysed"].duration_ms.notna().any():  # a timed design
-        console.print(f"{len(mistimed)} timed test answers left out: on screen more than {sp.timing_tolerance_ms:g} ms "
+        console.print(f"{len(mistimed)} timed test answers left out: on screen more than {sp.timing_tolerance_frames:g} frame(s) "
                       f"from the target, or not measured ({int(mistimed.measured_ms.isna().sum())}) -> "
                       f"{result['paths']['mistimed']}", **plain)
     if "hype" in result:

@@ -468,7 +468,7 @@ def _time_curves_section(curves_path: Path, source: str, figures: Path, tables: 
         "",
         f"Source: **{source}**. Preference rate of the first image type against exposure time, with 95% Wilson "
         f"intervals; hollow points and the last column: the paper's rates ({published.FIGURE_3_SOURCE}). Trials whose "
-        "measured on-screen time missed the target by more than `study.timing_tolerance_ms` were left out by "
+        "measured on-screen time missed the target by more than `study.timing_tolerance_frames` frames of the participant's display were left out by "
         "`crn-repro study analyze` (the source says how many, where any were).",
         "",
         "![time curves](figures/time_curves.png)",

@@ -12,7 +12,7 @@ web participants and MTurk workers to the numbers the paper reports, and the one
    is below ``study.min_sentinel_accuracy``, or who answered no sentinel, is excluded with all their
    answers; so is one whose Prolific submission was returned (``--prolific``: a withdrawal).
 3. Leave out mistimed trials: a timed test trial of an included participant whose measured on-screen
-   time differs from its target by more than ``study.timing_tolerance_ms``, or was not measured.
+   time differs from its target by more than ``study.timing_tolerance_frames`` frames of the participant's display, or was not measured.
    Sentinels are kept: they test attention. Unlimited-time trials have no target.
 4. For each comparison (pair type, and duration in the timed design): the preference rate of the
    first model (``judgments.pair_order``: real, then crn), its Wilson interval, the exact binomial
@@ -62,7 +62,7 @@ from crn_repro.study.records import (
 EXCLUSION_COLUMNS = ["source", "participant", "prolific_pid", "prolific_status", "sentinels", "sentinels_right", "accuracy",
                      "test_judgments", "excluded", "reason"]
 MISTIMED_COLUMNS = ["source", "participant", "job", "trial", "layout", "left_model", "right_model", "duration_ms",
-                    "measured_ms", "error_ms", "reason"]
+                    "measured_ms", "frame_ms", "error_ms", "reason"]
 JUDGMENT_COLUMNS = ["model_a", "model_b", "winner", "duration_ms", "participant", "layout", "source", "job", "measured_ms",
                     "kind", "sha256_a", "sha256_b", "source_a", "source_b", "study_build"]
 SUMMARY_COLUMNS = ["first", "second", "duration_ms", "wins", "n", "rate", "ci_low", "ci_high", "p_value",
@@ -175,16 +175,26 @@ def _included(responses: pd.DataFrame, exclusions: pd.DataFrame, kinds: tuple[st
     return responses[keep]
 
 
-def mistimed_trials(responses: pd.DataFrame, exclusions: pd.DataFrame, tolerance_ms: float) -> pd.DataFrame:
+ASSUMED_FRAME_MS = 1000 / 60  # the frame interval of an answer that recorded none (older HITs): a 60 Hz display
+
+
+def mistimed_trials(responses: pd.DataFrame, exclusions: pd.DataFrame, tolerance_frames: float) -> pd.DataFrame:
     """Timed test trials of the included participants whose measured on-screen time is more than
-    ``tolerance_ms`` from the target, or was not measured: one row each, with ``error_ms`` (measured -
-    target) and the reason. Sentinels, practice and unlimited-time trials are never listed."""
+    ``tolerance_frames`` frames of their own display (the ``frame_ms`` the page measured with the answer;
+    60 Hz where none was recorded) from the target, or was not measured: one row each, with ``error_ms``
+    (measured - target), ``frame_ms`` and the reason. Sentinels, practice and unlimited-time trials are
+    never listed."""
     tests = _included(responses, exclusions)
     timed = tests[tests.duration_ms.notna()]
-    timed = timed.assign(error_ms=timed.measured_ms - timed.duration_ms)
-    off = timed[timed.error_ms.isna() | (timed.error_ms.abs() > tolerance_ms)]
-    reason = [("no measured on-screen time" if pd.isna(e) else f"on screen {e:+.1f} ms from the target (tolerance {tolerance_ms:g} ms)")
-              for e in off.error_ms]
+    frame = (timed.frame_ms if "frame_ms" in timed.columns else pd.Series(float("nan"), index=timed.index)).astype(float)
+    timed = timed.assign(error_ms=timed.measured_ms - timed.duration_ms, frame_ms=frame)
+    tolerance = tolerance_frames * frame.fillna(ASSUMED_FRAME_MS)
+    off = timed[timed.error_ms.isna() | (timed.error_ms.abs() > tolerance)]
+    reason = [("no measured on-screen time" if pd.isna(e) else
+               f"on screen {e:+.1f} ms from the target (tolerance {tolerance_frames:g} frame"
+               f"{'' if tolerance_frames == 1 else 's'} = {tolerance_frames * (ASSUMED_FRAME_MS if pd.isna(f) else f):.1f} ms"
+               f"{' at an assumed 60 Hz' if pd.isna(f) else ''})")
+              for e, f in zip(off.error_ms, off.frame_ms)]
     return off.assign(reason=reason).loc[:, MISTIMED_COLUMNS].reset_index(drop=True)
 
 
@@ -282,9 +292,9 @@ def _csv(df: pd.DataFrame) -> str:
 
 
 def _tables(study_dir: Path, manifest: dict, analysed: pd.DataFrame, exclusions: pd.DataFrame, num_resamples: int, seed: int,
-            timing_tolerance_ms: float, alpha: float) -> tuple[dict, str]:
+            timing_tolerance_frames: float, alpha: float) -> tuple[dict, str]:
     """The analysis tables of the included answers; and a note where no ranking could be made."""
-    mistimed = mistimed_trials(analysed, exclusions, timing_tolerance_ms)
+    mistimed = mistimed_trials(analysed, exclusions, timing_tolerance_frames)
     judgments = to_judgments(analysed, exclusions, mistimed, manifest, study_build(study_dir, manifest))
     summary = summarize(judgments, num_resamples, seed, mistimed, alpha)
     tables = {"exclusions": exclusions, "mistimed": mistimed, "judgments": judgments, "summary": summary,
@@ -306,7 +316,7 @@ def _tables(study_dir: Path, manifest: dict, analysed: pd.DataFrame, exclusions:
 
 def analyze_study(
     study_dir: Path, mturk_csvs: list[Path] = (), include_web: bool = True, min_accuracy: float = 1.0,
-    num_resamples: int = 1000, seed: int = 0, timing_tolerance_ms: float = 17.0, *, alpha: float = 1e-3,
+    num_resamples: int = 1000, seed: int = 0, timing_tolerance_frames: float = 1.0, *, alpha: float = 1e-3,
     prolific_csv: Path | None = None, reject_min_failed_sentinels: int = 2, study_params: dict | None = None,
 ) -> dict:
     """Run the analysis and write ``<study>/analysis/`` whole; returns the tables (``exclusions``,
@@ -324,7 +334,7 @@ def analyze_study(
     responses = gather_responses(study_dir, mturk_csvs, include_web)
     analysed, simulated, note = real_or_simulated(responses)
     exclusions = sentinel_exclusions(analysed, min_accuracy, prolific.withdrawn(export) if export is not None else None)
-    tables, ranking_note = _tables(study_dir, manifest, analysed, exclusions, num_resamples, seed, timing_tolerance_ms, alpha)
+    tables, ranking_note = _tables(study_dir, manifest, analysed, exclusions, num_resamples, seed, timing_tolerance_frames, alpha)
     people = responses[~is_simulated(responses.source)]
     if export is not None:
         tables["payments"] = prolific.payments(export, people, manifest, reject_min_failed_sentinels)

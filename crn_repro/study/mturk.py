@@ -13,7 +13,9 @@ and lose the job's sentinel check; one variable per trial would need hundreds of
   trials as the web app does: fixation, freshly decoded images swapped in on a requestAnimationFrame,
   the mask swapped in on the frame where the target is reached, the on-screen time measured from rAF
   timestamps; it submits one hidden field ``responses``: a JSON list of ``[trial index,
-  "left"|"right", measured_ms, response_ms]``; in MTurk's preview, assignmentId
+  "left"|"right", measured_ms, response_ms, frame_ms]`` (results of HITs exported before frame_ms was
+  recorded have four entries); a practice trial is followed by feedback (which side was right) and a
+  Continue button; in MTurk's preview, assignmentId
   ``ASSIGNMENT_ID_NOT_AVAILABLE`` in the frame's URL, it shows the instructions and an example and says
   "Accept the HIT to begin", with nothing to start or submit) and ``batch_input.csv`` (header = the
   template's variables, one row per job).
@@ -186,9 +188,9 @@ def _answers(row: dict, where: str) -> list:
         answers = json.loads(text)
     except (json.JSONDecodeError, TypeError):
         raise CrnError(f"{where}: Answer.responses is not JSON") from None
-    if not isinstance(answers, list) or not all(isinstance(a, list) and len(a) == 4 for a in answers):
-        raise CrnError(f"{where}: Answer.responses must be a list of [trial, side, measured_ms, response_ms]")
-    return answers
+    if not isinstance(answers, list) or not all(isinstance(a, list) and len(a) in (4, 5) for a in answers):
+        raise CrnError(f"{where}: Answer.responses must be a list of [trial, side, measured_ms, response_ms, frame_ms]")
+    return [a if len(a) == 5 else [*a, None] for a in answers]  # HITs exported before frame_ms was recorded
 
 
 def is_simulated_row(row: dict) -> bool:
@@ -240,13 +242,13 @@ def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
             answered = _utc(row.get("SubmitTime", ""))
             source = "simulated-mturk" if is_simulated_row(row) else "mturk"
             for answer in _answers(row, where):
-                index, side, measured, response = answer
+                index, side, measured, response, frame = answer
                 if not isinstance(index, int) or isinstance(index, bool) or (job, index) not in trials:
                     raise CrnError(f"{where}: trial {index!r} is not in {job} (0..{len(jobs[job]['trials']) - 1})")
                 if side not in SIDES:
                     raise CrnError(f"{where}: trial {index}: answer {side!r} is not left or right")
                 try:
-                    measured, response = _number(measured), _number(response)
+                    measured, response, frame = _number(measured), _number(response), _number(frame)
                 except ValueError as error:
                     raise CrnError(f"{where}: trial {index}: timing {error.args[0]!r} is not a duration in ms") from None
                 key = (worker, job, index)
@@ -258,7 +260,7 @@ def import_results(study_dir: Path, paths: list[Path]) -> pd.DataFrame:
                     "source": source, "participant": worker, "job": job, "trial": index, "kind": t["kind"],
                     "layout": t["layout"], "left_model": t["left"]["model"], "right_model": t["right"]["model"],
                     "chosen_side": side, "chosen_model": t[side]["model"], "duration_ms": t["duration_ms"],
-                    "measured_ms": measured, "response_ms": response, "answered_utc": answered,
+                    "measured_ms": measured, "response_ms": response, "frame_ms": frame, "answered_utc": answered,
                     "left_sha256": t["left"]["sha256"], "right_sha256": t["right"]["sha256"],  # the HIT's trials are this build's
                 })
     return pd.DataFrame(records, columns=list(RESPONSE_COLUMNS))
@@ -304,7 +306,7 @@ def simulate_results(
                 raise CrnError(f"{batch_input}: {hit['job']} trial {index} is not in the study; export again")
             response = observer.response_ms() + (duration or 0)
             elapsed_ms += response + 500.0  # answer, then the next trial's onset
-            answers.append([index, observer.choose(trial, duration), duration, round(response, 1)])
+            answers.append([index, observer.choose(trial, duration), duration, round(response, 1), round(1000 / 60, 2)])
         accept = start + dt.timedelta(minutes=7 * p)
         submit = accept + dt.timedelta(milliseconds=elapsed_ms)
         meta = {

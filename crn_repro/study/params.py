@@ -197,9 +197,11 @@ class StudyParams:
     practice_trials: int = doc("practice trials at the start of every job, shown with feedback and never analysed", 0, 100)
     image_size_wh: tuple[int, int] = doc("stimulus size, width x height (paper: 400x200)", 16, 8192)
     min_sentinel_accuracy: float = doc("participants with a lower fraction of sentinels right are excluded (1.0 = all)", 0, 1)
-    timing_tolerance_ms: float = doc(
-        "timed test trials whose measured on-screen time is further than this from the target, or was not measured, are "
-        "left out of the analysis (17 = one 60 Hz frame; sentinels are kept)", 0, 10_000, low_open=True
+    timing_tolerance_frames: float = doc(
+        "timed test trials whose measured on-screen time is further than this many frames of the participant's display "
+        "(the frame interval the page measured with each answer; 60 Hz where none was recorded) from the target, or was "
+        "not measured, are left out of the analysis (1 = one frame at any refresh rate; sentinels are kept)", 0, 100,
+        low_open=True
     )
     bootstrap_resamples: int = doc("resamples of the bootstraps (workers, images, crossed, ranking)", 10, 1_000_000)
     alpha: float = doc("significance level of every test (paper: p < 1e-3)", 0, 1, low_open=True, high_open=True)

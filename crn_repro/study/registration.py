@@ -49,12 +49,13 @@ def params_sha256(study_params: dict) -> str:
 def rules(study_params: dict) -> dict:
     """The registered rules in words, from the params."""
     p = study_params
-    tolerance = p["timing_tolerance_ms"]
+    tolerance = p["timing_tolerance_frames"]
     return {
         "exclusion_rule": (f"a participant (per source) with a fraction of sentinels right below {p['min_sentinel_accuracy']:g}, "
                            f"or who answered no sentinel, is excluded with all their answers; so is one who returned the "
-                           f"Prolific submission; a timed test trial measured further than {tolerance:g} ms from its target, "
-                           "or not measured, is left out; practice trials are never analysed"),
+                           f"Prolific submission; a timed test trial measured further than {tolerance:g} frame(s) of the "
+                           "participant's display from its target, or not measured, is left out; practice trials are never "
+                           "analysed"),
         "payment_rule": (f"Prolific submissions awaiting review are approved when every trial is answered and fewer than "
                          f"{p['prolific']['reject_min_failed_sentinels']} sentinels are failed, rejected (with the evidence) "
                          "with at least that many, and otherwise left for review (ask to return)"),

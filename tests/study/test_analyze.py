@@ -160,16 +160,21 @@ def test_mistimed_trials_are_left_out_and_counted(responses, study, monkeypatch)
 
     exclusions = sentinel_exclusions(rows, 1.0)
     assert not exclusions.set_index(["source", "participant"]).loc[("web", "p1"), "excluded"]  # its late sentinel counts
-    mistimed = mistimed_trials(rows, exclusions, 17.0)
+    mistimed = mistimed_trials(rows, exclusions, 1.0)  # no frame_ms recorded: one frame of an assumed 60 Hz display
     assert list(mistimed.trial) == [22, 23] and set(mistimed.participant) == {"p1"}
-    assert mistimed.error_ms.iloc[0] == -20.0 and "-20.0 ms from the target (tolerance 17 ms)" in mistimed.reason.iloc[0]
+    assert mistimed.error_ms.iloc[0] == -20.0
+    assert "-20.0 ms from the target (tolerance 1 frame = 16.7 ms at an assumed 60 Hz)" in mistimed.reason.iloc[0]
     assert mistimed.reason.iloc[1] == "no measured on-screen time"
-    assert list(mistimed_trials(rows, exclusions, 25.0).trial) == [23]
+    assert list(mistimed_trials(rows, exclusions, 1.5).trial) == [23]  # 25 ms
+    # the participant's own frames: at 120 Hz (8.33 ms) the 10 ms-late trial is a frame and more off too
+    at_120 = mistimed_trials(rows.assign(frame_ms=1000 / 120), exclusions, 1.0)
+    assert list(at_120.trial) == [21, 22, 23] and "tolerance 1 frame = 8.3 ms)" in at_120.reason.iloc[0]
+    assert list(mistimed_trials(rows.assign(frame_ms=1000 / 144), exclusions, 2.0).trial) == [22, 23]  # 13.9 ms
     # an excluded participant's trials are gone with them, and are not counted twice
-    assert "p3" not in set(mistimed_trials(rows.assign(measured_ms=None), exclusions, 17.0).participant)
+    assert "p3" not in set(mistimed_trials(rows.assign(measured_ms=None), exclusions, 1.0).participant)
 
     monkeypatch.setattr(analyze, "gather_responses", lambda *a, **k: rows)
-    out = analyze_study(study, num_resamples=20, timing_tolerance_ms=17.0)
+    out = analyze_study(study, num_resamples=20, timing_tolerance_frames=1.0)
     assert len(out["mistimed"]) == 2 and len(pd.read_csv(out["paths"]["mistimed"])) == 2
     judgments = pd.read_csv(out["paths"]["judgments"])
     tests = judgments[judgments.kind == "test"]
@@ -182,7 +187,7 @@ def test_mistimed_trials_are_left_out_and_counted(responses, study, monkeypatch)
     assert human_source(read_judgments([path]), [path]) == "human judgments (2 participants, 2 excluded, 2 mistimed trials left out)"
 
     # a comparison whose every trial was mistimed still gets a row, with n = 0
-    none_left = mistimed_trials(rows.assign(measured_ms=rows.measured_ms + 100), exclusions, 17.0)
+    none_left = mistimed_trials(rows.assign(measured_ms=rows.measured_ms + 100), exclusions, 1.0)
     kept = to_judgments(rows, exclusions, none_left)
     row = summarize(kept, 20, 0, none_left).set_index(["first", "second"]).loc[("real", "crn")]
     assert (row.n, row.mistimed) == (0, 8) and pd.isna(row.rate)

@@ -575,13 +575,50 @@ def test_exported_hit_page_times_like_the_web_app_and_submits_its_responses(page
     answers = json.loads(parse_qs(submitted[0])["responses"][0])  # the field MTurk records as Answer.responses
     assert answers == in_page
     assert [a[0] for a in answers] == list(range(4)) and [a[1] for a in answers] == ["left", "right", "right", "right"]
-    for (index, _, measured, response), (page_measured, frame_ms) in zip(answers, shown):
+    for (index, _, measured, response, submitted_frame_ms), (page_measured, frame_ms) in zip(answers, shown):
         assert abs(measured - page_measured) <= 0.1 and response > measured
+        assert abs(submitted_frame_ms - frame_ms) <= 0.01  # the display's frame interval travels with each answer
     # masked on the first frame at or after target - half a frame, as the probe sees it and as submitted
     assert presentation_errors(log, [(a[0], targets[a[0]], a[2], frame_ms) for a, (_, frame_ms) in zip(answers, shown)]) == []
     assert [a[2] for a in answers if targets[a[0]] == 125], "no 125 ms trial measured"
     records = import_results(study, [_results_csv(tmp_path / "results.csv", row, answers)])
     assert len(records) == 4 and set(records.source) == {"mturk"} and records.measured_ms.notna().all()
+    assert records.frame_ms.notna().all()
+
+
+def test_hit_practice_trials_give_feedback_and_import_as_practice(page, tmp_path):
+    """A practice pair in the exported HIT is followed by feedback (which side was right) and a Continue
+    button; the next pair waits for it, and its answer imports with kind `practice`, which analysis drops."""
+    study = write_study(tmp_path / "hit", design="unlimited", jobs=1, tests_per_job=2, sentinels_per_job=1, practice_per_job=2)
+    row, submitted, _ = serve_hit(page, study, tmp_path)
+    page.goto(HIT_ORIGIN + "/hit.html?" + urlencode(ASSIGNED))
+    page.wait_for_function("document.getElementById('crn-loading').textContent === ''", timeout=PHASE_TIMEOUT_MS)
+    page.check("#crn-consent")
+    page.click("#crn-start")
+    manifest = json.loads((study / "manifest.json").read_text())
+    practice = [t for t in manifest["jobs"][0]["trials"] if t["kind"] == "practice"]
+    assert [t["index"] for t in practice] == [0, 1]
+    hit_phase(page, "answer", 0)
+    assert page.inner_text("#crn-progress") == "Practice 1 of 2"
+    page.click("#crn-" + practice[0]["correct"])
+    hit_phase(page, "feedback")
+    assert page.get_attribute("#crn", "data-correct") == "true" and "Correct" in page.inner_text("#crn-feedback-text")
+    page.click("#crn-continue")
+    hit_phase(page, "answer", 1)
+    wrong = "left" if practice[1]["correct"] == "right" else "right"
+    page.click("#crn-" + wrong)
+    hit_phase(page, "feedback")
+    text = page.inner_text("#crn-feedback-text")
+    assert text.startswith("Not quite") and f"on the {practice[1]['correct']}" in text and "the study begins now" in text
+    page.keyboard.press("Enter")
+    for i in range(2, len(manifest["jobs"][0]["trials"])):
+        hit_phase(page, "answer", i)
+        assert page.inner_text("#crn-progress").startswith("Pair ")
+        page.keyboard.press("f")
+    hit_phase(page, "done")
+    answers = json.loads(page.eval_on_selector("#crn-responses", "e => e.value"))
+    records = import_results(study, [_results_csv(tmp_path / "results.csv", row, answers)])
+    assert list(records.kind[:2]) == ["practice", "practice"] and "practice" not in set(records.kind[2:])
 
 
 def test_hit_preview_shows_the_instructions_but_nothing_to_start_or_submit(page, tmp_path):

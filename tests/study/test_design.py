@@ -173,10 +173,10 @@ def test_counts_per_cell_balance_and_rotate(total, cells):
         (lambda s: s["paper"].update(models=["crn", "nope"]), "study.paper.models: unknown model 'nope'"),
         (lambda s: s.update(design="unlimited"), "study.design: 'unlimited' is not one of"),
         (lambda s: s.update(min_sentinel_accuracy=1.5), "study.min_sentinel_accuracy: 1.5 is out of range: must be in [0, 1]"),
-        (lambda s: s.update(timing_tolerance_ms=0), "study.timing_tolerance_ms: 0.0 is out of range: must be in (0, 10000]"),
+        (lambda s: s.update(timing_tolerance_frames=0), "study.timing_tolerance_frames: 0.0 is out of range: must be in (0, 100]"),
         (lambda s: s.update(alpha=0), "study.alpha: 0.0 is out of range: must be in (0, 1)"),
         (lambda s: s.update(practice_trials=-1), "study.practice_trials: -1 is out of range"),
-        (lambda s: s.pop("timing_tolerance_ms"), "study.timing_tolerance_ms: missing key"),
+        (lambda s: s.pop("timing_tolerance_frames"), "study.timing_tolerance_frames: missing key"),
         (lambda s: s.pop("jobs"), "study.jobs: missing key"),
         # the exclusion rule depends on sentinels: without them `study analyze` would exclude everyone
         (lambda s: s["paper"].update(sentinels_per_job=0), "study.paper.sentinels_per_job: 0 is out of range: must be in "
