@@ -639,11 +639,12 @@ def study_simulate(
 
     \b
     Example: crn-repro study simulate studies/demo -n 20 --via web"""
-    from crn_repro.study.observer import observer_factory
+    from crn_repro.study.manifest import load_manifest
+    from crn_repro.study.observer import hype_criterion, observer_factory
 
     if participants < 1 or not 0.0 <= careless_fraction <= 1.0:
         raise CrnError("study simulate: need --participants >= 1 and 0 <= --careless-fraction <= 1")
-    factory = observer_factory(seed, careless_fraction)
+    factory = observer_factory(seed, careless_fraction, criterion=hype_criterion(load_manifest(study)))
     if via is Via.web:
         from crn_repro.study.client import simulate_web_participants
         from crn_repro.study.server import make_server

@@ -22,13 +22,15 @@ UNLIMITED_MS = 8000.0  # unlimited viewing time has the noise of the longest tim
 class Observer:
     """One simulated participant; all its randomness comes from ``seed``."""
 
-    def __init__(self, seed: int, noise_sd_at_1s: float = 0.5, lapse_rate: float = 0.0, median_response_ms: float = 900.0):
+    def __init__(self, seed: int, noise_sd_at_1s: float = 0.5, lapse_rate: float = 0.0, median_response_ms: float = 900.0,
+                 criterion: float = 0.0):
         if noise_sd_at_1s < 0 or not 0.0 <= lapse_rate <= 1.0 or median_response_ms <= 0:
             raise ValueError("need noise_sd_at_1s >= 0, 0 <= lapse_rate <= 1 and median_response_ms > 0")
         self.seed = seed
         self.noise_sd_at_1s = noise_sd_at_1s
         self.lapse_rate = lapse_rate
         self.median_response_ms = median_response_ms
+        self.criterion = criterion  # single images (hype): called real when score + noise reaches it
         self.rng = np.random.default_rng(seed)
 
     def noise_sd(self, shown_ms: float | None) -> float:
@@ -36,7 +38,14 @@ class Observer:
         return self.noise_sd_at_1s * math.sqrt(1000.0 / shown)
 
     def choose(self, trial: dict, shown_ms: float | None) -> str:
-        """"left" or "right" for a manifest trial (reads ``trial[side]["score"]``) shown for ``shown_ms``."""
+        """"left" or "right" for a pair trial of the manifest (reads ``trial[side]["score"]``) shown for
+        ``shown_ms``; "real" or "fake" for a single image (hype: ``trial["image"]["score"]`` plus noise against
+        the observer's ``criterion``)."""
+        if "image" in trial:
+            if self.rng.random() < self.lapse_rate:
+                return "real" if self.rng.random() < 0.5 else "fake"
+            seen = trial["image"]["score"] + self.noise_sd(shown_ms) * self.rng.standard_normal()
+            return "real" if seen >= self.criterion else "fake"
         if self.rng.random() < self.lapse_rate:
             return "left" if self.rng.random() < 0.5 else "right"
         sd = self.noise_sd(shown_ms)
@@ -55,15 +64,26 @@ def is_careless(participant: int, careless_fraction: float) -> bool:
     return math.floor((participant + 1) * careless_fraction) > math.floor(participant * careless_fraction)
 
 
-def observer_factory(seed: int, careless_fraction: float = 0.0, noise_sd_at_1s: float = 0.5) -> Callable[[int], Observer]:
+def hype_criterion(manifest: dict) -> float:
+    """Where a simulated observer of single images (the hype design) draws the line between real and fake:
+    halfway between the highest score of a synthesized image and the lowest of a real one in the study
+    (real images score above every synthesized one, see `crn_repro.study.make`); 0 for pair designs."""
+    shown = [t["image"] for job in manifest["jobs"] for t in job["trials"] if "image" in t]
+    real = [s["score"] for s in shown if s["model"] == "real"]
+    fake = [s["score"] for s in shown if s["model"] != "real"]
+    return (min(real) + max(fake)) / 2 if real and fake else 0.0
+
+
+def observer_factory(seed: int, careless_fraction: float = 0.0, noise_sd_at_1s: float = 0.5,
+                     criterion: float = 0.0) -> Callable[[int], Observer]:
     """Participant number -> its Observer: attentive ones, and careless ones (answering every trial
-    at random) at ``careless_fraction``."""
+    at random) at ``careless_fraction``; ``criterion`` for single images (`hype_criterion`)."""
     if not 0.0 <= careless_fraction <= 1.0:
         raise ValueError(f"careless_fraction must lie in [0, 1], got {careless_fraction}")
 
     def make(participant: int) -> Observer:
         lapse = 1.0 if is_careless(participant, careless_fraction) else 0.0
-        return Observer(seed * 1_000_003 + participant, noise_sd_at_1s=noise_sd_at_1s, lapse_rate=lapse)
+        return Observer(seed * 1_000_003 + participant, noise_sd_at_1s=noise_sd_at_1s, lapse_rate=lapse, criterion=criterion)
 
     return make
 

@@ -50,6 +50,7 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     raw["study"]["paper"].update(test_pairs_per_job=4, sentinels_per_job=2)  # 5 layouts: 2 jobs, 3 practice trials each
     raw["study"]["timed"].update(durations_ms=[125, 1000], pairs=[["real", "crn"], ["crn", "image-space"]],
                                  test_pairs_per_job=8, sentinels_per_job=2)
+    raw["study"]["hype"].update(real_per_job=3, fake_per_job=3, sentinels_per_job=1)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     for command in (["prepare"], ["train", "-m", "segmenter"], ["train", "-m", "crn"], ["synthesize", "-m", "crn"],
@@ -103,7 +104,7 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     _run(params, "study", "export-mturk", timed, timed / "mturk", "--base-url", "https://example.org/timed")
     _run(params, "study", "simulate", timed, "-n", 4, "--via", "mturk", "--careless-fraction", 0)
     out = _run(params, "study", "analyze", timed, "--mturk", timed / "mturk" / "simulated_results.csv")
-    assert (f"0 timed test answers left out: on screen more than 17 ms from the target, or not measured (0) -> "
+    assert (f"0 timed test answers left out: on screen more than 1 frame(s) from the target, or not measured (0) -> "
             f"{timed}/analysis/mistimed.csv") in out
     # both designs in one report: Table 1 from the unlimited study, Fig. 3 from the timed one
     human["evaluate"]["human_judgments"] = [str(study / "analysis" / "judgments.csv"), str(timed / "analysis" / "judgments.csv")]
@@ -121,6 +122,18 @@ def test_study_end_to_end(tmp_path, tiny_raw):
     assert set(curves.duration_ms) == {125, 1000} and curves.n.sum() == 4 * 8
     assert (tmp_path / "reports" / "figures" / "time_curves.png").stat().st_size > 1000
     assert "### Time-limited judgments (paper Fig. 3)" in (tmp_path / "reports" / "report.md").read_text()
+
+    # HYPE-infinity: one image at a time, answered real or fake through the web app by simulated observers
+    hype = tmp_path / "studies" / "hype"
+    _run(params, "study", "make", "--design", "hype", "--out", hype)
+    _run(params, "study", "simulate", hype, "-n", 3, "--via", "web", "--careless-fraction", 0)
+    _run(params, "study", "analyze", hype)
+    fooled = pd.read_csv(hype / "analysis" / "hype.csv").set_index("model")
+    answers = pd.read_csv(hype / "analysis" / "responses.csv")
+    assert set(answers.chosen_side) <= {"real", "fake"} and len(set(answers.chosen_side)) == 2  # both answers occur
+    assert {"crn", "image-space"} <= set(fooled.index)
+    # real images score above every synthesized one, so attentive observers are rarely fooled, never always
+    assert (fooled.loc[["crn", "image-space"], "hype_score"] < 0.5).all()
 
     # a study holding answers is not rebuilt by accident
     result = runner.invoke(app, ["--params", str(params), "study", "make"])
