@@ -510,13 +510,35 @@ def _cli(ws: Path, *args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+# The one behaviour of every command (cli.install_stop_handlers, run by main before any command): SIGINT
+# and SIGTERM stop it cleanly, whatever SIGINT disposition it inherited. A shell starts a background job
+# (`cmd &` in a script) with SIGINT ignored and Python keeps it ignored, so without this a Ctrl-C or
+# `kill -INT` sent on purpose did nothing (the case that hung when the suite itself ran in the background).
+# The tests set the disposition they mean in the child, never inherit pytest's.
+DISPOSITIONS = {"default": signal.SIG_DFL, "ignored": signal.SIG_IGN}
+
+
+def _with_sigint(disposition: str):
+    return lambda: signal.signal(signal.SIGINT, DISPOSITIONS[disposition])
+
+
+@pytest.mark.parametrize("disposition", list(DISPOSITIONS))
+def test_every_command_handles_sigint_whatever_disposition_it_inherited(disposition):
+    code = ("import signal; from crn_repro.cli import install_stop_handlers; install_stop_handlers(); "
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, callable(signal.getsignal(signal.SIGTERM)))")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                         text=True, preexec_fn=_with_sigint(disposition), check=True).stdout
+    assert out.split() == ["True", "True"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_during_training_leaves_a_resumable_run(ws, sig, code):
+@pytest.mark.parametrize("sig,code,disposition", [(signal.SIGTERM, 143, "default"), (signal.SIGINT, 130, "default"),
+                                                  (signal.SIGINT, 130, "ignored")])
+def test_a_signal_during_training_leaves_a_resumable_run(ws, sig, code, disposition):
     edit_params(ws, lambda raw: raw["crn"]["train"].update(total_steps=100_000, checkpoint_every_steps=2))
     state = ws / "runs/crn/state.pt"
     first = state.stat().st_mtime_ns
-    process = _cli(ws, "train", "-m", "crn")
+    process = _cli(ws, "train", "-m", "crn", preexec_fn=_with_sigint(disposition))
     deadline = time.time() + 120
     while state.stat().st_mtime_ns == first and time.time() < deadline:  # a new checkpoint: training is under way
         time.sleep(0.1)
@@ -530,12 +552,28 @@ def test_a_signal_during_training_leaves_a_resumable_run(ws, sig, code):
 
 
 @pytest.mark.slow
-def test_study_serve_stops_on_sigterm_and_on_sigint_even_where_sigint_was_ignored(ws):
+@pytest.mark.parametrize("disposition", list(DISPOSITIONS))
+def test_ctrl_c_during_prepare_keeps_the_previous_cache(ws, disposition):
+    edit_params(ws, lambda raw: raw["synthetic"].update(num_train=3000))
+    before = snapshot(ws / "data")
+    process = _cli(ws, "prepare", preexec_fn=_with_sigint(disposition))
+    line, deadline = "", time.time() + 60
+    while "generate synthetic city" not in line and time.time() < deadline:
+        line = process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "Traceback" not in err
+    assert snapshot(ws / "data") == before and not (ws / "data/prepared.partial").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("disposition", list(DISPOSITIONS))
+def test_study_serve_stops_on_sigterm_and_on_sigint_whatever_sigint_disposition_it_inherited(ws, disposition):
     made = runner.invoke(app, ["--params", "params.yaml", "study", "make", "--out", "studies/s"])
     assert made.exit_code == 0, made.output
     for sig in (signal.SIGTERM, signal.SIGINT):
-        process = _cli(ws, "study", "serve", "studies/s", "--port", "0",
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as under nohup
+        process = _cli(ws, "study", "serve", "studies/s", "--port", "0", preexec_fn=_with_sigint(disposition))
         line = ""
         deadline = time.time() + 60
         while "open http" not in line and time.time() < deadline:
