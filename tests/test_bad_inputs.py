@@ -444,15 +444,17 @@ def _failing(monkeypatch, code: int, where: str = "fsync"):
 
 @pytest.mark.parametrize("code,advice", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"), (errno.EACCES, "no permission")])
 def test_checkpoint_write_on_a_failing_disk(ws, monkeypatch, code, advice):
-    replace = os.replace
+    import crn_repro.files as files
 
-    def fail_on_state(src, dst):
-        if str(dst).endswith("state.pt"):
+    write_temporary = files._write_temporary
+
+    def fail_on_state(path, write):  # where a full disk shows: writing the checkpoint's last file
+        if path.name == "state.pt":
             raise OSError(code, os.strerror(code))
-        return replace(src, dst)
+        return write_temporary(path, write)
 
     edit_params(ws, lambda raw: raw["crn"]["train"].update(total_steps=6))
-    monkeypatch.setattr(os, "replace", fail_on_state)
+    monkeypatch.setattr(files, "_write_temporary", fail_on_state)
     fails_in_one_line(ws, ["train", "-m", "crn"], "runs/crn/state.pt", "cannot be written", "previous version is untouched",
                       advice, keep=("runs/crn/params.json",))
 
@@ -466,7 +468,8 @@ def test_torch_serializer_failure_on_a_full_disk(ws, monkeypatch):
 
     edit_params(ws, lambda raw: raw["crn"]["train"].update(total_steps=6))
     monkeypatch.setattr(checkpoint.torch, "save", full)
-    fails_in_one_line(ws, ["train", "-m", "crn"], "state.pt", "cannot be written", "[enforce fail", "PytorchStreamWriter",
+    # the checkpoint's first torch file (model.pt, staged before state.pt) is the one that fails; none is replaced
+    fails_in_one_line(ws, ["train", "-m", "crn"], "model.pt", "cannot be written", "[enforce fail", "PytorchStreamWriter",
                       keep=("runs/crn/params.json",))
 
 
