@@ -63,17 +63,41 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+def model_file_contents(model: str, network_kwargs: dict[str, dict], nets: dict[str, nn.Module], facts: dict,
+                        run: dict | None = None) -> dict:
+    """What a model file holds. ``run`` ({"fingerprint", "step"}) names the training state it was
+    exported from, so that a resumed run can tell a model file that is not its state's (a kill between
+    the checkpoint's files) and export it again; files imported from elsewhere have none."""
+    contents = {
+        "format": MODEL_FORMAT,
+        "model": model,
+        "network_kwargs": network_kwargs,
+        "state_dicts": {name: unwrap(net).state_dict() for name, net in nets.items()},
+        "facts_json": json.dumps(facts, sort_keys=True),
+    }
+    if run is not None:
+        contents["run"] = {"fingerprint": str(run["fingerprint"]), "step": int(run["step"])}
+    return contents
+
+
 def save_model_file(path: Path, model: str, network_kwargs: dict[str, dict], nets: dict[str, nn.Module], facts: dict) -> None:
-    atomic_torch_save(
-        {
-            "format": MODEL_FORMAT,
-            "model": model,
-            "network_kwargs": network_kwargs,
-            "state_dicts": {name: unwrap(net).state_dict() for name, net in nets.items()},
-            "facts_json": json.dumps(facts, sort_keys=True),
-        },
-        path,
-    )
+    atomic_torch_save(model_file_contents(model, network_kwargs, nets, facts), path)
+
+
+def torch_writer(obj: Any):
+    """``obj`` as a writer for ``files.atomic_write_together`` (a checkpoint's files are written together)."""
+    return lambda f: torch.save(obj, f)
+
+
+def read_model_run(path: Path) -> dict | None:
+    """The training state a model file says it was exported from ({"fingerprint", "step"}), read
+    without loading its weights (memory-mapped); None for a missing or unreadable file or one without."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, torn by hand, foreign: not this state's model file either way
+        return None
+    run = data.get("run") if isinstance(data, dict) and data.get("format") == MODEL_FORMAT else None
+    return run if isinstance(run, dict) else None
 
 
 def _load(path: Path, kind: str, expected_format: str) -> dict:

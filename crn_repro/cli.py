@@ -137,14 +137,16 @@ def train(
 @_command
 def synthesize(
     model: GeneratorName = typer.Option(..., "--model", "-m", help="image synthesis model from the registry"),
-    labels: Optional[Path] = typer.Option(None, "--labels", metavar="DIR", help="synthesize from these label images (any size) instead of the validation split"),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="DIR|FILE", help="synthesize from these label images (a folder of PNGs, or one; any size, resized to the model's resolution) instead of the validation split"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="with --labels: the folder to write (required)"),
     label_format: str = typer.Option("label_ids", "--label-format", metavar="FORMAT", help="with --labels: label_ids (Cityscapes labelIds PNG) | color (Cityscapes colour labels) | nyu (0 = unlabeled, 1.. classes)"),
     model_file: Optional[Path] = typer.Option(None, "--model-file", metavar="FILE", help="with --labels: the model file (default: paths.runs/<model>/model.pt)"),
     release_layout: bool = typer.Option(False, "--release-layout", help="with --labels: the release's files, <name>_output.jpg, k outputs as one grid"),
 ) -> None:
     """Stage `synthesize`: write the model's images for every validation layout (PNG). With --labels, a
-    rendering engine for your own layouts: every label image in a folder, resized to the model's size.
+    rendering engine for your own layouts: every label image in a folder (or one file), resized to the
+    model's resolution, at which every output is written (another aspect ratio is stretched, with a
+    warning). Label images must be lossless (PNG): JPEG is refused.
 
     \b
     Example: crn-repro synthesize --model crn
@@ -161,7 +163,9 @@ def synthesize(
     file = model_file or Path(params.paths.runs) / model.value / "model.pt"
     index = synthesize_layouts(file, labels, out, label_format, release_layout, params.synthesize.batch_size, err_console,
                                expected=model.value)
-    console.print(f"{index['model']}: {len(index['names'])} layouts x {index['k']} images -> {out}")
+    h, w = index["image_size_hw"]
+    console.print(f"{index['model']}: {len(index['names'])} layouts x {index['k']} images at the model's resolution "
+                  f"{w}x{h} (width x height) -> {out}", soft_wrap=True)
 
 
 @app.command("import-release")
@@ -665,7 +669,19 @@ def study_simulate(
                       f"next: `crn-repro study analyze {study} --mturk {path}`", soft_wrap=True)
 
 
-def main() -> None:
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a handler someone installed on purpose stays
+def install_stop_handlers() -> None:
+    """Every command stops cleanly on SIGINT (Ctrl-C) and SIGTERM (`kill`, a scheduler, torchrun),
+    whatever disposition it inherited: a shell starts background jobs with SIGINT ignored (`cmd &` in a
+    script, nohup), and Python then leaves it ignored, so a Ctrl-C or `kill -INT` sent on purpose would do
+    nothing. Both unwind as an interruption (temporary files removed, dvclive files cut back to the last
+    checkpoint, previous outputs intact) and exit 130 or 143. A Python handler installed before (a
+    program calling ``main`` itself) stays."""
+    if not callable(signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not callable(signal.getsignal(signal.SIGTERM)):
         signal.signal(signal.SIGTERM, _terminate)
+
+
+def main() -> None:
+    install_stop_handlers()
     app()

@@ -12,7 +12,9 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,23 +23,72 @@ from crn_repro.errors import CrnError, one_line
 
 def atomic_write(path: Path, write: Callable) -> None:
     """Write via a temporary file in the same folder, fsync, then rename over ``path``: a kill at
-    any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = None
+    any moment leaves either the old file or the new one, never a torn one. The file gets the
+    permissions a plain write would give it (``plain_write_mode``), not the temporary file's 0600."""
+    atomic_write_together([(path, write)])
+
+
+def atomic_write_together(files: list[tuple[Path, Callable]]) -> None:
+    """Files that belong together (a checkpoint: model file, summary, training state), each given as
+    ``(path, write)``: every one is written to its temporary file and fsynced first, and only then are
+    they renamed over their paths, in the order given (so the last one, e.g. the training state, is the
+    commit point). A failed write (a full disk) changes none of them; a kill can only fall between two
+    renames, where the files before the last one are ahead of it."""
+    staged: list[tuple[str, Path]] = []
+    path = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        for path, write in files:
+            staged.append((_write_temporary(Path(path), write), Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException as error:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        if is_write_failure(error):
+            raise write_error(Path(path), error) from None
+        raise
+
+
+def _write_temporary(path: Path, write: Callable) -> str:
+    """``write(file)`` into a new temporary file beside ``path`` (``.<name>.*.tmp``), flushed and fsynced,
+    with the mode a plain write of ``path`` would have; returns its name (removed again on any error)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, plain_write_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if is_write_failure(error):
-            raise write_error(path, error) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def plain_write_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave ``path`` with: those of the file it replaces,
+    or for a new file 0666 less the process's umask (so reports and figures are readable by the group
+    or everyone where the umask says so, as any other file the user writes)."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc without changing it (``os.umask`` can only be read by
+    setting it, which would race with other threads creating files); elsewhere by setting it back."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 _WRITE_ADVICE = {
@@ -89,10 +140,10 @@ def staged_dir(out: Path) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Temporary files of atomic writes (``.<name>.*.tmp``) left in ``folder`` by a killed process
-    (a kill -9 skips every cleanup); call where a single writer starts, e.g. a training run."""
+    """Temporary files of atomic writes (``.<name>.*.tmp``) left in ``folder`` or below it by a killed
+    process (a kill -9 skips every cleanup); call where a single writer starts, e.g. a training run."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in sorted(Path(folder).rglob(".*.tmp")):
         with contextlib.suppress(OSError):
             tmp.unlink()
             removed.append(tmp)
@@ -107,8 +158,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def json_text(obj: Any) -> str:
+    """The suite's JSON files: indented, keys sorted, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(obj))
+
+
+def bytes_writer(data: bytes) -> Callable:
+    """``data`` as a writer for ``atomic_write_together``."""
+    return lambda f: f.write(data)
+
+
+def json_writer(obj: Any) -> Callable:
+    """``obj`` as JSON (``json_text``), a writer for ``atomic_write_together``."""
+    return bytes_writer(json_text(obj).encode())
 
 
 def atomic_replace_dir(tmp: Path, out: Path) -> None:
@@ -199,6 +265,43 @@ def read_array(path: Path, fix: str, shape_tail: tuple | None = None, dtype: str
     if shape_tail is not None and tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail):
         raise CrnError(f"{path}: shape {tuple(array.shape)}, expected (..., {', '.join(map(str, shape_tail))}); {fix}")
     return array
+
+
+def allocated_memmap(path: Path, dtype, shape: tuple[int, ...]):
+    """A new ``.npy`` file of ``shape`` and ``dtype``, memory-mapped for writing, whose disk space is
+    reserved before the first byte is written. A full disk is then an OSError naming ``path`` here
+    (``posix_fallocate``: ENOSPC), the same one-line error as every other write, instead of the SIGBUS
+    that kills a process writing through a map into pages the file system cannot allocate."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    path = Path(path)
+    header = {"descr": npy.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(int(n) for n in shape)}
+    size = int(np.prod(header["shape"], dtype=np.int64)) * np.dtype(dtype).itemsize
+    with open(path, "wb") as f:
+        npy.write_array_header_1_0(f, header)
+        f.flush()
+        _reserve(f.fileno(), f.tell() + size, path)
+    return npy.open_memmap(path, mode="r+")
+
+
+def _reserve(fd: int, size: int, path: Path) -> None:
+    """Allocate the first ``size`` bytes of the open file ``fd`` on disk (zeros where nothing is yet)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(error.errno, error.strerror, str(path)) from None
+    # a file system without fallocate: write the zeros (the allocation then fails here, as a write)
+    length = os.fstat(fd).st_size
+    block = bytes(1 << 20)
+    os.lseek(fd, length, os.SEEK_SET)
+    try:
+        while length < size:
+            length += os.write(fd, block[: min(len(block), size - length)])
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
 
 
 def read_image(path: Path, fix: str, size_wh: tuple[int, int] | None = None):

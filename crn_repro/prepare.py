@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from rich.console import Console
 
-from crn_repro.files import atomic_write_text, staged_dir
+from crn_repro.files import allocated_memmap, atomic_write_text, staged_dir
 from crn_repro.datasets import SPLITS, find_pairs, load_pair
 from crn_repro.errors import CrnError
 from crn_repro.labels import CITYSCAPES_SPACE, ID_COLORS, LabelSpace
@@ -189,7 +188,7 @@ def _write_full_resolution_labels(folder: Path, pairs: list, label_format: str, 
             w, h = label.size  # the header only
         _, channels = load_pair(pair, (h, w), label_format)
         if out is None:
-            out = open_memmap(folder / "labels_full.npy", "w+", np.uint8, (len(pairs), *channels.shape))
+            out = allocated_memmap(folder / "labels_full.npy", np.uint8, (len(pairs), *channels.shape))
         elif channels.shape != out.shape[1:]:
             raise CrnError(f"{pair.label_path}: {channels.shape[0]}x{channels.shape[1]} labels, the others are "
                            f"{out.shape[1]}x{out.shape[2]}; full-resolution labels need one frame size")
@@ -221,9 +220,10 @@ def _write_split(folder: Path, source: Source, split: str, limit: int | None, si
     num_classes = source.label_space.num_classes
     h, w = size_hw
     folder.mkdir()
-    images = open_memmap(folder / "images.npy", "w+", np.uint8, (len(names), h, w, 3))
-    labels = open_memmap(folder / "labels.npy", "w+", np.uint8, (len(names), h, w))
-    label_ids = open_memmap(folder / "label_ids.npy", "w+", np.uint8, (len(names), h, w)) if source.label_ids else None
+    # disk space reserved up front: a full disk is a one-line error here, not a SIGBUS while writing the map
+    images = allocated_memmap(folder / "images.npy", np.uint8, (len(names), h, w, 3))
+    labels = allocated_memmap(folder / "labels.npy", np.uint8, (len(names), h, w))
+    label_ids = allocated_memmap(folder / "label_ids.npy", np.uint8, (len(names), h, w)) if source.label_ids else None
     counts = np.zeros(num_classes, dtype=np.int64)
     task = progress.add_task(f"prepare {split}", total=len(names))
     # PIL decodes and resizes outside the GIL. The frames close before the pool waits for its

@@ -6,6 +6,7 @@ official colour label map).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +78,26 @@ def synthesize(params: Params, model: str, console: Console | None = None) -> di
 
 
 LABEL_FORMATS = ("label_ids", "color", "nyu")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")  # lossless: label ids survive
+JPEG_SUFFIXES = (".jpg", ".jpeg")  # found and refused, not skipped silently
+ASPECT_TOLERANCE = 0.01  # relative difference of width/height above which a layout is said to be stretched
+
+
+def _jpeg_refused(path: Path) -> CrnError:
+    return CrnError(f"{path}: a JPEG label image; JPEG compression invents label ids at every region edge, so "
+                    f"give the labels as PNG (lossless)")
 
 
 def read_label_map(path: Path, label_format: str, num_classes: int, size_hw: tuple[int, int]) -> np.ndarray:
     """One label image as layout channels (H, W) uint8 at ``size_hw`` (checked at full size, then resized
     nearest, as ``prepare`` resizes labels): ``label_ids`` a Cityscapes labelIds PNG, ``color`` a Cityscapes colour label PNG,
     ``nyu`` a class-index image with 0 = unlabeled (void) and 1..num_classes-1 the classes (the 40-class
-    NYU images). Unknown labels or colours are one-line errors naming the file and the values."""
+    NYU images). Unknown labels or colours, and JPEG-compressed images whatever their name, are one-line
+    errors naming the file."""
     try:
         with Image.open(path) as image:
+            if image.format == "JPEG" or str(image.info.get("compression", "")).startswith(("jpeg", "tiff_jpeg")):
+                raise _jpeg_refused(path)
             image.load()
             if label_format == "color":
                 if image.mode not in ("RGB", "RGBA", "P"):
@@ -140,18 +151,18 @@ def release_grid(images: list[np.ndarray]) -> np.ndarray:
 def synthesize_layouts(model_file: Path, labels: Path, out: Path, label_format: str = "label_ids",
                        release_layout: bool = False, batch_size: int = 4, console: Console | None = None,
                        expected: str | None = None) -> dict:
-    """Run a model file's generator on every label image in the folder ``labels`` (any size: resized to
-    the model's resolution) and write ``out/<stem>.png`` (k > 1: ``<stem>_k<u>.png``) and ``index.json``;
-    with ``release_layout`` the release's files instead: ``<stem>_output.jpg``, k > 1 as one grid."""
+    """Run a model file's generator on every label image ``labels`` names (``label_files``: a folder, or one
+    file; any size: resized to the model's resolution, at which every output is, with a warning for another
+    aspect ratio) and write ``out/<stem>.png`` (k > 1: ``<stem>_k<u>.png``) and ``index.json``; with
+    ``release_layout`` the release's files instead: ``<stem>_output.jpg``, k > 1 as one grid."""
     console = console or Console(stderr=True)
     if label_format not in LABEL_FORMATS:
         raise CrnError(f"--label-format {label_format!r}: one of {', '.join(LABEL_FORMATS)}")
-    if not Path(labels).is_dir():
-        raise CrnError(f"{labels}: no such folder of label images")
-    files = sorted(p for p in Path(labels).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CrnError(f"{labels}: no label images ({', '.join(IMAGE_SUFFIXES)})")
-    if Path(out).exists() and not (Path(out) / "index.json").is_file() and any(Path(out).iterdir()):
+    files = label_files(Path(labels))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CrnError(f"--out {out}: a file, not a folder; name a folder to write the images to")
+    if out.exists() and not (out / "index.json").is_file() and any(out.iterdir()):
         raise CrnError(f"{out}: a folder that synthesize did not write; choose a new --out folder")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     nets, info = load_model(Path(model_file), device, expected=expected)
@@ -160,6 +171,7 @@ def synthesize_layouts(model_file: Path, labels: Path, out: Path, label_format: 
         raise CrnError(f"{model_file}: this {info['model']} model reads colour label maps, not layouts; use the pipeline's synthesize")
     num_classes = info["facts"].get("num_classes") or info["network_kwargs"]["G"].get("num_classes")
     size_hw = tuple(info["facts"]["image_size_hw"])
+    _say_stretched(files, size_hw, console)
     generator = nets["G"]
     names = []
     with staged_dir(Path(out)) as tmp, StageProgress(console) as progress:
@@ -180,6 +192,43 @@ def synthesize_layouts(model_file: Path, labels: Path, out: Path, label_format: 
                 names.append(path.stem)
             progress.advance(task, len(chunk))
         index = {"model": info["model"], "k": k, "names": names, "facts": info["facts"], "labels": str(labels),
-                 "label_format": label_format, "release_layout": release_layout}
+                 "label_format": label_format, "release_layout": release_layout, "image_size_hw": list(size_hw)}
         atomic_write_json(tmp / "index.json", index)
     return index
+
+
+def label_files(labels: Path) -> list[Path]:
+    """The label images ``--labels`` names: one image file, or every lossless image in a folder. JPEG
+    files are refused (one line), not skipped, and so is a folder without label images."""
+    if labels.is_file():
+        files = [labels]
+    elif labels.is_dir():
+        files = sorted(p for p in labels.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + JPEG_SUFFIXES)
+    else:
+        raise CrnError(f"{labels}: no such label image or folder of label images")
+    jpeg = [p for p in files if p.suffix.lower() in JPEG_SUFFIXES]
+    if jpeg:
+        raise _jpeg_refused(jpeg[0] if len(jpeg) == 1 else labels / f"{jpeg[0].name} and {len(jpeg) - 1} more")
+    if labels.is_file() and labels.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CrnError(f"{labels}: not a label image ({', '.join(IMAGE_SUFFIXES)})")
+    if not files:
+        raise CrnError(f"{labels}: no label images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _say_stretched(files: list[Path], size_hw: tuple[int, int], console: Console) -> None:
+    """One line naming the layouts whose aspect ratio is not the model's: they are resized to the model's
+    resolution all the same (every output is at it), so their images come out stretched."""
+    h, w = size_hw
+    stretched = []
+    for path in files:
+        with contextlib.suppress(OSError, SyntaxError, ValueError):  # unreadable files fail with their own line later
+            with Image.open(path) as image:
+                fw, fh = image.size
+            if abs((fw / fh) / (w / h) - 1) > ASPECT_TOLERANCE:
+                stretched.append(f"{path.name} ({fw}x{fh})")
+    if stretched:
+        more = f" and {len(stretched) - 3} more" if len(stretched) > 3 else ""
+        console.print(f"warning: {', '.join(stretched[:3])}{more}: another aspect ratio than the model's {w}x{h} "
+                      f"(width x height); resized to {w}x{h} all the same, so the images come out stretched; "
+                      f"crop or pad the layouts to {w}:{h} for undistorted ones", highlight=False, markup=False, soft_wrap=True)

@@ -36,21 +36,34 @@ from crn_repro.checkpoint import (
     atomic_torch_save,
     init_from_model_file,
     load_training_state,
-    save_model_file,
+    model_file_contents,
+    read_model_run,
+    torch_writer,
     unwrap,
     unwrap_ddp,
 )
 from crn_repro.config import to_dict
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError, one_line
-from crn_repro.files import atomic_write_json, remove_stale_temporaries
+from crn_repro.files import atomic_write_together, bytes_writer, json_writer, remove_stale_temporaries
 from crn_repro.fingerprint import run_fingerprint
 from crn_repro.losses import Objective
 from crn_repro.noise import per_image_noise
 from crn_repro.params import Params, TrainParams
 from crn_repro.progress import StageProgress
 from crn_repro.registry import BuildContext, ModelSpec, count_parameters, get_spec
-from crn_repro.runlog import LossLog, headline_metrics, log_losses, log_validation, open_live
+from crn_repro.runlog import (
+    LIVE_DIR,
+    LossLog,
+    Record,
+    RunLog,
+    checkpoint_validation,
+    headline_metrics,
+    images_folder,
+    log_losses,
+    open_run_log,
+    sample_images,
+)
 from crn_repro.runtime import Runtime, prepare_networks, setup_runtime
 from crn_repro.seeds import INIT, STEP_NOISE, derive_seed
 
@@ -72,6 +85,7 @@ class Run:
     fingerprint: str  # run_fingerprint: a saved state with another one is not resumed
     run_dir: Path
     facts: dict  # what the model file and summary say about the run
+    params: dict  # the resolved params, written as params.json with every checkpoint
     validation: PreparedSplit | None = None  # the val split, for the checkpoints' validation (rank 0)
 
     @property
@@ -85,11 +99,13 @@ class Run:
 
 @dataclass
 class Position:
-    """Where training stands: the steps done, the wall time they took, and the last logged losses."""
+    """Where training stands: the steps done, the wall time they took, the last logged losses, and
+    the record of everything logged (None for a state saved before states held it)."""
 
     step: int = 0
     wall_time_s: float = 0.0
     last_losses: dict[str, float] = field(default_factory=dict)
+    record: Record | None = field(default_factory=list)
 
 
 def train(params: Params, model: str, until_step: int | None = None, console: Console | None = None) -> dict:
@@ -104,14 +120,22 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     position = resume(run, rt, console)
     if position.step == 0:
         _initialise(model, run.nets, run.train, console if rt.is_main else None)
+    run_log = None
+    if rt.is_main:
+        if position.step > 0:
+            reconcile_model_file(run, position, console)
+        samples = lambda: sample_images(run.nets, run.objective, run.spec, run.validation, run.reads, rt.device)  # noqa: E731
+        note = lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+        run_log = open_run_log(run.run_dir, position.step, position.record, samples, note)
     run.nets = prepare_networks(run.nets, run.train, rt)
     stop = run.train.total_steps if until_step is None else min(run.train.total_steps, until_step)
-    live = open_live(run.run_dir, resume=position.step > 0, start_step=position.step) if rt.is_main else None
-    if rt.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.run_dir / "params.json", params.to_dict())
-    position = run_steps(run, rt, position, stop, live, console)
-    return finish(run, rt, params, position, live)
+    try:
+        position = run_steps(run, rt, position, stop, run_log, console)
+        return finish(run, rt, params, position, run_log)
+    except BaseException:  # failed or interrupted: the dvclive files go back to the last checkpoint
+        if run_log is not None:
+            run_log.rollback()
+        raise
 
 
 def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
@@ -169,7 +193,7 @@ def build_run(params: Params, model: str, rt: Runtime, console: Console) -> Run:
     validation = PreparedSplit(Path(params.paths.prepared), "val") if rt.is_main else None
     return Run(
         model, spec, tp, global_batch, data, reads, network_kwargs, nets, optimizers, objective, fingerprint,
-        Path(params.paths.runs) / model, facts, validation,
+        Path(params.paths.runs) / model, facts, params.to_dict(), validation,
     )
 
 
@@ -245,7 +269,29 @@ def resume(run: Run, rt: Runtime, console: Console) -> Position:
         ) from None
     if rt.is_main:
         console.print(f"resuming {run.model} from {run.state_path} at step {int(state['step'])}")
-    return Position(int(state["step"]), float(state["wall_time_s"]), dict(state.get("last_losses", {})))
+    return Position(int(state["step"]), float(state["wall_time_s"]), dict(state.get("last_losses", {})), state.get("logged"))
+
+
+def reconcile_model_file(run: Run, position: Position, console: Console) -> None:
+    """A resumed run's model file is the one its training state says: a model file that names another
+    state (a kill fell between the checkpoint's files, or it was replaced or removed) is exported again
+    from the state's networks, with a one-line note."""
+    expected = {"fingerprint": run.fingerprint, "step": position.step}
+    found = read_model_run(run.model_path)
+    if found == expected:
+        return
+    if found is None:
+        why = "missing, unreadable or not exported by a training run" if not run.model_path.is_file() else "not exported from this training state"
+    else:
+        why = f"exported at step {found['step']}" + ("" if found["fingerprint"] == run.fingerprint else " of other settings")
+    atomic_torch_save(model_file_contents(run.model, run.network_kwargs, run.nets, _model_facts(run, position), expected),
+                      run.model_path)
+    console.print(f"{run.model_path}: {why}; exported again from the training state at step {position.step}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _model_facts(run: Run, position: Position) -> dict:
+    return dict(run.facts, steps=position.step, wall_time_s=round(position.wall_time_s, 1))
 
 
 def _initialise(model: str, nets: dict, tp: TrainParams, console: Console | None) -> None:
@@ -277,11 +323,13 @@ def _initialise(model: str, nets: dict, tp: TrainParams, console: Console | None
             )
 
 
-def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, console: Console) -> Position:
+def run_steps(run: Run, rt: Runtime, position: Position, stop: int, run_log: RunLog | None, console: Console) -> Position:
     """The loop: steps from ``position`` up to ``stop``. Every ``log_every_steps`` (and at ``stop``)
     the host reads the averaged losses, logs and checks them (a non-finite loss stops every rank with
     an error naming the first such step), and every ``checkpoint_every_steps`` (and at ``stop``) it
     writes the checkpoint, always after a check, so no checkpoint holds a diverged run."""
+    if position.step >= stop:  # nothing to do: the position (and its wall time) stays what the state says
+        return position
     tp = run.train
     autocast = (
         torch.autocast(rt.device.type, dtype=rt.autocast_dtype) if rt.autocast_dtype else contextlib.nullcontext()
@@ -315,19 +363,24 @@ def run_steps(run: Run, rt: Runtime, position: Position, stop: int, live, consol
                 last.update(means)
                 images_per_s = run.global_batch * interval_steps / max(time.perf_counter() - interval_start, 1e-9)
                 checkpoint = step % tp.checkpoint_every_steps == 0 or step == stop
-                if live is not None:
-                    log_losses(live, step, last, images_per_s)
+                samples: dict[str, bytes] = {}
+                if run_log is not None:
+                    log_losses(run_log, step, last, images_per_s)
                     if checkpoint:
-                        log_validation(live, run.nets, run.objective, run.spec, run.validation, run.reads, rt.device)
-                    live.next_step()
+                        val_losses, samples = checkpoint_validation(
+                            run.nets, run.objective, run.spec, run.validation, run.reads, rt.device)
+                        run_log.log(step, val_losses)
+                    run_log.next_step()
                 total = last.get(run.objective.phases[-1] + "/total", 0)
                 progress.update(task, status=f"loss {total:.4g} | {images_per_s:.1f} img/s")
-                if rt.is_main and checkpoint:
-                    save_checkpoint(run, Position(step, position.wall_time_s + time.perf_counter() - started, last))
+                if run_log is not None and checkpoint:
+                    wall = position.wall_time_s + time.perf_counter() - started
+                    save_checkpoint(run, Position(step, wall, last, run_log.record), samples)
+                    run_log.commit()
                 interval_start, interval_steps = time.perf_counter(), 0
     finally:
         batches.close()
-    return Position(step, position.wall_time_s + time.perf_counter() - started, last)
+    return Position(step, position.wall_time_s + time.perf_counter() - started, last, run_log.record if run_log else None)
 
 
 def train_step(run: Run, rt: Runtime, step: int, batch, autocast) -> dict[str, torch.Tensor]:
@@ -389,50 +442,66 @@ def tensorflow_epsilon(optimizer: torch.optim.Optimizer, t: int, eps: float = AD
         group["eps"] = eps / math.sqrt(1.0 - group["betas"][1] ** t)
 
 
-def save_checkpoint(run: Run, position: Position) -> None:
-    """The training state and the model file at ``position`` (rank 0 only), each written atomically."""
-    atomic_torch_save(
-        {
-            "format": STATE_FORMAT,
-            "fingerprint": run.fingerprint,
-            "step": position.step,
-            "wall_time_s": position.wall_time_s,
-            "nets": {name: unwrap(net).state_dict() for name, net in run.nets.items()},
-            "optimizers": {name: opt.state_dict() for name, opt in run.optimizers.items()},
-            "objective": run.objective.state_dict(),
-            "last_losses": position.last_losses,
-        },
-        run.state_path,
-    )
-    facts = dict(run.facts, steps=position.step, wall_time_s=round(position.wall_time_s, 1))
-    save_model_file(run.model_path, run.model, run.network_kwargs, run.nets, facts)
+def save_checkpoint(run: Run, position: Position, samples: dict[str, bytes]) -> None:
+    """The checkpoint at ``position`` (rank 0), its files written together (``files.atomic_write_together``):
+    the validation samples, the model file, summary.json, metrics.json and params.json, and last the
+    training state, the commit point. A full disk changes none of them; a kill between two renames leaves
+    files ahead of the state, which the next resume puts right (``reconcile_model_file``, ``open_run_log``)."""
+    state = {
+        "format": STATE_FORMAT,
+        "fingerprint": run.fingerprint,
+        "step": position.step,
+        "wall_time_s": position.wall_time_s,
+        "nets": {name: unwrap(net).state_dict() for name, net in run.nets.items()},
+        "optimizers": {name: opt.state_dict() for name, opt in run.optimizers.items()},
+        "objective": run.objective.state_dict(),
+        "last_losses": position.last_losses,
+        "logged": position.record,
+    }
+    stamp = {"fingerprint": run.fingerprint, "step": position.step}
+    model_file = model_file_contents(run.model, run.network_kwargs, run.nets, _model_facts(run, position), stamp)
+    summary = run_summary(run, position)
+    images = images_folder(run.run_dir / LIVE_DIR)
+    atomic_write_together([
+        *[(images / name, bytes_writer(data)) for name, data in samples.items()],
+        (run.model_path, torch_writer(model_file)),
+        (run.run_dir / "summary.json", json_writer(summary)),
+        (run.run_dir / "metrics.json", json_writer(headline_metrics(summary, run.spec.progress_loss, run.global_batch))),
+        (run.run_dir / "params.json", json_writer(run.params)),
+        (run.state_path, torch_writer(state)),
+    ])
 
 
-def finish(run: Run, rt: Runtime, params: Params, position: Position, live) -> dict:
+def run_summary(run: Run, position: Position, finished: bool = False, validation: dict | None = None) -> dict:
+    """summary.json: the run's facts and where it stands; ``finished`` once it has reached total_steps
+    (and, on rank 0, been validated: ``validation``). A checkpoint's summary is never finished."""
+    summary = dict(_model_facts(run, position), final_losses=position.last_losses, finished=finished)
+    if validation is not None:
+        summary["validation"] = validation
+    return summary
+
+
+def finish(run: Run, rt: Runtime, params: Params, position: Position, run_log: RunLog | None) -> dict:
     """The run's summary (written to summary.json by rank 0), with the objective's held-out
     validation figures once training has reached ``total_steps``."""
-    total = run.train.total_steps
-    summary = dict(
-        run.facts, steps=position.step, wall_time_s=round(position.wall_time_s, 1), final_losses=position.last_losses,
-        finished=position.step >= total,
-    )
+    validation = None
+    finished = position.step >= run.train.total_steps
     if rt.world_size > 1:
         dist.barrier()  # all ranks finished training before rank 0 validates
-    if rt.is_main and position.step >= total:
+    if rt.is_main and finished:
         for net in run.nets.values():
             net.eval()
         run.objective.eval()
         plain = {name: unwrap(net) for name, net in run.nets.items()}
         val = PreparedSplit(Path(params.paths.prepared), "val")
         with torch.no_grad():
-            summary["validation"] = run.objective.validation_metrics(plain, val, rt.device)
-        if live is not None:
-            for name, value in summary["validation"].items():
-                if isinstance(value, (int, float)):
-                    live.summary[f"val/{name}"] = value
-    if live is not None:
-        live.end()
-    if rt.is_main:
-        atomic_write_json(run.run_dir / "summary.json", summary)
-        atomic_write_json(run.run_dir / "metrics.json", headline_metrics(summary, run.spec.progress_loss, run.global_batch))
+            validation = run.objective.validation_metrics(plain, val, rt.device)
+        run_log.add_to_summary({f"val/{name}": value for name, value in validation.items() if isinstance(value, (int, float))})
+    summary = run_summary(run, position, finished, validation)
+    if run_log is not None:
+        atomic_write_together([
+            (run.run_dir / "summary.json", json_writer(summary)),
+            (run.run_dir / "metrics.json", json_writer(headline_metrics(summary, run.spec.progress_loss, run.global_batch))),
+        ])
+        run_log.end()
     return summary

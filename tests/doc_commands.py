@@ -129,7 +129,7 @@ CHECKS: dict[str, Check] = {
         instance="mkdir -p my_labels && python -c \"import numpy as np; from PIL import Image; "
                  "Image.fromarray(np.full((64, 128), 7, np.uint8)).save('my_labels/a_gtFine_labelIds.png')\" "
                  "&& crn-repro synthesize --model crn --labels my_labels --out my_images",
-        expect=("crn: 1 layouts x 1 images -> my_images",)),
+        expect=("crn: 1 layouts x 1 images at the model's resolution", "-> my_images")),
     "crn-repro --version": run(expect=("crn-repro 0.1.0",)),
     "crn-repro --help": run(expect=("prepare", "train", "report")),
     "crn-repro COMMAND --help": run(instance=(

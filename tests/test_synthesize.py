@@ -123,3 +123,61 @@ def test_cli_needs_out_with_labels_and_checks_the_model_name(tmp_path, tiny_raw)
                                  str(tmp_path / "out"), "--model-file", str(model)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out/frame0.png").is_file()
+
+
+# --- your own layouts, at the edges -----------------------------------------------------------------------
+
+
+def _cli(tmp_path, tiny_raw, *args):
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_raw))
+    result = CliRunner().invoke(app, ["--params", str(params), "synthesize", "-m", "crn", "--model-file",
+                                      str(model_file(tmp_path)), *args])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return result, errors
+
+
+def test_out_naming_an_existing_file_is_one_line_and_keeps_the_file(tmp_path, tiny_raw):
+    labels = write_labels(tmp_path / "ids", [label_ids()])
+    (tmp_path / "notes.txt").write_text("keep me")
+    result, errors = _cli(tmp_path, tiny_raw, "--labels", str(labels), "--out", str(tmp_path / "notes.txt"))
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "--out" in errors[0] and "notes.txt: a file, not a folder" in errors[0] and "name a folder" in errors[0]
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and not (tmp_path / "notes.txt.partial").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG", ".png"])
+def test_jpeg_label_images_are_refused_saying_why_and_what_to_do(tmp_path, tiny_raw, suffix):
+    """JPEG invents label ids at region edges; a JPEG named .png is caught by its content."""
+    labels = write_labels(tmp_path / "ids", [label_ids()])
+    Image.fromarray(label_ids(1)).save(tmp_path / "ids" / f"photo{suffix}", format="JPEG")
+    for given in (labels, tmp_path / "ids" / f"photo{suffix}"):  # the folder, and the one file
+        result, errors = _cli(tmp_path, tiny_raw, "--labels", str(given), "--out", str(tmp_path / "out"))
+        assert result.exit_code == 1 and len(errors) == 1, result.output
+        assert f"photo{suffix}: a JPEG label image" in errors[0] and "invents label ids" in errors[0]
+        assert "as PNG (lossless)" in errors[0]
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_one_label_file_works(tmp_path, tiny_raw):
+    labels = write_labels(tmp_path / "ids", [label_ids(0, (16, 32)), label_ids(1, (16, 32))])
+    result, errors = _cli(tmp_path, tiny_raw, "--labels", str(labels / "frame1.png"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0 and not errors, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame1.png", "index.json"]
+    assert "1 layouts x 1 images at the model's resolution 32x16" in result.stdout
+    result, errors = _cli(tmp_path, tiny_raw, "--labels", str(tmp_path / "nowhere.png"), "--out", str(tmp_path / "o2"))
+    assert result.exit_code == 1 and "nowhere.png: no such label image or folder" in errors[0]
+
+
+def test_layouts_of_another_aspect_ratio_are_said_to_be_resized_to_the_models_resolution(tmp_path, tiny_raw):
+    labels = write_labels(tmp_path / "ids", [label_ids(0, (999, 17)), label_ids(1, (64, 128))])
+    result, errors = _cli(tmp_path, tiny_raw, "--labels", str(labels), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0 and not errors, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "frame0.png (17x999)" in warnings[0] and "frame1" not in warnings[0]
+    assert "resized to 32x16" in warnings[0] and "stretched" in warnings[0]
+    assert "2 layouts x 1 images at the model's resolution 32x16 (width x height)" in result.stdout
+    for name in ("frame0.png", "frame1.png"):
+        assert Image.open(tmp_path / "out" / name).size == (32, 16)

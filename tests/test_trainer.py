@@ -1,3 +1,4 @@
+import json
 import signal
 import subprocess
 import sys
@@ -203,3 +204,103 @@ def test_sync_batchnorm_needs_cuda_and_keeps_the_files_format(tiny_params):
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(UnetGenerator(20, "layout", 6, 4))
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
     UnetGenerator(20, "layout", 6, 4).load_state_dict(synced.state_dict())  # strict: the same keys and shapes
+
+
+# --- resume never depends on a file a kill can tear -------------------------------------------------------
+
+
+def _run_files(run: Path) -> dict[str, bytes]:
+    """The run's files that must come out the same as an uninterrupted run's: the training losses as
+    dvclive logged them (images_per_s is a timing: only its steps are compared), the validation losses."""
+    metrics = run / "live/plots/metrics"
+    out = {}
+    for tsv in sorted(metrics.rglob("*.tsv")):
+        text = tsv.read_text()
+        if tsv.name == "images_per_s.tsv":
+            text = "".join(line.split("\t")[0] + "\n" for line in text.splitlines())
+        out[str(tsv.relative_to(run))] = text
+    return out
+
+
+def _same_as_uninterrupted(full: Path, resumed: Path) -> None:
+    assert _run_files(resumed) == _run_files(full)
+    a, b = load_training_state(full / "state.pt"), load_training_state(resumed / "state.pt")
+    assert a["step"] == b["step"] and a["logged"] is not None
+    assert all(torch.equal(a["nets"]["G"][k], b["nets"]["G"][k]) for k in a["nets"]["G"])
+    model = torch.load(resumed / "model.pt", weights_only=True)
+    assert model["run"]["step"] == b["step"]
+    assert all(torch.equal(model["state_dicts"]["G"][k], b["nets"]["G"][k]) for k in b["nets"]["G"])
+    summary = json.loads((resumed / "live/metrics.json").read_text())
+    assert summary["step"] == b["step"] and summary["train"]["G"]["total"] == json.loads((full / "live/metrics.json").read_text())["train"]["G"]["total"]
+    assert not list(resumed.rglob(".*.tmp"))
+
+
+def _tear(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "half": data[: len(data) // 2], "garbage": b"\x00\xff" * 7}[how])
+
+
+TORN = {  # two resumes: each file torn once, empty and half-written among them
+    "dvclive": {"live/metrics.json": "empty", "live/plots/metrics/train/G/total.tsv": "half",
+                "live/plots/metrics/train/G/image.tsv": "empty", "live/plots/metrics/val/G/image.tsv": "garbage",
+                "live/plots/images/samples/val_0.png": "half"},
+    "model": {"model.pt": "half", "live/metrics.json": "half"},
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared_tiny, tmp_path_factory):
+    from conftest import tiny_raw_params
+
+    root, _ = prepared_tiny
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    train(_with_paths(tiny_raw_params(runs), root, runs), "crn")
+    return runs / "crn"
+
+
+@pytest.mark.parametrize("torn", list(TORN))
+def test_torn_run_files_are_rebuilt_from_the_training_state_with_a_note(prepared_tiny, tiny_raw, tmp_path, uninterrupted, torn):
+    """What a kill -9 in the middle of dvclive's in-place writes (or of a hand edit) leaves: empty or
+    half-written files, and rows logged after the checkpoint. The resume rebuilds them (one note line
+    naming them, never a traceback) and ends exactly where an uninterrupted run ends."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    root, _ = prepared_tiny
+    params = _with_paths(tiny_raw, root, tmp_path)
+    train(params, "crn", until_step=2)
+    for name, how in TORN[torn].items():
+        _tear(tmp_path / "crn" / name, how)
+    if torn == "dvclive":  # step 3 logged, step 4 torn, then the kill
+        tsv = tmp_path / "crn/live/plots/metrics/train/G/conv1_2.tsv"
+        tsv.write_text(tsv.read_text() + "3\t1.5\n4\t1.")
+    out = StringIO()
+    train(params, "crn", console=Console(file=out, width=1000))
+    notes = [line for line in out.getvalue().splitlines() if "from the training state at step 2" in line]
+    assert len(notes) == (1 if torn == "dvclive" else 2), out.getvalue()
+    for name in [*TORN[torn], *(["conv1_2.tsv"] if torn == "dvclive" else [])]:
+        assert any(Path(name).name in note for note in notes), (name, notes)
+    _same_as_uninterrupted(uninterrupted, tmp_path / "crn")
+
+
+def test_a_model_file_behind_its_training_state_is_exported_again(prepared_tiny, tiny_raw, tmp_path):
+    """The kill between the last checkpoint's files: state.pt says step 4 (total_steps), model.pt is
+    the previous checkpoint's. The rerun used to say 'resuming at step 4' and leave the old model."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    root, _ = prepared_tiny
+    params = _with_paths(tiny_raw, root, tmp_path)
+    train(params, "crn", until_step=2)
+    behind = (tmp_path / "crn/model.pt").read_bytes()
+    train(params, "crn")
+    (tmp_path / "crn/model.pt").write_bytes(behind)
+    out = StringIO()
+    train(params, "crn", console=Console(file=out, width=400))
+    assert "model.pt: exported at step 2; exported again from the training state at step 4" in out.getvalue()
+    state = load_training_state(tmp_path / "crn/state.pt")
+    model = torch.load(tmp_path / "crn/model.pt", weights_only=True)
+    assert model["run"]["step"] == state["step"] == 4
+    assert all(torch.equal(model["state_dicts"]["G"][k], state["nets"]["G"][k]) for k in state["nets"]["G"])
