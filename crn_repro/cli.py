@@ -216,8 +216,6 @@ def bench(
     scale: Optional[int] = typer.Option(None, metavar="S", help="time the networks at 1/SCALE of the height and width"),
     steps: Optional[int] = typer.Option(None, metavar="N", help="timed steps (default 10, --quick 5)"),
     cpu_rss: bool = typer.Option(False, "--cpu-rss", metavar="", help="also measure the peak resident memory of one full-size step on the CPU (bf16, activation checkpointing) in a fresh process"),
-    suite: Optional[str] = typer.Option(None, metavar="gpu", help="run the GPU suite (everything we want from a GPU, <= 8 minutes) into benchmarks/results/<device>-suite.json"),
-    smoke: bool = typer.Option(False, "--smoke", metavar="", help="with --suite gpu: the same code paths at tiny sizes (on the CPU: under 2 minutes)"),
     table: bool = typer.Option(False, "--table", metavar="", help="print every result in benchmarks/results/ as a markdown table and stop"),
 ) -> None:
     """Training and synthesis speed (median and IQR of timed steps), model and hardware FLOPs, fraction of
@@ -230,13 +228,6 @@ def bench(
 
     if table:
         print(results_table())
-        return
-    if suite is not None or smoke:
-        from crn_repro.suite import run_suite
-
-        if suite != "gpu":
-            raise CrnError(f"--suite {suite}: the one suite is `gpu` (--suite gpu, with --smoke for tiny sizes)")
-        console.print(f"wrote {run_suite(smoke=smoke, console=err_console)['path']}", highlight=False)
         return
     params, source = _bench_params(preset)
     name = model.value if model else "crn"
