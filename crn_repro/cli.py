@@ -216,13 +216,15 @@ def report() -> None:
 def bench(
     model: Optional[ModelName] = typer.Option(None, "--model", "-m", help="model from the registry (default: crn)"),
     preset: Optional[str] = typer.Option(None, metavar="NAME", help="measure with preset NAME (e.g. cityscapes-1024p, see `crn-repro preset`) instead of --params"),
-    quick: bool = typer.Option(False, "--quick", metavar="", help="a few steps; on a CPU at 1/4 of the height and width (--scale 4)"),
+    quick: bool = typer.Option(False, "--quick", metavar="", help="3 warm-up and 5 timed steps; on a CPU at 1/4 of the height and width (--scale 4)"),
     scale: Optional[int] = typer.Option(None, metavar="S", help="time the networks at 1/SCALE of the height and width"),
-    steps: Optional[int] = typer.Option(None, metavar="N", help="timed steps (default 10, --quick 2)"),
+    steps: Optional[int] = typer.Option(None, metavar="N", help="timed steps (default 10, --quick 5)"),
+    cpu_rss: bool = typer.Option(False, "--cpu-rss", metavar="", help="also measure the peak resident memory of one full-size step on the CPU (bf16, activation checkpointing) in a fresh process"),
     table: bool = typer.Option(False, "--table", metavar="", help="print every result in benchmarks/results/ as a markdown table and stop"),
 ) -> None:
-    """Training and synthesis speed, FLOPs, fraction of the measured matmul peak, memory and projected
-    schedule time of a model on this machine (benchmarks/results/<device>.json).
+    """Training and synthesis speed (median and IQR of timed steps), model and hardware FLOPs, fraction of
+    the sustained matmul peak, memory and projected schedule time of a model on this machine
+    (benchmarks/results/<device>.json).
 
     \b
     Example: crn-repro bench --model crn --preset cityscapes-1024p"""
@@ -231,25 +233,31 @@ def bench(
     if table:
         print(results_table())
         return
+    params, source = _bench_params(preset)
+    name = model.value if model else "crn"
+    e = run(params, name, source, scale=scale, quick=quick, steps=steps, console=err_console, cpu_rss=cpu_rss)
+    h, w = e["timed_at_hw"]
+    console.print(
+        f"{name} ({source}, {e['precision']}, {e['device']}) at {h}x{w}: train step {e['train_step_s']['median_s']:.3g} s "
+        f"median (IQR {e['train_step_s']['iqr_s']:.2g} s), {e['train_images_per_s_at_timed_size']:.3g} img/s, "
+        f"{e['hardware_train_tflops_per_s']:.3g} hardware TFLOP/s = {e['train_fraction_of_sustained_peak']:.0%} of the "
+        f"sustained matmul peak {e['sustained_peak_tflops_per_s']:.3g}; synthesis "
+        f"{e['synthesis_images_per_s_at_timed_size']:.3g} img/s; schedule of {e['total_steps']} steps: "
+        f"{e['projected_schedule_hours']:.3g} h ({e['projection']}) -> {e['path']}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def _bench_params(preset: Optional[str]):
+    """The params bench measures with: a preset's, or --params'; and their name."""
     from crn_repro.params import load_params, parse_params
     from crn_repro.presets import load_preset, preset_names
 
     if preset:
         if preset not in preset_names():
             raise CrnError(f"--preset {preset}: no presets/{preset}.yaml (presets: {', '.join(preset_names())})")
-        params, source = parse_params(load_preset(preset), f"preset {preset}"), f"preset {preset}"
-    else:
-        params, source = load_params(STATE["params"]), str(STATE["params"])
-    name = model.value if model else "crn"
-    entry = run(params, name, source, scale=scale, quick=quick, steps=steps, console=err_console)
-    console.print(
-        f"{name} ({source}, {entry['precision']}, {entry['device']}): train {entry['train_images_per_s']:.3g} img/s "
-        f"({entry['train_tflops_per_s']:.3g} TFLOP/s, {entry['train_fraction_of_peak']:.0%} of the matmul peak "
-        f"{entry['matmul_peak_tflops_per_s']:.3g}), synthesis {entry['synthesis_images_per_s']:.3g} img/s "
-        f"({entry['synthesis_fraction_of_peak']:.0%}); schedule of {entry['total_steps']} steps: "
-        f"{entry['projected_schedule_hours']:.2f} h ({entry['projection']}) -> {entry['path']}",
-        highlight=False, soft_wrap=True,
-    )
+        return parse_params(load_preset(preset), f"preset {preset}"), f"preset {preset}"
+    return load_params(STATE["params"]), str(STATE["params"])
 
 
 @_command

@@ -142,14 +142,14 @@ def layout_to_target(layout: torch.Tensor) -> torch.Tensor:
 def pixelwise_cross_entropy(logits: torch.Tensor, layout: torch.Tensor, ignore_void: bool) -> torch.Tensor:
     """Pixelwise cross-entropy of S's logits against the layout L (Sec. 4, GAN + semantic
     segmentation), averaged over the counted pixels; zero if every pixel is void (the last
-    channel) and ignored."""
+    channel) and ignored. Computed on the device without a host read (no branch on the data): the sum
+    over the counted pixels divided by their number, at least 1."""
     target = layout_to_target(layout)
-    if ignore_void:
-        void = layout.shape[1] - 1
-        if not (target != void).any():
-            return logits.float().sum() * 0.0  # keeps the graph; cross_entropy would give 0/0
-        return F.cross_entropy(logits.float(), target, ignore_index=void)
-    return F.cross_entropy(logits.float(), target)
+    if not ignore_void:
+        return F.cross_entropy(logits.float(), target)
+    void = layout.shape[1] - 1
+    total = F.cross_entropy(logits.float(), target, ignore_index=void, reduction="sum")
+    return total / (target != void).sum().clamp(min=1)
 
 
 class SegmentationObjective(Objective):

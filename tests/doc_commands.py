@@ -145,7 +145,9 @@ CHECKS: dict[str, Check] = {
     "crn-repro bench --table": run(expect=("| device |",)),
     "crn-repro bench --model crn --preset cityscapes-1024p": parse(why="a GPU: minutes"),
     "crn-repro bench --model crn --preset cityscapes-256p --quick": parse(
-        why="73 s on our 2-core CPU (a 64x128 step at the paper's widths); tests/test_bench.py runs bench on tiny params"),
+        why="minutes on our 2-core CPU (8 steps at 64x128 at the paper's widths); tests/test_bench.py runs bench on tiny params"),
+    "crn-repro bench --preset cityscapes-1024p --cpu-rss": parse(
+        why="a 1024x2048 step on the CPU: 147 s and 7.7 GB; tests/test_bench.py runs --cpu-rss's function on tiny params"),
     # --- experiments and the way back ----------------------------------------------------------------------
     "dvc exp run -S train.schedule_scale=0.05": tested(by="tests/test_doc_commands.py::test_back_from_the_smoke_experiment_with_one_command"),
     "dvc exp apply HEAD": tested(by="tests/test_doc_commands.py::test_back_from_the_smoke_experiment_with_one_command"),

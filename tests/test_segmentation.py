@@ -137,6 +137,22 @@ def test_all_void_ignored_gives_zero_not_nan():
     assert float(loss.detach()) == 0.0 and torch.isfinite(logits.grad).all()
 
 
+def test_ignored_void_averages_over_the_counted_pixels_only():
+    """From the definition: -log softmax(logits)[target] averaged over the non-void pixels; the same
+    value as torch's mean reduction with ignore_index (the loss computes it without a host read)."""
+    torch.manual_seed(0)
+    channels = torch.randint(0, 20, (2, 4, 8))
+    channels[0, :2] = VOID_CHANNEL
+    logits = torch.randn(2, 20, 4, 8)
+    loss = pixelwise_cross_entropy(logits, channels_to_layout(channels), ignore_void=True)
+    log_p = torch.log_softmax(logits.double(), 1).gather(1, channels.unsqueeze(1)).squeeze(1)
+    counted = channels != VOID_CHANNEL
+    assert counted.sum() < channels.numel()
+    torch.testing.assert_close(loss.double(), -log_p[counted].mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, channels, ignore_index=VOID_CHANNEL),
+                               rtol=2e-7, atol=0)
+
+
 def test_adam_steps_lower_the_loss():
     net = _tiny_segmenter()
     objective = SegmentationObjective(SegmentationObjectiveParams(ignore_void=False))
