@@ -8,6 +8,7 @@
 - A score only the synthetic city allows, whose classes have known colours: per-class Fréchet
   distance between real and synthesized pixel colours over the same layouts.
 - Features for a Fréchet distance in the feature space of the pipeline's own segmenter S.
+- ``full_fp32``: the numerics evaluation networks run in (no TF32, whatever training turned on).
 
 Every number depends on its protocol (feature network, image size, number of images): callers
 record it next to the number. Features may be numpy arrays or torch tensors of shape (n, d).
@@ -16,9 +17,10 @@ record it next to the number. Features may be numpy arrays or torch tensors of s
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -400,6 +402,23 @@ def segmentation_feature_extractor(segmenter: Segmenter) -> Callable[[Tensor], T
         return captured[0].float().mean(dim=(2, 3))
 
     return extract
+
+
+# --- evaluation numerics --------------------------------------------------------------------------
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """Full fp32 matmuls and convolutions inside, as DRN-D-105, Inception and LPIPS computed their
+    published numbers: TF32 off for CUDA matmuls and cuDNN (training turns it on, ``runtime.setup_runtime``),
+    and the previous settings restored on leaving, also when an exception leaves. On the CPU there is no
+    TF32 and nothing changes the numerics."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 # --- input checks ---------------------------------------------------------------------------------

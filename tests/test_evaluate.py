@@ -272,3 +272,60 @@ def test_human_judgments_count_only_for_the_current_images(tiny_run, tmp_path):
     result = runner.invoke(app, ["--params", str(params_file), "evaluate"])
     assert result.exit_code == 1 and f"all {len(rows)} judgments judged images that are no longer the synthesized ones" in result.output
     assert "crn-repro study make --out studies/NEW" in result.output and "evaluate.human_judgments: null" in result.output
+
+
+def test_evaluate_runs_with_tf32_off_and_restores_it(tiny_params, monkeypatch):
+    """Training turns TF32 on (runtime.setup_runtime); evaluate's scorers run with it off, and the caller's
+    settings come back after, also when evaluation stops with an error."""
+    import torch
+
+    from crn_repro import evaluate as E
+    from crn_repro.errors import CrnError
+
+    seen = []
+
+    def load_scorers(params, val):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        raise CrnError("stop here")
+
+    monkeypatch.setattr(E, "PreparedSplit", lambda *args: None)
+    monkeypatch.setattr(E, "load_scorers", load_scorers)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with pytest.raises(CrnError, match="stop here"):
+            E.evaluate(tiny_params)
+        assert seen == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_drn_sees_the_upsampled_images_as_saved_8_bit_images():
+    """The upsampled variant segments what a saved 1024x2048 PNG of the upsampled image would hold: the
+    bilinear result rounded to integers in 0..255 (here 8x16 -> 16x32)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from crn_repro.datasets import image_to_tensor, tensor_to_image
+    from crn_repro.evaluate import Scored, _drn_confusions
+
+    inputs = []
+
+    def drn(images):
+        inputs.append(images)
+        return torch.zeros(len(images), 19, *images.shape[-2:])
+
+    fake = torch.rand(2, 3, 8, 16, generator=torch.Generator().manual_seed(0)) * 255
+    val = SimpleNamespace(labels_full=np.zeros((2, 16, 32), np.uint8))
+    got = Scored()
+    _drn_confusions(drn, fake, torch.zeros(2, 8, 16, dtype=torch.long), val, np.arange(2), got)
+    assert len(got.drn_conf) == len(got.drn_conf_full) == 2
+    upsampled = F.interpolate(fake, size=(16, 32), mode="bilinear", align_corners=False)
+    saved = image_to_tensor(tensor_to_image(upsampled))  # written as a PNG and read back
+    assert torch.equal(inputs[1], saved)
+    assert not torch.equal(inputs[1], upsampled)  # rounding happened
+    assert torch.equal(inputs[0], fake)  # the synthesis-size variant: the images as they are

@@ -15,6 +15,7 @@ from crn_repro.metrics import (
     colour_moments,
     frechet_distance,
     frechet_distance_from_statistics,
+    full_fp32,
     gaussian_statistics,
     KernelReference,
     kernel_inception_distance,
@@ -427,3 +428,27 @@ def test_lpips_backbone_file_problems_are_one_line_errors(tmp_path):
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CrnError, match="no features.0.weight of the expected shape"):
         Lpips(tmp_path / "other.pth")
+
+
+# --- evaluation numerics --------------------------------------------------------------------------
+
+
+def tf32_settings() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("trained", [(True, True), (True, False), (False, True)])
+def test_full_fp32_turns_tf32_off_inside_and_restores_it_after_also_on_an_exception(trained):
+    before = tf32_settings()
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = trained  # as training may leave them
+        with full_fp32():
+            assert tf32_settings() == (False, False)
+        assert tf32_settings() == trained
+        with pytest.raises(ZeroDivisionError):
+            with full_fp32():
+                assert tf32_settings() == (False, False)
+                1 / 0
+        assert tf32_settings() == trained
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
