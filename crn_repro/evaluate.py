@@ -145,11 +145,12 @@ def load_scorers(params: Params, val: PreparedSplit) -> Scorers:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     segmenter_path = Path(ep.segmenter) if ep.segmenter else Path(params.paths.runs) / SEGMENTER / "model.pt"
     segmenter = load_segmenter(segmenter_path, device, val.size_hw)
-    inception = None
+    inception = None  # a weights file that is not there: FID and KID are reported missing (``missing_metrics``)
     if ep.inception != "none":
-        from crn_repro.inception import load_inception
+        from crn_repro.inception import load_inception, weights_file
 
-        inception = load_inception(ep.inception, ep.inception_path).to(device)
+        if weights_file(ep.inception, ep.inception_path).is_file():
+            inception = load_inception(ep.inception, ep.inception_path).to(device)
     drn = None  # the literature's Cityscapes segmenter (SPADE's), when its weights are given
     if params.data.dataset == "cityscapes" and ep.drn_weights and Path(ep.drn_weights).is_file():
         from crn_repro.drn import load_drn
@@ -523,6 +524,13 @@ def missing_metrics(params: Params, results: dict) -> list[dict]:
         missing.append({"metric": "FID and KID (Inception-v3 pool3, the published protocol)",
                         "needs": "evaluate.inception: pytorch-fid and evaluate.inception_path: pt_inception-2015-12-05-6726825d.pth",
                         "from": "the pytorch-fid project's GitHub release (github.com/mseitzer/pytorch-fid/releases)"})
+    else:
+        from crn_repro.inception import weights_file, weights_url
+
+        if not weights_file(ep.inception, ep.inception_path).is_file():
+            missing.append({"metric": f"FID and KID (Inception-v3 pool3, {ep.inception} weights)",
+                            "needs": f"the file {weights_file(ep.inception, ep.inception_path)} (not found)",
+                            "from": weights_url(ep.inception)})
     if any("diversity" in entry and "diversity_lpips" not in entry for entry in results.values()):
         where = f"the file {ep.lpips_backbone} (not found)" if ep.lpips_backbone else f"evaluate.lpips_backbone: {M.ALEXNET_FILE}"
         if ep.lpips_backbone and Path(ep.lpips_backbone).is_file():

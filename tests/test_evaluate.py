@@ -329,3 +329,29 @@ def test_drn_sees_the_upsampled_images_as_saved_8_bit_images():
     assert torch.equal(inputs[1], saved)
     assert not torch.equal(inputs[1], upsampled)  # rounding happened
     assert torch.equal(inputs[0], fake)  # the synthesis-size variant: the images as they are
+
+
+def test_missing_evaluation_weights_files_are_missing_metrics_and_the_report_is_written(tiny_run):
+    """README: a missing evaluation weights file "is reported as a missing metric, with its name and source"
+    (issue 21: an absent Inception file used to stop `evaluate`). Inception (FID/KID) and AlexNet (LPIPS)
+    named in params, neither file there: evaluate and report succeed and both name each metric, file and source."""
+    root, raw = tiny_run
+    raw = json.loads(json.dumps(raw))
+    raw["paths"]["reports"] = str(root / "reports-missing")
+    raw["evaluate"].update(inception="pytorch-fid", inception_path=str(root / "data/weights/pt_inception-2015-12-05-6726825d.pth"),
+                           lpips_backbone=str(root / "data/weights/alexnet-owt-7be5be79.pth"))
+    params = root / "params-missing.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    for command in (["evaluate"], ["report"]):
+        result = runner.invoke(app, ["--params", str(params)] + command)
+        assert result.exit_code == 0, (command, result.output)
+    metrics = json.loads((root / "reports-missing/metrics.json").read_text())
+    assert "fid" not in metrics["models"]["crn"] and "kid" not in metrics["models"]["crn"]
+    missing = {m["metric"]: m for m in metrics["missing"]}
+    fid = missing["FID and KID (Inception-v3 pool3, pytorch-fid weights)"]
+    assert "pt_inception-2015-12-05-6726825d.pth (not found)" in fid["needs"] and "mseitzer/pytorch-fid" in fid["from"]
+    lpips = missing["diversity with LPIPS (learned weights, AlexNet backbone)"]
+    assert "alexnet-owt-7be5be79.pth (not found)" in lpips["needs"] and "download.pytorch.org" in lpips["from"]
+    report = (root / "reports-missing/report.md").read_text()
+    for m in metrics["missing"]:
+        assert f"- {m['metric']}: needs {m['needs']}; from {m['from']}" in report
