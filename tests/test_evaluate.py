@@ -26,6 +26,12 @@ def tiny_run(tmp_path_factory):
     raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
     raw["evaluate"]["bootstrap_resamples"] = 20
     raw["synthetic"]["num_val"] = 5
+    run_pipeline(root, raw)
+    return root, raw
+
+
+def run_pipeline(root, raw) -> None:
+    """Write RAW as root/params.yaml and run every stage on it: prepare, train, synthesize, evaluate, report."""
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     steps = [["prepare"], ["train", "-m", "segmenter"]]
@@ -33,8 +39,7 @@ def tiny_run(tmp_path_factory):
         steps += [["train", "-m", model], ["synthesize", "-m", model]]
     for command in steps + [["evaluate"], ["report"]]:
         result = runner.invoke(app, ["--params", str(params)] + command)
-        assert result.exit_code == 0, (command, result.output)
-    return root, raw
+        assert result.exit_code == 0, (raw["data"]["dataset"], command, result.output)
 
 
 def test_metrics_have_values_intervals_and_protocols(tiny_run):
@@ -397,14 +402,7 @@ def test_every_preset_without_evaluation_weights_reports_them_missing(preset, tm
         raw["paths"]["raw"] = str(tmp_path)
         raw["nyu"].update(path=str(tmp_path / "nyu.mat"), num_frames=10, num_train=5, frame_size_hw=[48, 64], num_classes=5,
                           class_mapping=None)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    steps = [["prepare"], ["train", "-m", "segmenter"]]
-    for model in raw["models"]:
-        steps += [["train", "-m", model], ["synthesize", "-m", model]]
-    for command in steps + [["evaluate"], ["report"]]:
-        result = runner.invoke(app, ["--params", str(params)] + command)
-        assert result.exit_code == 0, (preset, command, result.output)
+    run_pipeline(tmp_path, raw)
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     report = (tmp_path / "reports/report.md").read_text()
     assert named  # every paper preset names evaluation weights
