@@ -50,7 +50,13 @@ def image_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def tensor_to_image(images: torch.Tensor) -> np.ndarray:
     """float (N, 3, H, W) in 0..255 -> uint8 (N, H, W, 3), rounded and clipped to [0, 255]."""
-    return images.detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return as_saved(images).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def as_saved(images: torch.Tensor) -> torch.Tensor:
+    """float (N, 3, H, W) in 0..255 -> the float32 values of the 8-bit image it is saved as (clipped to
+    [0, 255], rounded), on its own device."""
+    return images.detach().float().clamp(0, 255).round()
 
 
 def channels_to_layout(channels: np.ndarray | torch.Tensor, num_classes: int = NUM_LAYOUT_CHANNELS) -> torch.Tensor:

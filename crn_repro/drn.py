@@ -1,4 +1,4 @@
-"""DRN-D-105, the Cityscapes segmenter of the literature's protocol (docs/facts.md §7, §11).
+"""DRN-D-105, the Cityscapes segmenter of the literature's protocols (docs/facts.md §7, §11).
 
 SPADE (Park et al. 2019) scored CRN and later methods by segmenting the synthesized Cityscapes images
 with the dilated residual network DRN-D-105 (Yu, Koltun & Funkhouser 2017) as released in fyu/drn
@@ -31,6 +31,11 @@ MEAN = (0.29010095242892997, 0.32808144844279574, 0.28696394422942517)  # fyu/dr
 STD = (0.1829540508368939, 0.18656561047509476, 0.18447508988480435)
 FILE_NAME = "drn-d-105_ms_cityscapes.pth"
 WHERE = f"fyu/drn's Cityscapes model {FILE_NAME} (linked from github.com/fyu/drn's README)"
+# The two variants of the score, by the suffix of their metric names (drn_miou, drn_miou_upsampled, ...):
+# the synthesized images segmented as they are, against labels of their size, or upsampled bilinearly to the
+# frames' size (1024x2048) and rounded to 8 bits as saved images are, against the frames' own labels. Which one
+# SPADE's published numbers used is open (docs/facts.md §11): neither is called SPADE's protocol.
+VARIANTS = {"": "synthesis-size", "_upsampled": "upsampled"}
 BLOCKS = (3, 4, 23, 3)  # bottleneck blocks of the four residual stages
 WIDTHS = (16, 32, 64, 128, 256, 512, 512, 512)
 

@@ -30,7 +30,7 @@ from crn_repro import metrics as M
 from crn_repro import stats
 from crn_repro.files import atomic_write_json, atomic_write_text, read_image, staged_dir
 from crn_repro.judgments import RANKING_COLUMNS, preference_tables
-from crn_repro.datasets import PreparedSplit, channels_to_layout, image_to_tensor
+from crn_repro.datasets import PreparedSplit, as_saved, channels_to_layout, image_to_tensor
 from crn_repro.errors import CrnError
 from crn_repro.params import EvaluateParams, Params
 from crn_repro.progress import StageProgress
@@ -89,6 +89,7 @@ def _interval(value: float, ci: tuple[float, float], protocol: str, **extra) -> 
     return {"value": float(value), "ci_low": float(ci[0]), "ci_high": float(ci[1]), "protocol": protocol, **extra}
 
 
+@M.full_fp32()  # TF32 off (training may have turned it on): the scorers' published numbers are full fp32
 def evaluate(params: Params, console: Console | None = None) -> dict:
     """Write ``paths.reports/{metrics.json, preference.csv, time_curves.csv, per_image/<model>.csv,
     headline/<model>.json}``; returns the metrics. Three steps: load the scorers, score each model, write."""
@@ -115,7 +116,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
 class Scorers:
     """The measuring instruments of one evaluation, each loaded once: the pipeline's segmenter S (and
     its bottleneck features), and, where their weights are given, Inception-v3 (FID, KID and the realism
-    space), DRN-D-105 (SPADE's protocol, Cityscapes) and LPIPS. VGG-19 (diversity) is loaded on first
+    space), DRN-D-105 (SPADE's segmenter, Cityscapes) and LPIPS. VGG-19 (diversity) is loaded on first
     use, by ``perception``: only a model with k > 1 outputs needs it. A metric whose weights file is
     missing is reported missing (``missing_metrics``, with the file and where to get it), not replaced."""
 
@@ -144,12 +145,13 @@ def load_scorers(params: Params, val: PreparedSplit) -> Scorers:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     segmenter_path = Path(ep.segmenter) if ep.segmenter else Path(params.paths.runs) / SEGMENTER / "model.pt"
     segmenter = load_segmenter(segmenter_path, device, val.size_hw)
-    inception = None
+    inception = None  # a weights file that is not there: FID and KID are reported missing (``missing_metrics``)
     if ep.inception != "none":
-        from crn_repro.inception import load_inception
+        from crn_repro.inception import load_inception, weights_file
 
-        inception = load_inception(ep.inception, ep.inception_path).to(device)
-    drn = None  # the literature's Cityscapes segmenter (SPADE's protocol), when its weights are given
+        if weights_file(ep.inception, ep.inception_path).is_file():
+            inception = load_inception(ep.inception, ep.inception_path).to(device)
+    drn = None  # the literature's Cityscapes segmenter (SPADE's), when its weights are given
     if params.data.dataset == "cityscapes" and ep.drn_weights and Path(ep.drn_weights).is_file():
         from crn_repro.drn import load_drn
 
@@ -177,6 +179,7 @@ class RealImages:
     fd_seg: M.FrechetReference
     inc: np.ndarray | None
     fd_inc: M.FrechetReference | None
+    kid_inc: M.KernelReference | None
     realism_space: np.ndarray
     realism_name: str
     moments: M.ColourMoments | None
@@ -200,6 +203,7 @@ def score_real_images(val: PreparedSplit, scorers: Scorers, batch_size: int) -> 
         fd_seg=M.FrechetReference(seg),
         inc=inc,
         fd_inc=M.FrechetReference(inc) if inc is not None else None,
+        kid_inc=M.KernelReference(inc) if inc is not None else None,
         realism_space=inc if inc is not None else seg,
         realism_name="Inception pool3" if inc is not None else "segmenter bottleneck",
         moments=stack_moments(moments) if synthetic else None,
@@ -316,13 +320,14 @@ def _stream_model(folder: Path, model: str, k: int, val: PreparedSplit, scorers:
 
 def _drn_confusions(drn: nn.Module, fake: torch.Tensor, ids: torch.Tensor, val: PreparedSplit, idx: np.ndarray, got: Scored) -> None:
     """DRN-D-105's confusion matrices of a batch: at the prepared size and, where the prepared split keeps
-    the frames' full-resolution labels, of the images upsampled bilinearly to the frames' size."""
+    the frames' full-resolution labels, of the images upsampled bilinearly to the frames' size and rounded
+    to 8-bit values, as the upsampled images would be if saved (``drn.VARIANTS``)."""
     from crn_repro.drn import confusion
 
     got.drn_conf += [confusion(p, t) for p, t in zip(drn(fake).argmax(1).cpu(), ids)]
     if val.labels_full is not None:
         full = torch.from_numpy(np.array(val.labels_full[idx]))
-        up = F.interpolate(fake, size=full.shape[-2:], mode="bilinear", align_corners=False)
+        up = as_saved(F.interpolate(fake, size=full.shape[-2:], mode="bilinear", align_corners=False))
         got.drn_conf_full += [confusion(p, t) for p, t in zip(drn(up).argmax(1).cpu(), full)]
 
 
@@ -353,8 +358,9 @@ def _pixel_accuracy_per_image(conf: np.ndarray, val: PreparedSplit) -> list[floa
 
 
 def _drn_scores(got: Scored, val: PreparedSplit, weights_name: str, n_boot: int, seed: int) -> dict:
-    """DRN-D-105's mIoU and pixel accuracies (SPADE's protocol) at the prepared size and, where the
-    full-resolution labels are kept, upsampled to the frames' size; bootstrap over images."""
+    """DRN-D-105's mIoU and pixel accuracies in the synthesis-size variant and, where the full-resolution
+    labels are kept, the upsampled one (``drn.VARIANTS``); bootstrap over images."""
+    from crn_repro.drn import VARIANTS
     from crn_repro.drn import scores as drn_scores
 
     h, w = val.size_hw
@@ -362,7 +368,8 @@ def _drn_scores(got: Scored, val: PreparedSplit, weights_name: str, n_boot: int,
     if got.drn_conf_full:
         fh, fw = val.labels_full.shape[1:]
         variants["_upsampled"] = (got.drn_conf_full, f"{h}x{w} synthesized images upsampled bilinearly to {fh}x{fw} "
-                                                     f"against the {fh}x{fw} labels")
+                                                     f"and rounded to 8-bit values as saved images are, against the "
+                                                     f"{fh}x{fw} labels")
     entry = {}
     for suffix, (counts, what) in variants.items():
         counts = np.stack(counts)
@@ -372,8 +379,8 @@ def _drn_scores(got: Scored, val: PreparedSplit, weights_name: str, n_boot: int,
                 drn_scores(counts.sum(0))[key],
                 stats.bootstrap_ci(len(counts), lambda idx, key=key, counts=counts: drn_scores(counts[idx].sum(0))[key],
                                    num_resamples=n_boot, seed=seed),
-                f"DRN-D-105 ({weights_name}, fyu/drn's normalisation) segmentation of the {what} "
-                f"(19 classes; void {void}); bootstrap over images",
+                f"DRN-D-105, {VARIANTS[suffix]} variant ({weights_name}, fyu/drn's normalisation, fp32): "
+                f"segmentation of the {what} (19 classes; void {void}); bootstrap over images",
             )
     return entry
 
@@ -400,13 +407,14 @@ def _frechet_scores(real: RealImages, fake_seg: np.ndarray, fake_inc: np.ndarray
         f"FID, {inception.source_description}, {len(real_inc)} real vs {len(fake_inc)} synthesized {h}x{w} images "
         f"resized bilinearly to 299x299",
     )
-    kid_mean, kid_std = M.kernel_inception_distance(real_inc, fake_inc, seed=seed)
     entry["kid"] = _interval(
-        kid_mean,
-        (kid_mean - 1.96 * kid_std, kid_mean + 1.96 * kid_std),
-        f"KID, {inception.source_description}, cubic polynomial kernel, unbiased MMD^2 over 100 subsets of "
-        f"{min(1000, len(real_inc), len(fake_inc))} of the {len(real_inc)} real and {len(fake_inc)} synthesized "
-        "images (as clean-fid); mean +- 1.96 std over subsets",
+        real.kid_inc(fake_inc),
+        stats.bootstrap_ci(len(fake_inc), lambda idx: real.kid_inc.resampled(fake_inc, idx), num_resamples=n_boot,
+                           seed=seed, vectorized=True),
+        f"KID, {inception.source_description}, cubic polynomial kernel, unbiased MMD^2 between all {len(real_inc)} real and "
+        f"{len(fake_inc)} synthesized {h}x{w} images resized bilinearly to 299x299 (clean-fid's 100 subsets of up to 1000 "
+        "images estimate this value, and equal it for sets of one size up to 1000); bootstrap over synthesized images, the real ones "
+        "fixed, pairs of an image with its own copy left out of the within-set mean",
     )
     return entry
 
@@ -516,6 +524,13 @@ def missing_metrics(params: Params, results: dict) -> list[dict]:
         missing.append({"metric": "FID and KID (Inception-v3 pool3, the published protocol)",
                         "needs": "evaluate.inception: pytorch-fid and evaluate.inception_path: pt_inception-2015-12-05-6726825d.pth",
                         "from": "the pytorch-fid project's GitHub release (github.com/mseitzer/pytorch-fid/releases)"})
+    else:
+        from crn_repro.inception import weights_file, weights_url
+
+        if not weights_file(ep.inception, ep.inception_path).is_file():
+            missing.append({"metric": f"FID and KID (Inception-v3 pool3, {ep.inception} weights)",
+                            "needs": f"the file {weights_file(ep.inception, ep.inception_path)} (not found)",
+                            "from": weights_url(ep.inception)})
     if any("diversity" in entry and "diversity_lpips" not in entry for entry in results.values()):
         where = f"the file {ep.lpips_backbone} (not found)" if ep.lpips_backbone else f"evaluate.lpips_backbone: {M.ALEXNET_FILE}"
         if ep.lpips_backbone and Path(ep.lpips_backbone).is_file():
@@ -523,7 +538,7 @@ def missing_metrics(params: Params, results: dict) -> list[dict]:
         missing.append({"metric": "diversity with LPIPS (learned weights, AlexNet backbone)", "needs": where,
                         "from": M.ALEXNET_WHERE})
     if params.data.dataset != "cityscapes":
-        missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)",
+        missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's segmenter)",
                         "needs": f"Cityscapes data (DRN-D-105 is a Cityscapes segmenter; this run's data: {params.data.dataset})",
                         "from": "the Cityscapes presets"})
     else:
@@ -531,10 +546,10 @@ def missing_metrics(params: Params, results: dict) -> list[dict]:
 
         if not any("drn_miou" in entry for entry in results.values()):
             where = f"the file {ep.drn_weights} (not found)" if ep.drn_weights else f"evaluate.drn_weights: {FILE_NAME}"
-            missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol)", "needs": where, "from": WHERE})
+            missing.append({"metric": "mIoU and pixel accuracy with DRN-D-105 (SPADE's segmenter)", "needs": where, "from": WHERE})
         if any("drn_miou" in entry for entry in results.values()) and not any("drn_miou_upsampled" in entry for entry in results.values()) \
                 and tuple(params.data.image_size_hw) != tuple(params.cityscapes.frame_size_hw or ()):
-            missing.append({"metric": "DRN-D-105 scores of the images upsampled to the frames' size (SPADE's protocol)",
+            missing.append({"metric": "DRN-D-105 scores, upsampled variant (the images upsampled to the frames' size)",
                             "needs": "cityscapes.keep_full_resolution_val_labels: true, then `crn-repro prepare` again",
                             "from": "the Cityscapes gtFine labels (already in the dataset)"})
     return missing

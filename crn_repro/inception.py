@@ -126,9 +126,9 @@ def load_inception(source: str, path: str | Path | None) -> InceptionFeatures:
     """
     check_choice("Inception weights source", source, SOURCES)
     file_name = _FILE_NAMES[source]
-    url = PYTORCH_FID_URL if source == "pytorch-fid" else _torchvision_url()
+    url = weights_url(source)
     if path is None:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        path = weights_file(source, None)
         if not path.is_file():
             raise CrnError(
                 f"{path}: {source} Inception weights not found; download {url} there or pass the path of a copy of {file_name}"
@@ -143,6 +143,17 @@ def load_inception(source: str, path: str | Path | None) -> InceptionFeatures:
     else:
         description = f"torchvision Inception-v3 IMAGENET1K_V1 from {path} — NOT the published FID network"
     return InceptionFeatures(net, description)
+
+
+def weights_file(source: str, path: str | Path | None) -> Path:
+    """The file ``load_inception(source, path)`` reads: ``path``, or with None torch's hub cache's copy."""
+    check_choice("Inception weights source", source, SOURCES)
+    return Path(path) if path is not None else Path(torch.hub.get_dir()) / "checkpoints" / _FILE_NAMES[source]
+
+
+def weights_url(source: str) -> str:
+    """Where SOURCE's weights file is published (never downloaded by the suite)."""
+    return PYTORCH_FID_URL if source == "pytorch-fid" else _torchvision_url()
 
 
 def _torchvision_url() -> str:

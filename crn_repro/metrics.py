@@ -1,12 +1,14 @@
 """Automatic scores of synthesized images (docs/facts.md §7): pure functions of features or images.
 
 - Distribution distances on features (e.g. Inception pool3, ``crn_repro.inception``): the Fréchet
-  distance (FID, Heusel et al. 2017) and the kernel distance (KID, Binkowski et al. 2018).
+  distance (FID, Heusel et al. 2017) and the kernel distance (KID, Binkowski et al. 2018), each with a
+  fixed real reference whose bootstrap resamples of the synthesized set are computed at once.
 - Per-image realism against a real feature manifold (Kynkäänniemi et al. 2019).
 - Diversity of the k outputs a model makes for one layout (LPIPS-style, without learned weights).
 - A score only the synthetic city allows, whose classes have known colours: per-class Fréchet
   distance between real and synthesized pixel colours over the same layouts.
 - Features for a Fréchet distance in the feature space of the pipeline's own segmenter S.
+- ``full_fp32``: the numerics evaluation networks run in (no TF32, whatever training turned on).
 
 Every number depends on its protocol (feature network, image size, number of images): callers
 record it next to the number. Features may be numpy arrays or torch tensors of shape (n, d).
@@ -15,9 +17,10 @@ record it next to the number. Features may be numpy arrays or torch tensors of s
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -152,39 +155,54 @@ def _sqrtm(matrix: np.ndarray) -> np.ndarray:
 # --- kernel distance ------------------------------------------------------------------------------
 
 
-def kernel_inception_distance(
-    feats_a: ArrayLike, feats_b: ArrayLike, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimator of MMD^2 with
-    the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over ``num_subsets`` pairs of
-    random subsets (drawn without replacement, independently per subset) of
-    ``min(subset_size, n_a, n_b)`` features each. Returns (mean, std over subsets). Unbiased: it can
-    be slightly negative. The subsets come from numpy's default_rng(seed), so values differ from
-    other implementations' by subset sampling noise only.
-    """
-    a = _features(feats_a, "feats_a", min_rows=2)
-    b = _features(feats_b, "feats_b", min_rows=2)
-    _same_dim(a, b)
-    if num_subsets < 1 or subset_size < 2:
-        raise CrnError(f"KID: need num_subsets >= 1 and subset_size >= 2, got {num_subsets} and {subset_size}")
-    m = min(subset_size, len(a), len(b))
-    rng = np.random.default_rng(seed)
-    mmd2 = np.empty(num_subsets)
-    for s in range(num_subsets):
-        x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
-        mmd2[s] = _polynomial_mmd2_unbiased(x, y)
-    return float(mmd2.mean()), float(mmd2.std())
+def _cubic_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """k(x, y) = (x.y / d + 1)^3, the polynomial kernel of KID (Binkowski et al. 2018), for all pairs."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def _polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 of two equal-size samples: within-set kernel means leave out the diagonal."""
-    d, m = x.shape[1], x.shape[0]
-    k_xx = (x @ x.T / d + 1.0) ** 3
-    k_yy = (y @ y.T / d + 1.0) ** 3
-    k_xy = (x @ y.T / d + 1.0) ** 3
-    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-    return float(within - 2.0 * k_xy.mean())
+class KernelReference:
+    """KID (Binkowski et al. 2018, "Demystifying MMD GANs") of synthesized feature sets against one fixed
+    real set: the unbiased estimator of MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3
+    over all real and all synthesized features (within-set means leave out the diagonal, so it can be
+    slightly negative). clean-fid's protocol, the mean over 100 pairs of random subsets of min(1000, n)
+    features, estimates the same quantity and equals this value when both sets have the same number of
+    features, at most 1000 (each subset is then the whole set in another order). The real set's within-set mean is
+    computed once; ``resampled`` gives many bootstrap resamples of the synthesized set at once."""
+
+    def __init__(self, real_feats: ArrayLike):
+        self.real = _features(real_feats, "real features", min_rows=2)
+        m = len(self.real)
+        k_xx = _cubic_kernel(self.real, self.real)
+        self.within_real = float((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)))
+
+    def __call__(self, feats: ArrayLike) -> float:
+        y = _features(feats, "synthesized features", min_rows=2)
+        _same_dim(self.real, y)
+        n = len(y)
+        k_yy = _cubic_kernel(y, y)
+        within = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+        return float(self.within_real + within - 2.0 * _cubic_kernel(self.real, y).mean())
+
+    def resampled(self, feats: ArrayLike, index: np.ndarray) -> np.ndarray:
+        """The estimate for each row of ``index`` (R, n), a resample (with replacement) of the synthesized
+        features ``feats`` (n, d), the real set fixed. A resample holds some images twice; the within-set mean
+        is then taken over the pairs of different images (weighted by how often each is drawn), as the
+        estimator leaves out the pairs of an image with itself: pairing a drawn-twice image with its copy
+        would add k(y, y) terms, pushing every resample above the estimate. Returns (R,)."""
+        y = _features(feats, "synthesized features", min_rows=2)
+        _same_dim(self.real, y)
+        counts = resample_counts(index, len(y))  # (R, n)
+        k_yy = _cubic_kernel(y, y)
+        drawn = counts.sum(axis=1)
+        same_image = (counts**2) @ np.diag(k_yy)
+        within = (((counts @ k_yy) * counts).sum(axis=1) - same_image) / (drawn**2 - (counts**2).sum(axis=1))
+        across = counts @ _cubic_kernel(self.real, y).mean(axis=0) / drawn
+        return self.within_real + within - 2.0 * across
+
+
+def kernel_inception_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
+    """KID of two feature sets (n_a, d), (n_b, d): ``KernelReference(feats_a)(feats_b)``."""
+    return KernelReference(feats_a)(feats_b)
 
 
 # --- realism score --------------------------------------------------------------------------------
@@ -384,6 +402,23 @@ def segmentation_feature_extractor(segmenter: Segmenter) -> Callable[[Tensor], T
         return captured[0].float().mean(dim=(2, 3))
 
     return extract
+
+
+# --- evaluation numerics --------------------------------------------------------------------------
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """Full fp32 matmuls and convolutions inside, as DRN-D-105, Inception and LPIPS computed their
+    published numbers: TF32 off for CUDA matmuls and cuDNN (training turns it on, ``runtime.setup_runtime``),
+    and the previous settings restored on leaving, also when an exception leaves. On the CPU there is no
+    TF32 and nothing changes the numerics."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 # --- input checks ---------------------------------------------------------------------------------

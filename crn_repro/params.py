@@ -67,7 +67,7 @@ class CityscapesParams:
     )
     keep_full_resolution_val_labels: bool = doc(
         "also keep the validation labels at the frames' own size (val/labels_full.npy, 1 GB for Cityscapes val), so "
-        "that evaluate can score images upsampled to it with DRN-D-105 (SPADE's protocol); false at 1024p (the same)"
+        "that evaluate can score images upsampled to it with DRN-D-105 (the upsampled variant); false at 1024p (the same)"
     )
     keep_label_ids: bool = doc(
         "also keep each pixel's official labelId ({train,val}/label_ids.npy, 1 byte per pixel: +7.3 GB at "
@@ -218,7 +218,7 @@ class EvaluateParams:
     )
     inception_path: str | None = doc("the Inception weights file (pt_inception-2015-12-05-6726825d.pth for pytorch-fid)")
     drn_weights: str | None = doc(
-        "fyu/drn's drn-d-105_ms_cityscapes.pth: Cityscapes mIoU and pixel accuracy with DRN-D-105 (SPADE's protocol) "
+        "fyu/drn's drn-d-105_ms_cityscapes.pth: Cityscapes mIoU and pixel accuracy with DRN-D-105 (SPADE's segmenter) "
         "beside the pipeline's own segmenter; null or a missing file: reported as missing"
     )
     lpips_backbone: str | None = doc(

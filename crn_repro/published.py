@@ -25,8 +25,8 @@ FIGURE_3_SOURCE = "Chen & Koltun 2017, Sec. 5.2 (the rates its text gives for Fi
 # and later methods alike: (model, mIoU, pixel accuracy, FID).
 SPADE_SOURCE = "Park et al. 2019 (SPADE), Table 1"
 SPADE_PROTOCOLS = {
-    "miou": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val",
-    "pixel_acc": "DRN-D-105 segmentation of 256x512 synthesized images, Cityscapes val",
+    "miou": "DRN-D-105 segmentation of 256x512 synthesized images (at that size or upsampled: open), Cityscapes val",
+    "pixel_acc": "DRN-D-105 segmentation of 256x512 synthesized images (at that size or upsampled: open), Cityscapes val",
     "fid": "FID, Inception-v3 pool3, Cityscapes val",
 }
 SPADE_TABLE_1 = [("crn", 52.4, 77.1, 104.7), ("pix2pixHD", 58.3, 81.4, 95.0), ("SPADE", 62.3, 81.9, 71.8)]

@@ -26,7 +26,11 @@ from crn_repro.errors import CrnError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_BYTES = 48
-DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?", 14: "<u2", 17: "<u2", 19: "<f2"}
+# TensorFlow's DataType enum (types.proto) -> how the bytes are stored; DT_BFLOAT16 (14) is stored as the upper
+# 16 bits of a float32 and decoded to float32 (``_decode``); DT_UINT16 (17) is an integer.
+DT_BFLOAT16 = 14
+DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?", DT_BFLOAT16: "<u2", 17: "<u2",
+          19: "<f2"}
 WHERE = ("the release's checkpoints: https://cqf.io/data/Tensorflow_models/result_<256p|512p|1024p|GTA>/"
          "model.ckpt.data-00000-of-00001 (and .meta); the .index files are in the release's repository")
 
@@ -157,8 +161,17 @@ def read_checkpoint(prefix: Path, names=None) -> dict[str, np.ndarray]:
         if entry["size"] != count * dtype.itemsize or entry["offset"] + entry["size"] > len(blob):
             raise CrnError(f"{prefix}.data-{shard:05d}-of-{shards:05d}: tensor {name} lies beyond the file (truncated "
                            f"download?); download it again")
-        out[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=entry["offset"]).reshape(entry["shape"]).copy()
+        raw = np.frombuffer(blob, dtype=dtype, count=count, offset=entry["offset"]).reshape(entry["shape"])
+        out[name] = _decode(raw, entry["dtype"])
     return out
+
+
+def _decode(raw: np.ndarray, tf_dtype: int) -> np.ndarray:
+    """A tensor's stored values as numbers: bfloat16 (the top half of a float32's bits) widened exactly to
+    float32, every other dtype as stored (a copy, off the memory-mapped file)."""
+    if tf_dtype == DT_BFLOAT16:
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.copy()
 
 
 # --- the release's CRN ------------------------------------------------------------------------------

@@ -49,10 +49,10 @@ METRIC_TITLES = {
     "colour_distance": "Class-conditional colour distance (lower is better)",
     "diversity": "Diversity within collections (higher = more diverse)",
     "diversity_lpips": "Diversity, LPIPS (higher = more diverse)",
-    "drn_miou": "DRN-D-105 mIoU, SPADE's protocol (higher is better)",
-    "drn_pixel_accuracy": "DRN-D-105 pixel accuracy (higher is better)",
-    "drn_pixel_accuracy_void": "DRN-D-105 pixel accuracy, void counted (higher is better)",
-    "drn_miou_upsampled": "DRN-D-105 mIoU, upsampled to full size (higher is better)",
+    "drn_miou": "DRN-D-105 mIoU, synthesis-size (higher is better)",
+    "drn_pixel_accuracy": "DRN-D-105 pixel accuracy, synthesis-size (higher is better)",
+    "drn_pixel_accuracy_void": "DRN-D-105 pixel accuracy, synthesis-size, void counted (higher is better)",
+    "drn_miou_upsampled": "DRN-D-105 mIoU, upsampled (higher is better)",
     "drn_pixel_accuracy_upsampled": "DRN-D-105 pixel accuracy, upsampled (higher is better)",
     "drn_pixel_accuracy_void_upsampled": "DRN-D-105 pixel accuracy, upsampled, void counted (higher is better)",
 }
@@ -508,7 +508,7 @@ def _metrics_section(metrics: dict[str, dict], missing: list[dict], figures: Pat
 def _published_section(tables: Path) -> list[str]:
     """Automatic scores of CRN that later papers published, kept apart from this run's."""
     return ["### Published automatic scores (other data and protocols)", "",
-            "What later papers measured on Cityscapes (CRN, and pix2pixHD and SPADE under SPADE's protocol), with their own segmenters and protocols. Not comparable "
+            "What later papers measured on Cityscapes (CRN, and pix2pixHD and SPADE as SPADE scored them), with their own segmenters and protocols. Not comparable "
             "with this run's numbers unless the protocol matches; listed so that a reader can place them.", "",
             *_table(published_table(), tables, "published_automatic")]
 

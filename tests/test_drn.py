@@ -115,7 +115,7 @@ def test_evaluate_scores_cityscapes_with_drn_when_its_file_is_there(tmp_path, ti
         assert result.exit_code == 0, (command, result.output)
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert "drn_miou" not in metrics["models"]["crn"]  # no file yet: missing, with its name and where to get it
-    assert any("DRN-D-105 (SPADE" in m["metric"] and "(not found)" in m["needs"] and "fyu/drn" in m["from"]
+    assert any("DRN-D-105 (SPADE's segmenter)" in m["metric"] and "(not found)" in m["needs"] and "fyu/drn" in m["from"]
                for m in metrics["missing"])
     torch.save(network.state_dict(), tmp_path / "drn-d-105_ms_cityscapes.pth")
     assert runner.invoke(app, ["--params", str(params), "evaluate"]).exit_code == 0
@@ -124,8 +124,11 @@ def test_evaluate_scores_cityscapes_with_drn_when_its_file_is_there(tmp_path, ti
         entry = crn[name]
         assert 0 <= entry["value"] <= 1 and "DRN-D-105" in entry["protocol"], name
     assert crn["drn_pixel_accuracy_void"]["value"] <= crn["drn_pixel_accuracy"]["value"]
-    upsampled = crn["drn_miou_upsampled"]  # SPADE's variant: the 16x32 images upsampled to the frames' 32x64
-    assert 0 <= upsampled["value"] <= 1 and "upsampled bilinearly to 32x64 against the 32x64 labels" in upsampled["protocol"]
+    upsampled = crn["drn_miou_upsampled"]  # the upsampled variant: the 16x32 images upsampled to the frames' 32x64
+    assert 0 <= upsampled["value"] <= 1 and "upsampled variant" in upsampled["protocol"]
+    assert "upsampled bilinearly to 32x64 and rounded to 8-bit values as saved images are, against the 32x64 labels" \
+        in upsampled["protocol"]
+    assert "synthesis-size variant" in crn["drn_miou"]["protocol"]
     from crn_repro.datasets import PreparedSplit
     from crn_repro.labels import ID_TO_CHANNEL
     from PIL import Image
@@ -136,3 +139,27 @@ def test_evaluate_scores_cityscapes_with_drn_when_its_file_is_there(tmp_path, ti
     np.testing.assert_array_equal(val.labels_full[0], ID_TO_CHANNEL[ids])  # the frame's own labels, unresized
     headline = json.loads((tmp_path / "reports/headline/crn.json").read_text())
     assert "drn_miou" in headline and "drn_acc" not in headline  # the headline keeps one DRN number
+
+
+def test_each_variant_has_one_name_everywhere():
+    """docs/facts.md §11 leaves open which variant SPADE used: each has one name (drn.VARIANTS) in the report's
+    titles, the README and facts.md, and no file calls either one "SPADE's protocol"."""
+    import re
+    from pathlib import Path
+
+    from crn_repro.drn import VARIANTS
+    from crn_repro.report import METRIC_TITLES
+
+    repo = Path(__file__).resolve().parents[1]
+    for suffix, name in VARIANTS.items():
+        titles = [title for key, title in METRIC_TITLES.items() if key.startswith("drn_") and key.endswith(suffix)
+                  and (suffix or not key.endswith("_upsampled"))]
+        assert len(titles) == 3 and all(f", {name}" in title for title in titles), (name, titles)
+        for doc in ("README.md", "docs/facts.md"):
+            assert f"*{name}*" in (repo / doc).read_text(), (doc, name)
+    files = [repo / "README.md", repo / "params.yaml", *(repo / "docs").glob("*.md"), *(repo / "presets").glob("*.yaml"),
+             *(repo / "crn_repro").rglob("*.py")]
+    for file in files:
+        text = " ".join(file.read_text().split())  # across line breaks
+        for match in re.finditer(r"SPADE's (segmentation )?protocol", text):
+            assert text[: match.start()].endswith("called "), (file, text[match.start() - 60 : match.end()])

@@ -26,6 +26,12 @@ def tiny_run(tmp_path_factory):
     raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
     raw["evaluate"]["bootstrap_resamples"] = 20
     raw["synthetic"]["num_val"] = 5
+    run_pipeline(root, raw)
+    return root, raw
+
+
+def run_pipeline(root, raw) -> None:
+    """Write RAW as root/params.yaml and run every stage on it: prepare, train, synthesize, evaluate, report."""
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     steps = [["prepare"], ["train", "-m", "segmenter"]]
@@ -33,8 +39,7 @@ def tiny_run(tmp_path_factory):
         steps += [["train", "-m", model], ["synthesize", "-m", model]]
     for command in steps + [["evaluate"], ["report"]]:
         result = runner.invoke(app, ["--params", str(params)] + command)
-        assert result.exit_code == 0, (command, result.output)
-    return root, raw
+        assert result.exit_code == 0, (raw["data"]["dataset"], command, result.output)
 
 
 def test_metrics_have_values_intervals_and_protocols(tiny_run):
@@ -272,3 +277,136 @@ def test_human_judgments_count_only_for_the_current_images(tiny_run, tmp_path):
     result = runner.invoke(app, ["--params", str(params_file), "evaluate"])
     assert result.exit_code == 1 and f"all {len(rows)} judgments judged images that are no longer the synthesized ones" in result.output
     assert "crn-repro study make --out studies/NEW" in result.output and "evaluate.human_judgments: null" in result.output
+
+
+def test_evaluate_runs_with_tf32_off_and_restores_it(tiny_params, monkeypatch):
+    """Training turns TF32 on (runtime.setup_runtime); evaluate's scorers run with it off, and the caller's
+    settings come back after, also when evaluation stops with an error."""
+    import torch
+
+    from crn_repro import evaluate as E
+    from crn_repro.errors import CrnError
+
+    seen = []
+
+    def load_scorers(params, val):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        raise CrnError("stop here")
+
+    monkeypatch.setattr(E, "PreparedSplit", lambda *args: None)
+    monkeypatch.setattr(E, "load_scorers", load_scorers)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with pytest.raises(CrnError, match="stop here"):
+            E.evaluate(tiny_params)
+        assert seen == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_drn_sees_the_upsampled_images_as_saved_8_bit_images():
+    """The upsampled variant segments what a saved 1024x2048 PNG of the upsampled image would hold: the
+    bilinear result rounded to integers in 0..255 (here 8x16 -> 16x32)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from crn_repro.datasets import image_to_tensor, tensor_to_image
+    from crn_repro.evaluate import Scored, _drn_confusions
+
+    inputs = []
+
+    def drn(images):
+        inputs.append(images)
+        return torch.zeros(len(images), 19, *images.shape[-2:])
+
+    fake = torch.rand(2, 3, 8, 16, generator=torch.Generator().manual_seed(0)) * 255
+    val = SimpleNamespace(labels_full=np.zeros((2, 16, 32), np.uint8))
+    got = Scored()
+    _drn_confusions(drn, fake, torch.zeros(2, 8, 16, dtype=torch.long), val, np.arange(2), got)
+    assert len(got.drn_conf) == len(got.drn_conf_full) == 2
+    upsampled = F.interpolate(fake, size=(16, 32), mode="bilinear", align_corners=False)
+    saved = image_to_tensor(tensor_to_image(upsampled))  # written as a PNG and read back
+    assert torch.equal(inputs[1], saved)
+    assert not torch.equal(inputs[1], upsampled)  # rounding happened
+    assert torch.equal(inputs[0], fake)  # the synthesis-size variant: the images as they are
+
+
+def test_missing_evaluation_weights_files_are_missing_metrics_and_the_report_is_written(tiny_run):
+    """README: a missing evaluation weights file "is reported as a missing metric, with its name and source"
+    (issue 21: an absent Inception file used to stop `evaluate`). Inception (FID/KID) and AlexNet (LPIPS)
+    named in params, neither file there: evaluate and report succeed and both name each metric, file and source."""
+    root, raw = tiny_run
+    raw = json.loads(json.dumps(raw))
+    raw["paths"]["reports"] = str(root / "reports-missing")
+    raw["evaluate"].update(inception="pytorch-fid", inception_path=str(root / "data/weights/pt_inception-2015-12-05-6726825d.pth"),
+                           lpips_backbone=str(root / "data/weights/alexnet-owt-7be5be79.pth"))
+    params = root / "params-missing.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    for command in (["evaluate"], ["report"]):
+        result = runner.invoke(app, ["--params", str(params)] + command)
+        assert result.exit_code == 0, (command, result.output)
+    metrics = json.loads((root / "reports-missing/metrics.json").read_text())
+    assert "fid" not in metrics["models"]["crn"] and "kid" not in metrics["models"]["crn"]
+    missing = {m["metric"]: m for m in metrics["missing"]}
+    fid = missing["FID and KID (Inception-v3 pool3, pytorch-fid weights)"]
+    assert "pt_inception-2015-12-05-6726825d.pth (not found)" in fid["needs"] and "mseitzer/pytorch-fid" in fid["from"]
+    lpips = missing["diversity with LPIPS (learned weights, AlexNet backbone)"]
+    assert "alexnet-owt-7be5be79.pth (not found)" in lpips["needs"] and "download.pytorch.org" in lpips["from"]
+    report = (root / "reports-missing/report.md").read_text()
+    for m in metrics["missing"]:
+        assert f"- {m['metric']}: needs {m['needs']}; from {m['from']}" in report
+
+
+WEIGHTS_KEYS = {  # evaluate key naming a weights file -> the missing metric's name in metrics.json
+    "inception_path": "FID and KID",
+    "drn_weights": "DRN-D-105",
+    "lpips_backbone": "LPIPS",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["cityscapes-256p", "cityscapes-512p", "cityscapes-1024p", "nyu"])
+def test_every_preset_without_evaluation_weights_reports_them_missing(preset, tmp_path, tiny_raw):
+    """Issue 21 item 7: each paper preset's evaluation settings (its weights files under data/weights/, none of
+    them there) on a miniature dataset in the official layout: prepare, train, synthesize, evaluate and report
+    all succeed, and the report names every missing metric with its file and source. The tiny sizes, networks,
+    schedule and random VGG-19 (a training weight, which a user must have to train at all) are the test's; the
+    dataset and `evaluate` settings are the preset's."""
+    from cityscapes_fixture import TRAIN_CITIES, VAL_CITIES, write_cityscapes
+    from nyu_fixture import write_nyu_mat
+
+    from crn_repro.presets import load_preset
+
+    values = load_preset(preset)
+    raw = tiny_raw
+    evaluate = {k: values["evaluate"][k] for k in ("inception", "inception_path", "drn_weights", "lpips_backbone")}
+    named = {k: v for k, v in evaluate.items() if k in WEIGHTS_KEYS and v}
+    evaluate.update({k: str(tmp_path / v) for k, v in named.items()})  # data/weights/... of the run's folder: absent
+    raw["evaluate"].update(evaluate, bootstrap_resamples=10)
+    raw["models"] = ["crn", "crn-diverse"]  # a k > 1 model, so diversity (LPIPS) is asked for
+    raw["crn-diverse"]["network"] = {"preset": None, "widths": [8, 8, 8], "num_outputs": 2}
+    raw["segmenter"]["network"] = {"base_width": 4, "depth": 2, "max_width": 8}
+    raw["data"]["dataset"] = values["data"]["dataset"]
+    if raw["data"]["dataset"] == "cityscapes":
+        write_cityscapes(tmp_path / "cs", {"train": dict(zip(TRAIN_CITIES, (2, 2, 1))), "val": dict(zip(VAL_CITIES, (3, 2)))})
+        raw["paths"]["raw"] = str(tmp_path / "cs")  # 5 val frames: the realism score's k = 3 needs 4 real ones
+        raw["cityscapes"].update(root=str(tmp_path / "cs"), expected_train=5, expected_val=5, frame_size_hw=[32, 64],
+                                 **{k: values["cityscapes"][k] for k in ("keep_full_resolution_val_labels", "labels")})
+    else:
+        write_nyu_mat(tmp_path / "nyu.mat", 10, hw=(48, 64), num_raw_classes=12, seed=3)
+        raw["paths"]["raw"] = str(tmp_path)
+        raw["nyu"].update(path=str(tmp_path / "nyu.mat"), num_frames=10, num_train=5, frame_size_hw=[48, 64], num_classes=5,
+                          class_mapping=None)
+    run_pipeline(tmp_path, raw)
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    report = (tmp_path / "reports/report.md").read_text()
+    assert named  # every paper preset names evaluation weights
+    for key, path in named.items():
+        entry = next(m for m in metrics["missing"] if WEIGHTS_KEYS[key] in m["metric"])
+        assert f"{tmp_path / path} (not found)" in entry["needs"] and entry["from"], (key, entry)
+        assert f"- {entry['metric']}: needs {entry['needs']}; from {entry['from']}" in report

@@ -15,7 +15,9 @@ from crn_repro.metrics import (
     colour_moments,
     frechet_distance,
     frechet_distance_from_statistics,
+    full_fp32,
     gaussian_statistics,
+    KernelReference,
     kernel_inception_distance,
     pairwise_diversity,
     perceptual_distance,
@@ -23,6 +25,7 @@ from crn_repro.metrics import (
     segmentation_feature_extractor,
 )
 from crn_repro.segmentation import Segmenter
+from crn_repro.stats import bootstrap_ci
 
 
 def whitened(n: int, d: int, seed: int) -> np.ndarray:
@@ -93,29 +96,97 @@ def brute_force_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     return within - 2 * across
 
 
-def test_kid_with_whole_sets_as_subsets_is_the_unbiased_mmd():
+def brute_force_mmd2_unequal(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of sets of different sizes m, n, by loops."""
+    (m, d), n = x.shape, len(y)
+    k = lambda u, v: (u @ v / d + 1.0) ** 3  # noqa: E731
+    within_x = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    within_y = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return within_x + within_y - 2 * sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+
+
+def test_kid_is_the_unbiased_mmd():
     rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)) + 0.5
-    mean, std = kernel_inception_distance(x, y, num_subsets=3, subset_size=1000)  # subsets: permutations
-    assert mean == pytest.approx(brute_force_mmd2(x, y), rel=1e-10)
-    assert std < 1e-12
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((7, 3)) + 0.5
+    assert kernel_inception_distance(x, y[:6]) == pytest.approx(brute_force_mmd2(x, y[:6]), rel=1e-10)
+    assert kernel_inception_distance(x, y) == pytest.approx(brute_force_mmd2_unequal(x, y), rel=1e-10)
+
+
+def clean_fid_kid(x: np.ndarray, y: np.ndarray, num_subsets: int = 100, subset_size: int = 1000) -> float:
+    """clean-fid's kernel_distance: the mean over subsets of min(subset_size, n_x, n_y) rows of each set
+    (drawn without replacement) of the unbiased MMD^2 of the two subsets."""
+    rng = np.random.default_rng(0)
+    m, d = min(subset_size, len(x), len(y)), x.shape[1]
+    estimates = []
+    for _ in range(num_subsets):  # after clean-fid's kernel_distance (cleanfid/fid.py)
+        a, b = x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)]
+        t = ((a @ a.T / d + 1) ** 3).sum() - np.diag((a @ a.T / d + 1) ** 3).sum()
+        t += ((b @ b.T / d + 1) ** 3).sum() - np.diag((b @ b.T / d + 1) ** 3).sum()
+        estimates.append(t / (m * (m - 1)) - 2 * ((a @ b.T / d + 1) ** 3).sum() / m**2)
+    return float(np.mean(estimates))
+
+
+def test_kid_equals_clean_fids_subset_mean_for_sets_of_one_size_and_estimates_it_otherwise():
+    """The README's statement: for two sets of one size up to 1000, clean-fid's subsets are the sets
+    themselves (permuted), so the two protocols agree; with subsets smaller than the sets, the subset mean
+    is an estimate of the same quantity."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 3)) + 0.4
+    assert clean_fid_kid(x, y, num_subsets=5) == pytest.approx(kernel_inception_distance(x, y), rel=1e-10)
+    x, y = rng.standard_normal((40, 3)), rng.standard_normal((40, 3)) + 0.4
+    assert clean_fid_kid(x, y, num_subsets=4000, subset_size=10) == pytest.approx(kernel_inception_distance(x, y), rel=0.05)
+
+
+def test_kid_resamples_leave_out_pairs_of_an_image_with_its_copy():
+    """A bootstrap resample holds images twice; its within-set mean is over pairs of different images, each
+    pair weighted by how often both were drawn (by loops here), and the identity resample is the estimate."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((4, 3)) + 0.3
+    reference = KernelReference(x)
+    index = np.array([[0, 1, 2, 3], [0, 0, 1, 3], [2, 2, 2, 1]])
+    k = lambda u, v: (u @ v / 3 + 1.0) ** 3  # noqa: E731
+    expected = []
+    for row in index:
+        pairs = [(a, b) for a in row for b in row]
+        distinct = [(a, b) for a, b in pairs if a != b]  # positions holding different images
+        within_y = sum(k(y[a], y[b]) for a, b in distinct) / len(distinct)
+        within_x = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+        expected.append(within_x + within_y - 2 * sum(k(x[i], y[b]) for i in range(5) for b in row) / (5 * len(row)))
+    np.testing.assert_allclose(reference.resampled(y, index), expected, rtol=1e-10)
+    assert reference.resampled(y, index[:1])[0] == pytest.approx(reference(y), rel=1e-12)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_shifted():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((400, 16)), rng.standard_normal((400, 16))
-    same, same_std = kernel_inception_distance(a, b, num_subsets=20, subset_size=100)
-    shifted, shifted_std = kernel_inception_distance(a, b + 0.5, num_subsets=20, subset_size=100)
-    assert abs(same) < 2 * same_std + 1e-3
-    assert shifted > 10 * abs(same) and shifted > 3 * shifted_std
-    assert kernel_inception_distance(a, b, num_subsets=5, subset_size=50, seed=3) == kernel_inception_distance(
-        a, b, num_subsets=5, subset_size=50, seed=3
-    )
+    same, shifted = kernel_inception_distance(a, b), kernel_inception_distance(a, b + 0.5)
+    assert abs(same) < 0.05 * shifted and shifted > 0
 
 
-def test_kid_rejects_a_subset_of_one():
-    with pytest.raises(CrnError, match="subset_size"):
-        kernel_inception_distance(np.zeros((5, 2)), np.zeros((5, 2)), subset_size=1)
+def test_kid_interval_at_500_images_has_width_and_covers_the_value():
+    """At n = 500 (Cityscapes val), the old protocol's 100 "subsets" of min(1000, n) images were all the whole
+    set, so its interval had zero width. The bootstrap's has the spread of the estimate: over 40 synthesized
+    sets drawn afresh (the real set fixed, as the interval assumes), it covers the value the estimate has on
+    average (its expectation, from 400 draws) about 95% of the time, and its width matches the estimate's
+    spread across draws."""
+    rng = np.random.default_rng(0)
+    reference = KernelReference(rng.standard_normal((500, 8)))
+
+    def draw():
+        return rng.standard_normal((500, 8)) * 1.1 + 0.15
+
+    estimates = np.array([reference(draw()) for _ in range(400)])
+    expected = estimates.mean()
+    covered, widths = 0, []
+    for repeat in range(40):
+        fake = draw()
+        low, high = bootstrap_ci(500, lambda idx: reference.resampled(fake, idx), num_resamples=400, seed=repeat,
+                                 vectorized=True)
+        covered += low <= expected <= high
+        widths.append(high - low)
+    assert min(widths) > 0
+    assert covered >= 33, covered  # 95% nominal; P(<= 32 of 40 | 0.95) < 0.1%
+    assert np.median(widths) == pytest.approx(2 * 1.96 * estimates.std(), rel=0.3)
 
 
 # --- realism score --------------------------------------------------------------------------------
@@ -357,3 +428,27 @@ def test_lpips_backbone_file_problems_are_one_line_errors(tmp_path):
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CrnError, match="no features.0.weight of the expected shape"):
         Lpips(tmp_path / "other.pth")
+
+
+# --- evaluation numerics --------------------------------------------------------------------------
+
+
+def tf32_settings() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("trained", [(True, True), (True, False), (False, True)])
+def test_full_fp32_turns_tf32_off_inside_and_restores_it_after_also_on_an_exception(trained):
+    before = tf32_settings()
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = trained  # as training may leave them
+        with full_fp32():
+            assert tf32_settings() == (False, False)
+        assert tf32_settings() == trained
+        with pytest.raises(ZeroDivisionError):
+            with full_fp32():
+                assert tf32_settings() == (False, False)
+                1 / 0
+        assert tf32_settings() == trained
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -81,6 +81,24 @@ def test_cli_import_then_the_model_file_is_checked(checkpoints, tmp_path):
     assert data["facts"]["source"].startswith("authors' release")
 
 
+def test_bfloat16_tensors_are_read_as_the_floats_tensorflow_reads(tmp_path):
+    """A bfloat16 variable (TF's DT_BFLOAT16, stored as the top 16 bits of a float32) saved by TensorFlow's
+    Saver decodes to the float32 values TensorFlow casts it to (rounded pi, a subnormal, infinity included);
+    a uint16 variable (stored the same width) stays integers."""
+    result = subprocess.run([sys.executable, str(HERE / "tf_release_writer.py"), str(tmp_path), "dtypes"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = np.load(tmp_path / "values.npz")
+    _, entries = read_checkpoint_index(tmp_path / "model.ckpt")
+    assert entries["g_4_conv1/LayerNorm/gamma"]["dtype"] == 14 and entries["counts"]["dtype"] == 17  # DT_BFLOAT16, DT_UINT16
+    tensors = read_checkpoint(tmp_path / "model.ckpt")
+    gamma = tensors["g_4_conv1/LayerNorm/gamma"]
+    assert gamma.dtype == np.float32 and gamma.shape == (10,)
+    np.testing.assert_array_equal(gamma, expected["bfloat16"])  # bit for bit (-0.0 and inf compare as values)
+    assert np.signbit(gamma[1]) and gamma[4] == np.float32(3.140625) and 0 < gamma[8] < 1.2e-38
+    assert tensors["counts"].dtype == np.uint16 and tensors["counts"].tolist() == expected["uint16"].tolist() == [0, 1, 16256, 65535]
+
+
 def test_missing_or_damaged_checkpoint_files_are_one_line_errors(checkpoints, tmp_path):
     with pytest.raises(CrnError, match=r"nowhere\.index: checkpoint index not found.*cqf\.io"):
         import_release(tmp_path / "nowhere", tmp_path / "m.pt")

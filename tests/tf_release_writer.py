@@ -6,6 +6,9 @@ WIDTHS K SEED``. It builds a CRN generator in TensorFlow with the release's vari
 also holds Adam's slots, as the released ones do), random weights, and saves OUT_DIR/model.ckpt with
 tf.compat.v1.train.Saver; then it runs the graph on a random layout and writes OUT_DIR/layout.npy
 (N, H, W, c) and OUT_DIR/output.npy (N, H, W, 3k, the release's channel layout).
+``python tf_release_writer.py OUT_DIR dtypes`` saves instead a checkpoint of a bfloat16 and a uint16
+variable, and OUT_DIR/values.npz: what TensorFlow itself reads back from them (the bfloat16 one cast to
+float32 by TensorFlow).
 Written for this project's tests from the paper and the public facts of the release; no code of the
 release is used.
 """
@@ -76,5 +79,20 @@ def main(out: str, widths: list[int], k: int, seed: int) -> None:
     np.save(f"{out}/output.npy", result)
 
 
-if __name__ == "__main__":
+def dtypes(out: str) -> None:
+    """A checkpoint holding a bfloat16 and a uint16 variable, and TensorFlow's own values of them."""
+    tf1.disable_eager_execution()
+    values = np.array([0.0, -0.0, 1.0, -2.5, np.pi, 1e-3, -65504.0, 3.0e38, 1e-39, np.inf], np.float32)
+    bf16 = tf1.get_variable("g_4_conv1/LayerNorm/gamma", initializer=tf.cast(values, tf.bfloat16))
+    uint16 = tf1.get_variable("counts", initializer=np.array([0, 1, 16256, 65535], np.uint16))
+    with tf1.Session() as session:
+        session.run(tf1.global_variables_initializer())
+        tf1.train.Saver().save(session, f"{out}/model.ckpt")
+        as_float, counts = session.run([tf.cast(bf16, tf.float32), uint16])
+    np.savez(f"{out}/values.npz", bfloat16=as_float, uint16=counts)
+
+
+if __name__ == "__main__" and sys.argv[2:] == ["dtypes"]:
+    dtypes(sys.argv[1])
+elif __name__ == "__main__":
     main(sys.argv[1], [int(w) for w in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4]))
