@@ -15,6 +15,7 @@ model file) and written as files: ``metrics.json``, ``per_image/<model>.csv``, `
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -105,7 +106,7 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
         task = progress.add_task("evaluate", total=len(params.models) * len(val))
         for model in params.models:
             scores[model] = score_model(params, model, val, scorers, real, advance=lambda n: progress.advance(task, n))
-    return write_outputs(params, val, scores, console)
+    return write_outputs(params, val, scores, console, scorers.judge)
 
 
 # --- the scorers ------------------------------------------------------------------------------------
@@ -127,6 +128,7 @@ class Scorers:
     drn: nn.Module | None
     lpips: M.Lpips | None
     vgg: nn.Module | None = None
+    judge: dict = field(default_factory=dict)  # the segmenter's identity (``judge``), recorded with its scores
 
     def perception(self) -> nn.Module:
         """VGG-19 features (``vgg`` params), loaded on the first call."""
@@ -157,7 +159,27 @@ def load_scorers(params: Params, val: PreparedSplit) -> Scorers:
     lpips = None
     if ep.lpips_backbone and Path(ep.lpips_backbone).is_file() and min(val.size_hw) >= M.Lpips.MIN_SIZE:
         lpips = M.Lpips(ep.lpips_backbone, device)
-    return Scorers(params, device, segmenter, M.segmentation_feature_extractor(segmenter), inception, drn, lpips)
+    return Scorers(params, device, segmenter, M.segmentation_feature_extractor(segmenter), inception, drn, lpips,
+                   judge=judge(segmenter, segmenter_path))
+
+
+def weights_sha256(net: nn.Module) -> str:
+    """SHA-256 of a network's weights: every state-dict entry's name, dtype, shape and bytes, in name order
+    (the same weights give the same digest whatever file they were saved in)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def judge(segmenter: nn.Module, path: Path) -> dict:
+    """The identity of the segmenter that scores every model (segmenter mIoU, Frechet distance and, without
+    Inception, realism): ``id`` (the first 12 hex digits of its weights' SHA-256) goes with each of those
+    scores, so that scores of different experiments are compared only when their judges are the same."""
+    sha = weights_sha256(segmenter)
+    return {"network": "segmenter", "file": str(path), "weights_sha256": sha, "id": sha[:12]}
 
 
 def _val_batches(val: PreparedSplit, batch_size: int, device: torch.device):
@@ -257,8 +279,11 @@ def score_model(params: Params, model: str, val: PreparedSplit, scorers: Scorers
         stats.bootstrap_mean_ci(realism, num_resamples=n_boot, seed=seed),
         f"mean realism score (Kynkaenniemi et al. 2019, k={ep.realism_k}) in {real.realism_name} features of real val images",
     )
+    judged = ["segmentation_miou", "segmentation_pixel_accuracy", "frechet_distance_segmenter"]
+    for name in judged + (["realism_score"] if fake_inc is None else []):
+        entry[name]["judge"] = scorers.judge["id"]
     per_image = pd.DataFrame({"model": model, "image": val.names, "pixel_accuracy": _pixel_accuracy_per_image(conf, val),
-                              "realism_score": realism})
+                              "realism_score": realism, "judge": scorers.judge["id"]})
     if real.moments is not None:  # the score only the synthetic city allows
         entry["colour_distance"] = _colour_distance(real.moments, stack_moments(got.moments), val, n_boot, seed)
     if k > 1:
@@ -440,7 +465,8 @@ def _diversity_measures(got: Scored, scorers: Scorers, lpips_backbone: str | Non
 # --- writing the outputs ----------------------------------------------------------------------------
 
 
-def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores], console: Console) -> dict:
+def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores], console: Console,
+                  judge: dict | None = None) -> dict:
     """Write every model's per-image table, the preference table (from human judgments of the current
     images where given, else the automatic judge on the realism scores), its time curves and ranking,
     metrics.json and the headline metrics; returns the metrics."""
@@ -452,9 +478,9 @@ def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelSco
     preference = write_preference(params, val, realism, reports, console)
     h, w = val.size_hw
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
-           "missing": missing_metrics(params, results)}
+           "missing": missing_metrics(params, results), "judge": judge or {}}
     atomic_write_json(reports / "metrics.json", out)
-    write_headlines(reports / "headline", results, preference)
+    write_headlines(reports / "headline", results, preference, (judge or {}).get("id"))
     return out
 
 
@@ -565,15 +591,18 @@ HEADLINE_KEYS = {  # metrics.json entry -> headline key: short, one column each 
 }
 
 
-def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataFrame) -> None:
+def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataFrame, judge: str | None = None) -> None:
     """One small JSON per model (``reports/headline/<model>.json``, the evaluate stage's DVC metrics):
     each metric's value to 4 significant digits (KID, the DRN accuracies and the upsampled DRN scores only
     in metrics.json) and, for a Table 1 baseline, how often the reference model was preferred over it
-    (``ref_pref``). Intervals, protocols and per-class values stay in metrics.json."""
+    (``ref_pref``), and the ``judge`` that scored it (its segmenter's weights: `dvc exp show` sets experiments
+    scored by different judges apart). Intervals, protocols and per-class values stay in metrics.json."""
     preferred = dict(zip(preference.baseline, preference.rate))
     with staged_dir(folder) as tmp:  # built aside and swapped in: no file of a model no longer evaluated stays
         for model, entry in results.items():
             headline = {short: stats.significant(entry[name]["value"]) for name, short in HEADLINE_KEYS.items() if name in entry}
             if model in preferred:
                 headline["ref_pref"] = stats.significant(float(preferred[model]))
+            if judge:
+                headline["judge"] = judge
             atomic_write_json(tmp / f"{model}.json", headline)

@@ -397,6 +397,7 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
         lines += _ranking_section(reports, tables)
         lines += _time_curves_section(reports / "time_curves.csv", source, figures, tables)
     lines += _metrics_section(metrics, missing, figures, tables)
+    lines += judge_lines(metrics, read_json(reports / "metrics.json", "run `crn-repro evaluate` again").get("judge") or {})
     lines += _published_section(tables)
     return lines
 
@@ -535,6 +536,28 @@ def _metrics_section(metrics: dict[str, dict], missing: list[dict], figures: Pat
         lines += [f"- {m.get('metric')}: needs {m.get('needs')}; from {m.get('from')}" for m in missing]
         lines += [""]
     return lines
+
+
+def judge_lines(metrics: dict[str, dict], judge: dict) -> list[str]:
+    """Which segmenter judged the segmenter-based scores (its weights' digest), flagged in bold where the
+    models' scores came from different judges: such scores are not comparable."""
+    judged = {}
+    for model, entry in metrics.items():
+        for name, metric in entry.items():
+            if isinstance(metric, dict) and metric.get("judge"):
+                judged.setdefault(metric["judge"], set()).add(model)
+    if not judged:
+        return []
+    if len(judged) > 1:
+        which = "; ".join(f"`{j}`: {', '.join(sorted(models))}" for j, models in sorted(judged.items()))
+        return [f"**Scored by different judges, not comparable**: the segmenter-based scores come from segmenters with "
+                f"different weights ({which}); run `crn-repro evaluate` again to score every model with one.", ""]
+    (only,) = judged
+    where = f" (`{judge['file']}`, weights SHA-256 `{judge['weights_sha256']}`)" if judge.get("id") == only else ""
+    return [f"**Judge**: every segmenter-based score above (mIoU, pixel accuracy, Frechet distance in its features and, "
+            f"without Inception, realism) was computed by one segmenter, `{only}`{where}. `train.schedule_scale` does "
+            "not change its schedule; compare these scores with another experiment's only where the `judge` column of "
+            "`dvc exp show` is the same.", ""]
 
 
 def _published_section(tables: Path) -> list[str]:
