@@ -101,12 +101,13 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     val = PreparedSplit(Path(params.paths.prepared), "val")
     scorers = load_scorers(params, val)
     real = score_real_images(val, scorers, ep.batch_size)
+    calibration = calibrate_proxy(val, scorers, real.realism_name)
     scores: dict[str, ModelScores] = {}
     with StageProgress(console) as progress:
         task = progress.add_task("evaluate", total=len(params.models) * len(val))
         for model in params.models:
             scores[model] = score_model(params, model, val, scorers, real, advance=lambda n: progress.advance(task, n))
-    return write_outputs(params, val, scores, console, scorers.judge)
+    return write_outputs(params, val, scores, console, scorers.judge, calibration)
 
 
 # --- the scorers ------------------------------------------------------------------------------------
@@ -161,6 +162,21 @@ def load_scorers(params: Params, val: PreparedSplit) -> Scorers:
         lpips = M.Lpips(ep.lpips_backbone, device)
     return Scorers(params, device, segmenter, M.segmentation_feature_extractor(segmenter), inception, drn, lpips,
                    judge=judge(segmenter, segmenter_path))
+
+
+CALIBRATION_IMAGES = 64  # the first ones of the val split: enough pairs, little memory at 1024p
+
+
+def calibrate_proxy(val: PreparedSplit, scorers: Scorers, space: str) -> dict:
+    """The realism proxy's agreement with the known order real > slight > blurred > noise on the first
+    ``CALIBRATION_IMAGES`` real validation images (``calibration.calibrate``), in the realism score's space."""
+    from crn_repro.calibration import calibrate
+
+    ep = scorers.params.evaluate
+    n = min(len(val), CALIBRATION_IMAGES)
+    images = image_to_tensor(np.array(val.images[:n])).round().to(torch.uint8)
+    net = scorers.inception if scorers.inception is not None else scorers.seg_features
+    return calibrate(images, lambda x: net(x.to(scorers.device)), ep.realism_k, space, seed=ep.seed, batch_size=ep.batch_size)
 
 
 def weights_sha256(net: nn.Module) -> str:
@@ -466,7 +482,7 @@ def _diversity_measures(got: Scored, scorers: Scorers, lpips_backbone: str | Non
 
 
 def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores], console: Console,
-                  judge: dict | None = None) -> dict:
+                  judge: dict | None = None, calibration: dict | None = None) -> dict:
     """Write every model's per-image table, the preference table (from human judgments of the current
     images where given, else the automatic judge on the realism scores), its time curves and ranking,
     metrics.json and the headline metrics; returns the metrics."""
@@ -475,10 +491,10 @@ def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelSco
         atomic_write_text(reports / "per_image" / f"{model}.csv", scored.per_image.to_csv(index=False))
     results = {model: scored.entry for model, scored in scores.items()}
     realism = {model: scored.realism for model, scored in scores.items()}
-    preference = write_preference(params, val, realism, reports, console)
+    preference = write_preference(params, val, realism, reports, console, calibration)
     h, w = val.size_hw
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
-           "missing": missing_metrics(params, results), "judge": judge or {}}
+           "missing": missing_metrics(params, results), "judge": judge or {}, "proxy_calibration": calibration or {}}
     atomic_write_json(reports / "metrics.json", out)
     write_headlines(reports / "headline", results, preference, (judge or {}).get("id"))
     return out
@@ -512,7 +528,7 @@ def current_sources(params: Params, val: PreparedSplit):
 
 
 def write_preference(params: Params, val: PreparedSplit, realism: dict[str, np.ndarray], reports: Path,
-                     console: Console) -> pd.DataFrame:
+                     console: Console, calibration: dict | None = None) -> pd.DataFrame:
     """``preference.csv``, ``time_curves.csv`` and ``ranking.csv`` (``judgments.preference_tables``): human
     judgments count only where they judged the current images; says how many were dropped."""
     ep = params.evaluate
@@ -527,10 +543,21 @@ def write_preference(params: Params, val: PreparedSplit, realism: dict[str, np.n
                       "images (analyse the study again with this version to bind them)", highlight=False, soft_wrap=True)
     ranking = (tables["ranking"].assign(note="") if tables["ranking"] is not None   # no ranking: one row saying why
                else pd.DataFrame([{"note": tables["ranking_note"]}], columns=[*RANKING_COLUMNS, "note"]))
+    tables["preference"] = withhold_uncalibrated(tables["preference"], calibration or {})
     atomic_write_text(reports / "preference.csv", tables["preference"].to_csv(index=False))
     atomic_write_text(reports / "time_curves.csv", tables["curves"].to_csv(index=False))
     atomic_write_text(reports / "ranking.csv", ranking.to_csv(index=False))
     return tables["preference"]
+
+
+def withhold_uncalibrated(preference: pd.DataFrame, calibration: dict) -> pd.DataFrame:
+    """The automatic proxy's Table 1 withheld (no rates, the source says why) where the proxy failed its
+    calibration (``calibration.calibrate``): a judge that misorders obvious cases decides nothing."""
+    if calibration.get("passes") is not False or not len(preference) or not str(preference.source.iloc[0]).startswith("automatic"):
+        return preference
+    why = (f"none: the automatic proxy failed its calibration (agreement {calibration['overall']:.3f} < "
+           f"{calibration['threshold']} on real > slight > blurred > noise); no automatic Table 1")
+    return preference.assign(wins=np.nan, rate=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, source=why)
 
 
 def missing_metrics(params: Params, results: dict) -> list[dict]:

@@ -397,7 +397,9 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
         lines += _ranking_section(reports, tables)
         lines += _time_curves_section(reports / "time_curves.csv", source, figures, tables)
     lines += _metrics_section(metrics, missing, figures, tables)
-    lines += judge_lines(metrics, read_json(reports / "metrics.json", "run `crn-repro evaluate` again").get("judge") or {})
+    stored = read_json(reports / "metrics.json", "run `crn-repro evaluate` again")
+    lines += judge_lines(metrics, stored.get("judge") or {})
+    lines += calibration_lines(stored.get("proxy_calibration") or {})
     lines += _published_section(tables)
     return lines
 
@@ -558,6 +560,21 @@ def judge_lines(metrics: dict[str, dict], judge: dict) -> list[str]:
             f"without Inception, realism) was computed by one segmenter, `{only}`{where}. `train.schedule_scale` does "
             "not change its schedule; compare these scores with another experiment's only where the `judge` column of "
             "`dvc exp show` is the same.", ""]
+
+
+def calibration_lines(calibration: dict) -> list[str]:
+    """The realism proxy's agreement with the known order real > slight > blurred > noise, and whether it
+    was allowed to decide the automatic Table 1."""
+    if not calibration:
+        return []
+    if calibration.get("passes") is None:
+        return [f"**Realism proxy**: {calibration.get('note', 'not calibrated')}.", ""]
+    pairs = ", ".join(f"{pair} {value:.2f}" for pair, value in calibration["pairs"].items())
+    verdict = ("passes: it may decide the automatic Table 1" if calibration["passes"] else
+               "**fails: the automatic Table 1 is withheld**, because a judge that misorders obvious cases cannot be "
+               "trusted on subtle ones")
+    return [f"**Realism proxy calibration**: the fraction of correctly ordered pairs is {calibration['overall']:.3f} "
+            f"(threshold {calibration['threshold']}; {verdict}). Per pair: {pairs}. Protocol: {calibration['protocol']}.", ""]
 
 
 def _published_section(tables: Path) -> list[str]:

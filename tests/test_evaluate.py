@@ -5,6 +5,7 @@ import json
 import re
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -310,3 +311,24 @@ def test_human_judgments_count_only_for_the_current_images(tiny_run, tmp_path):
     result = runner.invoke(app, ["--params", str(params_file), "evaluate"])
     assert result.exit_code == 1 and f"all {len(rows)} judgments judged images that are no longer the synthesized ones" in result.output
     assert "crn-repro study make --out studies/NEW" in result.output and "evaluate.human_judgments: null" in result.output
+
+
+def test_a_proxy_that_fails_its_calibration_decides_no_table_and_the_report_says_so():
+    from crn_repro.evaluate import withhold_uncalibrated
+    from crn_repro.judgments import preference_tables
+    from crn_repro.report import calibration_lines
+
+    table = preference_tables("crn", ["unet"], {"crn": np.array([2.0, 1.0, 3.0]), "unet": np.array([1.0, 2.0, 1.0])})["preference"]
+    failed = {"passes": False, "overall": 0.5, "threshold": 0.9, "pairs": {"real>slight": 0.5}, "protocol": "p"}
+    assert withhold_uncalibrated(table, {"passes": True}).rate[0] == 2 / 3
+    withheld = withhold_uncalibrated(table, failed)
+    assert withheld.rate.isna().all() and withheld.source[0].startswith("none: the automatic proxy failed its calibration")
+    assert "**fails: the automatic Table 1 is withheld**" in calibration_lines(failed)[0]
+    assert "passes" in calibration_lines({**failed, "passes": True, "overall": 0.95})[0]
+
+
+def test_the_proxy_calibration_is_in_metrics_and_report(tiny_run):
+    root, _ = tiny_run
+    calibration = json.loads((root / "reports/metrics.json").read_text())["proxy_calibration"]
+    assert calibration["passes"] is None and "not calibrated" in calibration["note"]  # 5 images: too few
+    assert "**Realism proxy**: not calibrated" in (root / "reports/report.md").read_text()
