@@ -15,6 +15,7 @@ model file) and written as files: ``metrics.json``, ``per_image/<model>.csv``, `
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -101,12 +102,13 @@ def evaluate(params: Params, console: Console | None = None) -> dict:
     val = PreparedSplit(Path(params.paths.prepared), "val")
     scorers = load_scorers(params, val)
     real = score_real_images(val, scorers, ep.batch_size)
+    calibration = calibrate_proxy(val, scorers, real.realism_name)
     scores: dict[str, ModelScores] = {}
     with StageProgress(console) as progress:
         task = progress.add_task("evaluate", total=len(params.models) * len(val))
         for model in params.models:
             scores[model] = score_model(params, model, val, scorers, real, advance=lambda n: progress.advance(task, n))
-    return write_outputs(params, val, scores, console)
+    return write_outputs(params, val, scores, console, scorers.judge, calibration)
 
 
 # --- the scorers ------------------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class Scorers:
     drn: nn.Module | None
     lpips: M.Lpips | None
     vgg: nn.Module | None = None
+    judge: dict = field(default_factory=dict)  # the segmenter's identity (``judge``), recorded with its scores
 
     def perception(self) -> nn.Module:
         """VGG-19 features (``vgg`` params), loaded on the first call."""
@@ -159,7 +162,42 @@ def load_scorers(params: Params, val: PreparedSplit) -> Scorers:
     lpips = None
     if ep.lpips_backbone and Path(ep.lpips_backbone).is_file() and min(val.size_hw) >= M.Lpips.MIN_SIZE:
         lpips = M.Lpips(ep.lpips_backbone, device)
-    return Scorers(params, device, segmenter, M.segmentation_feature_extractor(segmenter), inception, drn, lpips)
+    return Scorers(params, device, segmenter, M.segmentation_feature_extractor(segmenter), inception, drn, lpips,
+                   judge=judge(segmenter, segmenter_path))
+
+
+CALIBRATION_IMAGES = 64  # the first ones of the val split: enough pairs, little memory at 1024p
+
+
+def calibrate_proxy(val: PreparedSplit, scorers: Scorers, space: str) -> dict:
+    """The realism proxy's agreement with the known order real > slight > blurred > noise on the first
+    ``CALIBRATION_IMAGES`` real validation images (``calibration.calibrate``), in the realism score's space."""
+    from crn_repro.calibration import calibrate
+
+    ep = scorers.params.evaluate
+    n = min(len(val), CALIBRATION_IMAGES)
+    images = image_to_tensor(np.array(val.images[:n])).round().to(torch.uint8)
+    net = scorers.inception if scorers.inception is not None else scorers.seg_features
+    return calibrate(images, lambda x: net(x.to(scorers.device)), ep.realism_k, space, seed=ep.seed, batch_size=ep.batch_size)
+
+
+def weights_sha256(net: nn.Module) -> str:
+    """SHA-256 of a network's weights: every state-dict entry's name, dtype, shape and bytes, in name order
+    (the same weights give the same digest whatever file they were saved in)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def judge(segmenter: nn.Module, path: Path) -> dict:
+    """The identity of the segmenter that scores every model (segmenter mIoU, Frechet distance and, without
+    Inception, realism): ``id`` (the first 12 hex digits of its weights' SHA-256) goes with each of those
+    scores, so that scores of different experiments are compared only when their judges are the same."""
+    sha = weights_sha256(segmenter)
+    return {"network": "segmenter", "file": str(path), "weights_sha256": sha, "id": sha[:12]}
 
 
 def _val_batches(val: PreparedSplit, batch_size: int, device: torch.device):
@@ -261,8 +299,11 @@ def score_model(params: Params, model: str, val: PreparedSplit, scorers: Scorers
         stats.bootstrap_mean_ci(realism, num_resamples=n_boot, seed=seed),
         f"mean realism score (Kynkaenniemi et al. 2019, k={ep.realism_k}) in {real.realism_name} features of real val images",
     )
+    judged = ["segmentation_miou", "segmentation_pixel_accuracy", "frechet_distance_segmenter"]
+    for name in judged + (["realism_score"] if fake_inc is None else []):
+        entry[name]["judge"] = scorers.judge["id"]
     per_image = pd.DataFrame({"model": model, "image": val.names, "pixel_accuracy": _pixel_accuracy_per_image(conf, val),
-                              "realism_score": realism})
+                              "realism_score": realism, "judge": scorers.judge["id"]})
     if real.moments is not None:  # the score only the synthetic city allows
         entry["colour_distance"] = _colour_distance(real.moments, stack_moments(got.moments), val, n_boot, seed)
     if k > 1:
@@ -448,7 +489,8 @@ def _diversity_measures(got: Scored, scorers: Scorers, lpips_backbone: str | Non
 # --- writing the outputs ----------------------------------------------------------------------------
 
 
-def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores], console: Console) -> dict:
+def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelScores], console: Console,
+                  judge: dict | None = None, calibration: dict | None = None) -> dict:
     """Write every model's per-image table, the preference table (from human judgments of the current
     images where given, else the automatic judge on the realism scores), its time curves and ranking,
     metrics.json and the headline metrics; returns the metrics."""
@@ -457,12 +499,12 @@ def write_outputs(params: Params, val: PreparedSplit, scores: dict[str, ModelSco
         atomic_write_text(reports / "per_image" / f"{model}.csv", scored.per_image.to_csv(index=False))
     results = {model: scored.entry for model, scored in scores.items()}
     realism = {model: scored.realism for model, scored in scores.items()}
-    preference = write_preference(params, val, realism, reports, console)
+    preference = write_preference(params, val, realism, reports, console, calibration)
     h, w = val.size_hw
     out = {"models": results, "num_val_images": len(val), "image_size_hw": [h, w], "dataset": params.data.dataset,
-           "missing": missing_metrics(params, results)}
+           "missing": missing_metrics(params, results), "judge": judge or {}, "proxy_calibration": calibration or {}}
     atomic_write_json(reports / "metrics.json", out)
-    write_headlines(reports / "headline", results, preference)
+    write_headlines(reports / "headline", results, preference, (judge or {}).get("id"))
     return out
 
 
@@ -494,7 +536,7 @@ def current_sources(params: Params, val: PreparedSplit):
 
 
 def write_preference(params: Params, val: PreparedSplit, realism: dict[str, np.ndarray], reports: Path,
-                     console: Console) -> pd.DataFrame:
+                     console: Console, calibration: dict | None = None) -> pd.DataFrame:
     """``preference.csv``, ``time_curves.csv`` and ``ranking.csv`` (``judgments.preference_tables``): human
     judgments count only where they judged the current images; says how many were dropped."""
     ep = params.evaluate
@@ -509,10 +551,21 @@ def write_preference(params: Params, val: PreparedSplit, realism: dict[str, np.n
                       "images (analyse the study again with this version to bind them)", highlight=False, soft_wrap=True)
     ranking = (tables["ranking"].assign(note="") if tables["ranking"] is not None   # no ranking: one row saying why
                else pd.DataFrame([{"note": tables["ranking_note"]}], columns=[*RANKING_COLUMNS, "note"]))
+    tables["preference"] = withhold_uncalibrated(tables["preference"], calibration or {})
     atomic_write_text(reports / "preference.csv", tables["preference"].to_csv(index=False))
     atomic_write_text(reports / "time_curves.csv", tables["curves"].to_csv(index=False))
     atomic_write_text(reports / "ranking.csv", ranking.to_csv(index=False))
     return tables["preference"]
+
+
+def withhold_uncalibrated(preference: pd.DataFrame, calibration: dict) -> pd.DataFrame:
+    """The automatic proxy's Table 1 withheld (no rates, the source says why) where the proxy failed its
+    calibration (``calibration.calibrate``): a judge that misorders obvious cases decides nothing."""
+    if calibration.get("passes") is not False or not len(preference) or not str(preference.source.iloc[0]).startswith("automatic"):
+        return preference
+    why = (f"none: the automatic proxy failed its calibration (agreement {calibration['overall']:.3f} < "
+           f"{calibration['threshold']} on real > slight > blurred > noise); no automatic Table 1")
+    return preference.assign(wins=np.nan, rate=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, source=why)
 
 
 def missing_metrics(params: Params, results: dict) -> list[dict]:
@@ -580,15 +633,18 @@ HEADLINE_KEYS = {  # metrics.json entry -> headline key: short, one column each 
 }
 
 
-def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataFrame) -> None:
+def write_headlines(folder: Path, results: dict[str, dict], preference: pd.DataFrame, judge: str | None = None) -> None:
     """One small JSON per model (``reports/headline/<model>.json``, the evaluate stage's DVC metrics):
     each metric's value to 4 significant digits (KID, the DRN accuracies and the upsampled DRN scores only
     in metrics.json) and, for a Table 1 baseline, how often the reference model was preferred over it
-    (``ref_pref``). Intervals, protocols and per-class values stay in metrics.json."""
+    (``ref_pref``), and the ``judge`` that scored it (its segmenter's weights: `dvc exp show` sets experiments
+    scored by different judges apart). Intervals, protocols and per-class values stay in metrics.json."""
     preferred = dict(zip(preference.baseline, preference.rate))
     with staged_dir(folder) as tmp:  # built aside and swapped in: no file of a model no longer evaluated stays
         for model, entry in results.items():
             headline = {short: stats.significant(entry[name]["value"]) for name, short in HEADLINE_KEYS.items() if name in entry}
             if model in preferred:
                 headline["ref_pref"] = stats.significant(float(preferred[model]))
+            if judge:
+                headline["judge"] = judge
             atomic_write_json(tmp / f"{model}.json", headline)

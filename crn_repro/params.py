@@ -133,7 +133,8 @@ class TrainParams:
     )
     schedule_scale: float = doc(
         "multiplies every model's total_steps, its own `train:` override included (rounded, at least 1): one "
-        "setting for a smoke run, `dvc exp run -S train.schedule_scale=0.05`, or a longer one; 1 = as written", 0, 1000, low_open=True
+        "setting for a smoke run, `dvc exp run -S train.schedule_scale=0.05`, or a longer one; 1 = as written. The "
+        "segmenter, the judge of every experiment's automatic scores, keeps its own schedule", 0, 1000, low_open=True
     )
     checkpoint_every_steps: int = doc("write the model file and training state every N steps (a multiple of log_every_steps)", 1)
     log_every_steps: int = doc(
@@ -339,7 +340,7 @@ def _model_section(name: str, raw: Any, global_train: Any, problems: Problems) -
         train = from_dict(TrainParams, {**global_train, **overrides}, f"{name}.train", merged)
         prefix = f"{name}.train."  # a problem of the global `train` section is reported once, as train.<key>
         problems.extend(p for p in merged if not (p.startswith(prefix) and "train." + p[len(prefix):] in problems))
-    if train is not None and train.schedule_scale != 1.0:  # every model's schedule, its own override included
+    if train is not None and train.schedule_scale != 1.0 and spec.role != "segmenter":  # every model's, not the judge's
         train = dataclasses.replace(train, total_steps=max(1, round(train.total_steps * train.schedule_scale)))
     return ModelParams(network, objective, optimizer, train)
 

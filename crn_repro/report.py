@@ -17,6 +17,7 @@ Tables are built by pure functions (data in, DataFrame out); ``write_report`` do
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from crn_repro import figures as F
 from crn_repro import gallery, published, stats
 from crn_repro.datasets import PreparedSplit, read_prepared_meta
 from crn_repro.errors import CrnError
-from crn_repro.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_image, read_json, read_table
+from crn_repro.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_image, read_json, read_table, read_yaml
 from crn_repro.labels import colorize_channels
 from crn_repro.params import Params
 from crn_repro.registry import SEGMENTERS, display_name, get_spec
@@ -193,17 +194,48 @@ def markdown(table: pd.DataFrame) -> list[str]:
 
 
 def provenance(params: Params) -> dict:
-    """What produced the report: the code's git revision (and whether it had uncommitted changes) and
-    a digest of the params."""
+    """What produced the report: the code's git revision (and whether the code or params differ from it:
+    ``changed_sources``) and a digest of the params."""
     digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     try:
         revision = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-        code = revision + (" with uncommitted changes" if dirty else "")
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "-z"], capture_output=True,
+                                 text=True, check=True).stdout
+        dirty = changed_sources([entry[3:] for entry in changed.split("\0") if len(entry) > 3], params)
+        code = revision + (" with uncommitted changes to " + ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
+                           if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         code = "not a git checkout"
     return {"code": code, "params_sha256": digest}
+
+
+def changed_sources(changed: list[str], params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """The changed tracked files (paths relative to the repository root) that are code or params: every
+    one but what the pipeline itself writes (the outs, metrics and plots of ``dvc_yaml``'s stages, with
+    ``${paths.*}`` filled in from ``params`` and any foreach ``${item}``), ``dvc.lock`` and the
+    ``.gitignore`` files DVC keeps its outputs in. A run of the committed code and params reads clean."""
+    outputs = pipeline_outputs(dvc_yaml, params)
+    return [path for path in changed if path != "dvc.lock" and Path(path).name != ".gitignore"
+            and not any(fnmatch.fnmatch(path, out) or fnmatch.fnmatch(path, out + "/*") for out in outputs)]
+
+
+def pipeline_outputs(dvc_yaml: Path, params: Params) -> list[str]:
+    """Every stage's outs, metrics and plots in ``dvc_yaml`` as glob patterns relative to the repository
+    root (``${item}`` of a foreach stage: ``*``); none when the file is missing."""
+    if not dvc_yaml.is_file():
+        return []
+    paths = {f"${{paths.{key}}}": str(value).rstrip("/") for key, value in params.to_dict()["paths"].items()}
+    stages = (read_yaml(dvc_yaml, "fix dvc.yaml") or {}).get("stages") or {}
+    found = []
+    for stage in stages.values():
+        body = stage.get("do", stage) if isinstance(stage, dict) else {}
+        for section in ("outs", "metrics", "plots"):
+            for entry in body.get(section) or []:
+                for out in (entry if isinstance(entry, dict) else {entry: None}):
+                    for var, value in paths.items():
+                        out = out.replace(var, value)
+                    found.append(str(out).replace("${item}", "*").rstrip("/"))
+    return found
 
 
 # --- files ------------------------------------------------------------------------------------------
@@ -365,6 +397,9 @@ def _evaluation_section(params: Params, reports: Path, figures: Path, tables: Pa
         lines += _ranking_section(reports, tables)
         lines += _time_curves_section(reports / "time_curves.csv", source, figures, tables)
     lines += _metrics_section(metrics, missing, figures, tables)
+    stored = read_json(reports / "metrics.json", "run `crn-repro evaluate` again")
+    lines += judge_lines(metrics, stored.get("judge") or {})
+    lines += calibration_lines(stored.get("proxy_calibration") or {})
     lines += _published_section(tables)
     return lines
 
@@ -503,6 +538,43 @@ def _metrics_section(metrics: dict[str, dict], missing: list[dict], figures: Pat
         lines += [f"- {m.get('metric')}: needs {m.get('needs')}; from {m.get('from')}" for m in missing]
         lines += [""]
     return lines
+
+
+def judge_lines(metrics: dict[str, dict], judge: dict) -> list[str]:
+    """Which segmenter judged the segmenter-based scores (its weights' digest), flagged in bold where the
+    models' scores came from different judges: such scores are not comparable."""
+    judged = {}
+    for model, entry in metrics.items():
+        for name, metric in entry.items():
+            if isinstance(metric, dict) and metric.get("judge"):
+                judged.setdefault(metric["judge"], set()).add(model)
+    if not judged:
+        return []
+    if len(judged) > 1:
+        which = "; ".join(f"`{j}`: {', '.join(sorted(models))}" for j, models in sorted(judged.items()))
+        return [f"**Scored by different judges, not comparable**: the segmenter-based scores come from segmenters with "
+                f"different weights ({which}); run `crn-repro evaluate` again to score every model with one.", ""]
+    (only,) = judged
+    where = f" (`{judge['file']}`, weights SHA-256 `{judge['weights_sha256']}`)" if judge.get("id") == only else ""
+    return [f"**Judge**: every segmenter-based score above (mIoU, pixel accuracy, Frechet distance in its features and, "
+            f"without Inception, realism) was computed by one segmenter, `{only}`{where}. `train.schedule_scale` does "
+            "not change its schedule; compare these scores with another experiment's only where the `judge` column of "
+            "`dvc exp show` is the same.", ""]
+
+
+def calibration_lines(calibration: dict) -> list[str]:
+    """The realism proxy's agreement with the known order real > slight > blurred > noise, and whether it
+    was allowed to decide the automatic Table 1."""
+    if not calibration:
+        return []
+    if calibration.get("passes") is None:
+        return [f"**Realism proxy**: {calibration.get('note', 'not calibrated')}.", ""]
+    pairs = ", ".join(f"{pair} {value:.2f}" for pair, value in calibration["pairs"].items())
+    verdict = ("passes: it may decide the automatic Table 1" if calibration["passes"] else
+               "**fails: the automatic Table 1 is withheld**, because a judge that misorders obvious cases cannot be "
+               "trusted on subtle ones")
+    return [f"**Realism proxy calibration**: the fraction of correctly ordered pairs is {calibration['overall']:.3f} "
+            f"(threshold {calibration['threshold']}; {verdict}). Per pair: {pairs}. Protocol: {calibration['protocol']}.", ""]
 
 
 def _published_section(tables: Path) -> list[str]:

@@ -393,8 +393,16 @@ def test_back_from_the_smoke_experiment_with_one_command(tiny_clone):
         run(["bash", "-c", 'git add dvc.lock reports && git commit -m "demo run"'], work)
     before = {model: _run_facts(work, model) for model in ("crn", "segmenter")}
     assert before["crn"] == {"state": 4, "summary": 4, "metrics": 4, "live": 4}
+    judge = json.loads((work / "reports/headline/crn.json").read_text())["judge"]
     run(["bash", "-c", "dvc exp run -S train.schedule_scale=0.05"], work, timeout=900)
     assert _run_facts(work, "crn")["summary"] == 1  # 4 steps x 0.05, at least one
+    # the same judge scored the smoke run: the segmenter kept its schedule and weights (issue 20)
+    assert _run_facts(work, "segmenter") == before["segmenter"]
+    assert json.loads((work / "reports/headline/crn.json").read_text())["judge"] == judge
+    shown = run(["dvc", "exp", "show", "--csv"], work).stdout
+    header, *rows = [line.split(",") for line in shown.splitlines()]
+    column = next(i for i, name in enumerate(header) if name.endswith("judge"))
+    assert len(rows) >= 2 and {row[column] for row in rows} == {judge}, shown
     run(["bash", "-c", "dvc exp apply HEAD"], work)
     assert {model: _run_facts(work, model) for model in ("crn", "segmenter")} == before
     status = run(["dvc", "status"], work)

@@ -35,6 +35,25 @@ def test_dvc_yaml_stages_use_params_sections():
     assert "${data.dataset}" in dvc["stages"]["prepare"]["params"]  # only the section of the dataset read
 
 
+def test_schedule_scale_leaves_the_judge_alone(tiny_raw):
+    """`train.schedule_scale` scales every model's schedule but the segmenter's (the judge of every
+    experiment's automatic scores), and the segmenter stage does not depend on it: a smoke experiment
+    reuses the judge."""
+    import dataclasses
+
+    from crn_repro.params import TrainParams
+
+    raw = copy.deepcopy(tiny_raw)
+    raw["train"]["total_steps"] = 400
+    raw["segmenter"]["train"] = {"total_steps": 500}
+    raw["train"]["schedule_scale"] = 0.05
+    params = parse_params(raw)
+    assert params.model("crn").train.total_steps == 20 and params.model("segmenter").train.total_steps == 500
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["segmenter"]["params"]
+    keys = {f"train.{f.name}" for f in dataclasses.fields(TrainParams)}
+    assert {p for p in stage if p.startswith("train")} == keys - {"train.schedule_scale"}
+
+
 @pytest.mark.parametrize(
     "mutate,needle",
     [
