@@ -156,7 +156,7 @@ def build_run_without_data(params: Params, model: str, mp, rt: Runtime, runs_dir
                        params.data.dataset == "cityscapes", notes.append)
     kwargs, nets, objective, optimizers = trainer.build_networks(model, mp, ctx, rt, notes)
     return trainer.Run(model, spec, mp.train, mp.train.batch_size_per_process, None, spec.reads(kwargs), kwargs, nets,
-                       optimizers, objective, "", Path(runs_dir), {})
+                       optimizers, objective, "", Path(runs_dir), {}, params.to_dict())
 
 
 def synthetic_batch(run: trainer.Run, params: Params, batch: int, device: torch.device, size_hw=None):
