@@ -19,7 +19,7 @@ What it reports, in ``benchmarks/results/<device>.json`` (one entry per model, p
 - projections to the full size and the whole schedule, in fields marked ``projected_`` (the time per
   step scaled by the FLOPs ratio of full size to timed size).
 
-``--suite gpu`` (``run_suite``) runs the set of measurements wanted from a GPU in one go.
+``--suite gpu`` (``benchsuite.run_suite``) runs the set of measurements wanted from a GPU in one go.
 """
 
 from __future__ import annotations

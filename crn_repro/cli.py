@@ -221,6 +221,8 @@ def bench(
     steps: Optional[int] = typer.Option(None, metavar="N", help="timed steps (default 10, --quick 5)"),
     cpu_rss: bool = typer.Option(False, "--cpu-rss", metavar="", help="also measure the peak resident memory of one full-size step on the CPU (bf16, activation checkpointing) in a fresh process"),
     table: bool = typer.Option(False, "--table", metavar="", help="print every result in benchmarks/results/ as a markdown table and stop"),
+    suite: Optional[str] = typer.Option(None, "--suite", metavar="gpu", help="gpu: every measurement wanted from a GPU in one run (CRN 256p and 1024p in bf16 and fp32, pix2pix 256p, the checkpointed 1024p step's memory, device-vs-CPU loss parity, DRN-D-105 with TF32 on and off) -> benchmarks/results/<device>-suite.json"),
+    smoke: bool = typer.Option(False, "--smoke", metavar="", help="with --suite gpu: the same parts at tiny sizes (on the CPU where there is no GPU), to check the suite runs"),
 ) -> None:
     """Training and synthesis speed (median and IQR of timed steps), model and hardware FLOPs, fraction of
     the sustained matmul peak, memory and projected schedule time of a model on this machine
@@ -233,6 +235,8 @@ def bench(
     if table:
         print(results_table())
         return
+    if suite is not None or smoke:
+        return _bench_suite(suite, smoke)
     params, source = _bench_params(preset)
     name = model.value if model else "crn"
     e = run(params, name, source, scale=scale, quick=quick, steps=steps, console=err_console, cpu_rss=cpu_rss)
@@ -246,6 +250,21 @@ def bench(
         f"{e['projected_schedule_hours']:.3g} h ({e['projection']}) -> {e['path']}",
         highlight=False, soft_wrap=True,
     )
+
+
+def _bench_suite(suite: Optional[str], smoke: bool) -> None:
+    """`bench --suite gpu [--smoke]`: run the suite, print one line per part, exit 1 if a part failed."""
+    from crn_repro.benchsuite import run_suite, summary_lines
+
+    if suite != "gpu":
+        raise CrnError(f"--suite {suite}: the one suite is `gpu` (`crn-repro bench --suite gpu`, or with --smoke)"
+                       if suite else "--smoke: goes with --suite gpu (`crn-repro bench --suite gpu --smoke`)")
+    results = run_suite(smoke=smoke, console=err_console)
+    for line in summary_lines(results):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if results["failed"]:
+        raise CrnError(f"bench --suite gpu: {len(results['failed'])} part(s) failed ({', '.join(results['failed'])}); "
+                       f"their errors and every other part's figures are in {results['path']}")
 
 
 def _bench_params(preset: Optional[str]):

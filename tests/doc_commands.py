@@ -143,6 +143,10 @@ CHECKS: dict[str, Check] = {
     "crn-repro info": part(of="crn-repro info --model crn --preset cityscapes-1024p --json"),
     "crn-repro bench": run(expect=("crn (params.yaml",)),
     "crn-repro bench --table": run(expect=("| device |",)),
+    "crn-repro bench --suite gpu": parse(
+        why="a CUDA GPU (none lent to us: never run on one); tests/test_benchsuite.py runs --smoke and checks the refusal without CUDA"),
+    "crn-repro bench --suite gpu --smoke": tested(
+        by="tests/test_benchsuite.py::test_the_smoke_suite_runs_every_part_and_writes_its_file"),
     "crn-repro bench --model crn --preset cityscapes-1024p": parse(why="a GPU: minutes"),
     "crn-repro bench --model crn --preset cityscapes-256p --quick": parse(
         why="minutes on our 2-core CPU (8 steps at 64x128 at the paper's widths); tests/test_bench.py runs bench on tiny params"),
