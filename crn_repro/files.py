@@ -150,6 +150,35 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def require_writable(folder: Path) -> None:
+    """Fail before the work, not after it, where ``folder`` cannot take a write (full, read-only, no
+    permission): a probe of 64 KiB is written there, synced and removed (named as a temporary, so
+    ``remove_stale_temporaries`` clears one a kill left)."""
+    folder = Path(folder)
+    probe = folder / f".write-probe.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(65536))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise write_error(folder, error) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+@contextlib.contextmanager
+def library_writes(where: Path) -> Iterator[None]:
+    """A library's own writes inside the block (e.g. dvclive's appends): a failed one is the same one
+    line as a failed write of ours, naming the file it names (else ``where``)."""
+    try:
+        yield
+    except OSError as error:
+        raise write_error(Path(error.filename) if error.filename else Path(where), error) from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 

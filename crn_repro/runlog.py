@@ -32,7 +32,7 @@ from PIL import Image
 
 from crn_repro.checkpoint import unwrap
 from crn_repro.datasets import PreparedSplit, tensor_to_image
-from crn_repro.files import atomic_write_bytes, atomic_write_text
+from crn_repro.files import atomic_write_bytes, atomic_write_text, library_writes
 from crn_repro.labels import colorize_channels
 from crn_repro.losses import Objective
 from crn_repro.registry import ModelSpec
@@ -169,7 +169,8 @@ class RunLog:
 
     def __init__(self, live_dir: Path, record: Record, resume: bool):
         self.live_dir = Path(live_dir)
-        self.live = _Live(str(self.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+        with library_writes(self.live_dir):
+            self.live = _Live(str(self.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
         self.record: Record = [list(entry) for entry in record]
         self.commit()
 
@@ -179,11 +180,13 @@ class RunLog:
             self.record.append([step, []])
         for name, value in metrics.items():
             value = float(value)
-            self.live.log_metric(name, value)
+            with library_writes(self.live_dir):
+                self.live.log_metric(name, value)
             self.record[-1][1].append([name, value])
 
     def next_step(self) -> None:
-        self.live.next_step()
+        with library_writes(self.live_dir):
+            self.live.next_step()
 
     def commit(self) -> None:
         """The files as they are now are what the training state just saved: remember their sizes
@@ -217,7 +220,8 @@ class RunLog:
         self.live.summary.update(values)
 
     def end(self) -> None:
-        self.live.end()
+        with library_writes(self.live_dir):
+            self.live.end()
 
 
 def open_run_log(run_dir: Path, step: int, record: Record | None, samples: Callable[[], dict[str, bytes]],
@@ -234,7 +238,8 @@ def open_run_log(run_dir: Path, step: int, record: Record | None, samples: Calla
     rebuilt = _rebuild(live_dir, record, step, samples)
     if rebuilt:
         note(f"{live_dir}: rebuilt {', '.join(rebuilt)} from the training state at step {step} "
-             f"(an interrupted run had left them torn or ahead of it)")
+             f"(they were missing, as `dvc repro` leaves them before a rerun, or an interrupted run had left them "
+             f"torn or ahead of it)")
     return RunLog(live_dir, record, resume=True)
 
 

@@ -45,7 +45,7 @@ from crn_repro.checkpoint import (
 from crn_repro.config import to_dict
 from crn_repro.datasets import PreparedSplit
 from crn_repro.errors import CrnError, one_line
-from crn_repro.files import atomic_write_together, bytes_writer, json_writer, remove_stale_temporaries
+from crn_repro.files import atomic_write_together, bytes_writer, json_writer, remove_stale_temporaries, require_writable
 from crn_repro.fingerprint import run_fingerprint
 from crn_repro.losses import Objective
 from crn_repro.noise import per_image_noise
@@ -117,6 +117,8 @@ def train(params: Params, model: str, until_step: int | None = None, console: Co
     if rt.is_main and run.run_dir.is_dir():  # the one writer of this folder: what a killed writer left is garbage
         for leftover in remove_stale_temporaries(run.run_dir):
             console.print(f"removed {leftover}, left by an interrupted write")
+    if rt.is_main:  # a full or read-only disk fails now, not at the first log after minutes of training
+        require_writable(run.run_dir)
     position = resume(run, rt, console)
     if position.step == 0:
         _initialise(model, run.nets, run.train, console if rt.is_main else None)
@@ -499,9 +501,10 @@ def finish(run: Run, rt: Runtime, params: Params, position: Position, run_log: R
         run_log.add_to_summary({f"val/{name}": value for name, value in validation.items() if isinstance(value, (int, float))})
     summary = run_summary(run, position, finished, validation)
     if run_log is not None:
-        atomic_write_together([
+        atomic_write_together([  # params.json too: `dvc repro` removes a stage's outputs before a rerun that resumes at the end
             (run.run_dir / "summary.json", json_writer(summary)),
             (run.run_dir / "metrics.json", json_writer(headline_metrics(summary, run.spec.progress_loss, run.global_batch))),
+            (run.run_dir / "params.json", json_writer(run.params)),
         ])
         run_log.end()
     return summary

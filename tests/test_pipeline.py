@@ -76,3 +76,13 @@ def test_dvc_repro_tiny(tmp_path):
     (work / "data/raw/synthetic/new_file.png").write_bytes(b"changed")
     changed = subprocess.run(["dvc", "status", "prepare"], cwd=work, env=env, capture_output=True, text=True)
     assert "prepare" in changed.stdout and "data/raw/synthetic" in changed.stdout, changed.stdout
+    (work / "data/raw/synthetic/new_file.png").unlink()
+    # Code a training stage depends on changes (a user pulls a new version): DVC removes the stage's
+    # non-persistent outputs and reruns it; training resumes at its last step and must write them again.
+    noise_py = work / "crn_repro/noise.py"
+    noise_py.write_text(noise_py.read_text() + "\n# a comment\n")
+    rerun = subprocess.run(["dvc", "repro", "train@crn"], cwd=work, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming crn from runs/crn/state.pt at step" in rerun.stdout + rerun.stderr, rerun.stdout + rerun.stderr
+    for name in ("params.json", "summary.json", "metrics.json", "live/metrics.json"):
+        assert (work / "runs/crn" / name).is_file(), name

@@ -63,6 +63,7 @@ unknown keys, oversized bodies (413), cross-origin POSTs and, on a loopback bind
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import math
@@ -84,9 +85,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from rich.console import Console
 
 from crn_repro.errors import CrnError, one_line
+from crn_repro.files import require_writable
 from crn_repro.study.access import DEFAULT_JOINS_PER_MINUTE, Client, JoinLimiter, client_of, retry_after, trusted_networks
 from crn_repro.study.manifest import resolve_image
-from crn_repro.study.store import ANSWERS, PROLIFIC_KEYS, AlreadyAnswered, ResponseStore, correct_answer, study_manifest, trial_images
+from crn_repro.study.store import ANSWERS, PROLIFIC_KEYS, AlreadyAnswered, ResponseStore, correct_answer, disk_errno, study_manifest, trial_images
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -305,6 +307,8 @@ def serve(study_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, quiet: 
     if public_url is not None and not re.fullmatch(r"https?://[^\s/?#<>]+/?", public_url):
         raise CrnError(f"--public-url {public_url!r}: expected the site's base URL, e.g. https://study.example.org")
     console = Console(stderr=True, soft_wrap=True)  # keep URLs on one line
+    if Path(study_dir).is_dir():  # (a missing study: make_server says what to do)
+        require_writable(Path(study_dir))  # a full or read-only disk: refuse now, not answer 503 to every participant
     server = make_server(study_dir, host, port, quiet=quiet, trusted_proxies=trusted_proxies,
                          joins_per_minute=joins_per_minute)
 
@@ -443,7 +447,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.log_error("cannot save on %s %s: %s", self.command, urlsplit(self.path).path, one_line(e))
             self.close_connection = True
             with contextlib.suppress(*DISCONNECTS):
-                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server cannot save answers right now; tell the experimenter"})
+                why = {errno.ENOSPC: " (its disk is full)", errno.EROFS: " (its disk is read-only)"}.get(disk_errno(e), "")
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"the server cannot save answers right now{why}; tell the experimenter"})
         except Exception:  # a bug, not the client's fault: log it, answer in JSON, keep serving
             self.log_error("internal error on %s %s", self.command, urlsplit(self.path).path)
             self.close_connection = True

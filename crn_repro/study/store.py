@@ -22,8 +22,10 @@ answers source="simulated-web", so they never pass as a person's.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 import threading
@@ -35,6 +37,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from crn_repro.errors import CrnError, one_line
+from crn_repro.files import write_error
 from crn_repro.study.manifest import load_manifest
 from crn_repro.study.records import RESPONSE_COLUMNS, check_responses
 
@@ -136,6 +139,26 @@ def _columns(con: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
 
 
+def disk_errno(error: BaseException) -> int | None:
+    """ENOSPC or EROFS where ``error`` (an OSError, or SQLite's, which carries no errno) says the disk is
+    full or read-only; else the OSError's errno, or None."""
+    text = str(error).lower()
+    if "readonly" in text or "read-only" in text:
+        return errno.EROFS
+    if "disk is full" in text or "database or disk is full" in text:
+        return errno.ENOSPC
+    return getattr(error, "errno", None)
+
+
+def storage_error(path: Path, error: BaseException) -> CrnError:
+    """The one line for a responses database that cannot be opened or written: a full or read-only
+    disk as every other failed write says it (``files.write_error``), else what SQLite said."""
+    code = disk_errno(error)
+    if code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        return write_error(path, OSError(code, os.strerror(code)))
+    return CrnError(f"{path}: cannot open the responses database ({one_line(error)}); check the file and its folder")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         con = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -149,7 +172,7 @@ def _connect(path: Path) -> sqlite3.Connection:
                 con.execute(f"ALTER TABLE participants ADD COLUMN {column} {declaration}")
         con.execute("CREATE UNIQUE INDEX IF NOT EXISTS participants_prolific_pid ON participants (prolific_pid)")
     except sqlite3.Error as e:
-        raise CrnError(f"{path}: cannot open the responses database ({one_line(e)}); check the file and its folder") from e
+        raise storage_error(path, e) from None
     return con
 
 
@@ -173,12 +196,16 @@ class ResponseStore:
         self._lock = threading.Lock()
         self._con = _connect(self.path)
         sha1 = manifest_sha1(study_dir)
-        with self._lock, self._con:
-            self._con.execute("BEGIN IMMEDIATE")
-            self._con.execute("INSERT OR IGNORE INTO meta VALUES ('manifest_sha1', ?)", (sha1,))
-            self._con.execute("INSERT OR IGNORE INTO meta VALUES ('study_id', ?)", (manifest["study_id"],))
-            self._con.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
-            meta = dict(self._con.execute("SELECT key, value FROM meta"))
+        try:
+            with self._lock, self._con:
+                self._con.execute("BEGIN IMMEDIATE")
+                self._con.execute("INSERT OR IGNORE INTO meta VALUES ('manifest_sha1', ?)", (sha1,))
+                self._con.execute("INSERT OR IGNORE INTO meta VALUES ('study_id', ?)", (manifest["study_id"],))
+                self._con.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
+                meta = dict(self._con.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error as e:
+            self._con.close()
+            raise storage_error(self.path, e) from None
         self._secret = meta["secret"]
         if meta["manifest_sha1"] != sha1:
             self._con.close()
