@@ -4,7 +4,7 @@ status 1 (130/143 for signals) with one line on stderr that names the file or ke
 every file written before it byte-for-byte as it was (nothing half-written, no temporaries).
 
 The params cases are generated: every number in params.yaml declares its range, and each one is
-tried just outside it. The signal cases run real processes and are marked slow (`pytest --slow`).
+tried just outside each of its bounds, in a finished workspace, by the command that reads it. The signal cases run real processes and are marked slow (`pytest --slow`).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root``: relative path -> sha256 (temporaries included, so a leftover shows)."""
+    """Every file under ``root``: relative path -> sha256 (temporaries and the dvclive files included, so
+    a leftover or a torn log shows)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and "live" not in p.parts}
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def fails_in_one_line(root: Path, args: list[str], *needles: str, code: int = 1, keep: tuple[str, ...] = ()) -> str:
@@ -151,17 +152,19 @@ def test_every_number_in_params_declares_its_range():
     assert len(NUMERIC) >= 60
 
 
-def _outside(allowed: Range, current):
-    """A value just outside ``allowed``, of the type of ``current`` (a list stays a list)."""
+def outside_values(allowed: Range, current) -> list[tuple[str, object]]:
+    """("low"/"high", a value just outside that bound, of the type of ``current``; a list stays a list)
+    for each bound ``allowed`` has."""
     integer = isinstance(current[0] if isinstance(current, list) else current, int)
+    out = []
     if allowed.low is not None:
-        value = allowed.low - 1 if integer else (allowed.low if allowed.low_open else allowed.low - 0.5)
-    else:
-        value = allowed.high + 1 if integer else (allowed.high if allowed.high_open else allowed.high + 0.5)
-    return [value] * len(current) if isinstance(current, list) else value
+        out.append(("low", allowed.low - 1 if integer else (allowed.low if allowed.low_open else allowed.low - 0.5)))
+    if allowed.high is not None:
+        out.append(("high", allowed.high + 1 if integer else (allowed.high if allowed.high_open else allowed.high + 0.5)))
+    return [(side, [v] * len(current) if isinstance(current, list) else v) for side, v in out]
 
 
-def _demo_value(raw: dict, path: tuple):
+def _value_at(raw: dict, path: tuple):
     node = raw
     for key in path:
         if not isinstance(node, dict) or key not in node:
@@ -170,18 +173,38 @@ def _demo_value(raw: dict, path: tuple):
     return node
 
 
-@pytest.mark.parametrize("path,allowed", [(p, r) for p, _, r in NUMERIC], ids=[".".join(p) for p, _, _ in NUMERIC])
-def test_a_number_outside_its_range_is_one_line_naming_the_key(path, allowed, tmp_path):
-    raw = read_yaml(REPO / "presets/demo.yaml", "")
-    current = _demo_value(raw, path)
-    if current is None:  # optional and null in the demo: give it a value first
+def reading_command(path: tuple) -> list[str]:
+    """The command that reads the setting at ``path`` (every command validates the whole file first)."""
+    from crn_repro.registry import MODELS
+
+    head = path[0]
+    if head in MODELS:
+        return ["train", "-m", head]
+    return {"data": ["prepare"], "synthetic": ["prepare"], "cityscapes": ["prepare"], "nyu": ["prepare"],
+            "train": ["train", "-m", "crn"], "vgg": ["train", "-m", "crn"], "synthesize": ["synthesize", "-m", "crn"],
+            "evaluate": ["evaluate"], "report": ["report"], "study": ["study", "make", "--out", "studies/x"]}.get(head, ["info"])
+
+
+# The workspace's params (tests' tiny ones) hold a value at every numeric path, or null where optional
+BOUND_CASES = [(path, allowed, side) for path, _, allowed in NUMERIC
+               for side, _ in outside_values(allowed, 1.0)]
+
+
+@pytest.mark.parametrize("path,allowed,side", BOUND_CASES, ids=[f"{'.'.join(p)}-{side}" for p, _, side in BOUND_CASES])
+def test_a_number_outside_either_bound_is_one_line_from_the_command_that_reads_it(ws, path, allowed, side):
+    """Both bounds of every ranged setting, in a workspace with real outputs (a finished pipeline), run
+    by the command that reads the setting: one line naming the key and its range, every file as it was
+    (the dvclive files under runs/*/live included)."""
+    raw = read_yaml(ws / "params.yaml", "")
+    current = _value_at(raw, path)
+    if current is None:  # optional and null here: give it a value first
         current = 1
     node = raw
     for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = _outside(allowed, current)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    line = fails_in_one_line(tmp_path, ["info", "--model", "crn"], ".".join(path), "out of range")
+        node = node.setdefault(key, {})
+    node[path[-1]] = dict(outside_values(allowed, current))[side]
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw))
+    line = fails_in_one_line(ws, reading_command(path), ".".join(path), "out of range")
     assert str(allowed) in line
 
 
