@@ -135,7 +135,8 @@ def _timed_part(model: str, settings: dict, smoke: bool, peaks: dict, device: to
         settings_ = dict(settings)
         preset = settings_.pop("preset")
         base = load_preset("demo" if smoke else preset)
-        params = suite_params(base, model, name=f"preset {preset}" + (" (smoke)" if smoke else ""), **settings_)
+        name = f"preset {preset}" + (" at a smoke size, demo networks" if smoke else "")
+        params = suite_params(base, model, name=name, **settings_)
         dtype = torch.bfloat16 if settings_["precision"] == "bf16" else torch.float32
         if device.type == "cuda":  # as training sets them (runtime.setup_runtime): fp32 products run in TF32
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -143,15 +144,11 @@ def _timed_part(model: str, settings: dict, smoke: bool, peaks: dict, device: to
         if key not in peaks:
             peaks[key] = sustained_peak(device, dtype, 1024 if smoke else 8192, 0.5 if smoke else 5.0)
         warmup, timed = (3, 5) if smoke else (3, 10)
-        entry = measure(params, model, params_name=str(params_name(preset, smoke)), warmup=warmup, timed=timed,
+        entry = measure(params, model, params_name=name, warmup=warmup, timed=timed,
                         peak=peaks[key], console=console)
         entry["tf32"] = bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
         return entry
     return work
-
-
-def params_name(preset: str, smoke: bool) -> str:
-    return f"preset {preset}" + (" at a smoke size, demo networks" if smoke else "")
 
 
 # --- loss parity: the device against the CPU ---------------------------------------------------------
@@ -178,7 +175,7 @@ def parity_losses(params: Params, device: torch.device, batches: list[Batch], th
     if threads:
         torch.set_num_threads(threads)
     try:
-        with full_fp32(), _tmpdir() as runs:
+        with full_fp32(), tempfile.TemporaryDirectory() as runs:
             run = build_run_without_data(params, "crn", mp, rt, Path(runs))
             losses = [trainer.train_step(run, rt, i, _to(b, device), nullcontext()) for i, b in enumerate(batches)]
             return [float(step["G/total"]) for step in losses]
@@ -220,10 +217,6 @@ def agreement(device_losses: list[float], cpu_losses: list[float], tolerance: fl
 
 def _to(batch: Batch, device: torch.device) -> Batch:
     return Batch(batch.layout.to(device), batch.image.to(device), batch.keys)
-
-
-def _tmpdir():
-    return tempfile.TemporaryDirectory()
 
 
 # --- DRN-D-105 with TF32 on and off ---------------------------------------------------------------------
